@@ -1,0 +1,54 @@
+"""bt_frames: a durable, embedded store for time-ordered dataframes.
+
+Appends (pandas, Polars, Arrow) go through a write-ahead log into an
+in-memory hot buffer, which is frozen into immutable Parquet blocks; queries
+are Polars LazyFrames that skip blocks using cached statistics.
+
+>>> import bt_frames as bt                        # doctest: +SKIP
+>>> store = bt.open("trading_db")                 # doctest: +SKIP
+>>> store.append("orders", df)                    # doctest: +SKIP
+>>> store["orders"].scan().filter(pl.col("symbol") == "BTC").collect()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from bt_frames._convert import UnsupportedInputError
+from bt_frames.errors import (
+    BtError,
+    CorruptionError,
+    InvalidTableNameError,
+    ReadOnlyError,
+    SchemaMismatchError,
+    StoreClosedError,
+    StoreLockedError,
+    TableExistsError,
+    TableNotFoundError,
+    UnsupportedFormatError,
+)
+from bt_frames.prune import PruneReport
+from bt_frames.store import BacktraceStore, open
+from bt_frames.table import Recovery, Table
+from bt_frames.verify import VerifyReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BacktraceStore",
+    "BtError",
+    "CorruptionError",
+    "InvalidTableNameError",
+    "PruneReport",
+    "ReadOnlyError",
+    "Recovery",
+    "SchemaMismatchError",
+    "StoreClosedError",
+    "StoreLockedError",
+    "Table",
+    "TableExistsError",
+    "TableNotFoundError",
+    "UnsupportedFormatError",
+    "UnsupportedInputError",
+    "VerifyReport",
+    "__version__",
+    "open",
+]

@@ -1,0 +1,199 @@
+"""The one place that knows about input libraries, and the coercion rules.
+
+``to_polars`` turns any supported input (Polars, pandas, pyarrow, anything
+with ``__arrow_c_stream__``) into a ``pl.DataFrame``; ``coerce`` fits it to a
+table's schema or explains, per column, why it cannot.
+
+Coercion rules (a cast is allowed only when no value changes):
+
+- identical dtype: kept as is; an all-null column (dtype Null) casts to anything;
+- integer -> integer, integer -> float, float -> float, decimal -> decimal,
+  datetime/duration unit changes: allowed when every value survives the cast
+  and the cast back unchanged (int32->int64 always; int64->int32 only if the
+  values fit; datetime ns->us only if no sub-microsecond part is set);
+- datetime with time zone A -> time zone B: allowed (same instants); naive <->
+  tz-aware: rejected (say which zone with ``.dt.replace_time_zone``);
+- string/categorical/enum among each other: allowed when every value is a
+  category of the target enum;
+- anything else (float -> int, string -> number, bool <-> number, ...): rejected.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from bt_frames.errors import BtError, SchemaMismatchError
+
+__all__ = ["UnsupportedInputError", "coerce", "normalize_schema", "to_polars"]
+
+
+class UnsupportedInputError(BtError, TypeError):
+    """The object passed as data is not a frame bt_frames can read."""
+
+
+def _is_pandas(obj: object) -> bool:
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(obj, pd.DataFrame)
+
+
+def to_polars(obj: object, *, table: str) -> tuple[pl.DataFrame, dict[str, Any] | None]:
+    """(frame, pandas metadata or None) for any supported input."""
+    if isinstance(obj, pl.DataFrame):
+        return obj, None
+    if isinstance(obj, pl.LazyFrame):
+        raise UnsupportedInputError(
+            f"table {table!r}: got a polars LazyFrame; call .collect() first (appends are eager and durable)."
+        )
+    if _is_pandas(obj):
+        from bt_frames import _pandas
+
+        return _pandas.from_pandas(obj, table=table)  # type: ignore[arg-type]
+    pa = sys.modules.get("pyarrow")
+    if pa is not None and isinstance(obj, (pa.Table, pa.RecordBatch)):
+        out = pl.from_arrow(obj)
+        assert isinstance(out, pl.DataFrame)
+        return out, None
+    if hasattr(obj, "__arrow_c_stream__") or hasattr(obj, "__arrow_c_array__"):
+        return pl.DataFrame(obj), None  # type: ignore[arg-type]
+    raise UnsupportedInputError(
+        f"table {table!r}: cannot append a {type(obj).__module__}.{type(obj).__qualname__}; pass a "
+        "polars.DataFrame, pandas.DataFrame, pyarrow.Table/RecordBatch or an Arrow C stream."
+    )
+
+
+_UNSUPPORTED = (pl.Object, pl.Null)
+
+
+def normalize_schema(schema: object, *, table: str) -> pl.Schema:
+    """A ``pl.Schema`` from a mapping, pl.Schema or pyarrow schema."""
+    pa = sys.modules.get("pyarrow")
+    if pa is not None and isinstance(schema, pa.Schema):
+        out = pl.DataFrame(schema.empty_table()).schema
+    elif isinstance(schema, (pl.Schema, Mapping)):
+        try:
+            out = pl.Schema(schema)
+        except (TypeError, ValueError) as e:
+            raise SchemaMismatchError(f"table {table!r}: invalid schema ({e})", table=table) from e
+    else:
+        raise UnsupportedInputError(
+            f"table {table!r}: schema must be a dict of column -> polars dtype, a pl.Schema or a pyarrow.Schema"
+        )
+    if not out:
+        raise SchemaMismatchError(f"table {table!r}: a table needs at least one column", table=table)
+    for name, dtype in out.items():
+        if isinstance(dtype, _UNSUPPORTED) or dtype == pl.Object or dtype == pl.Null:
+            raise SchemaMismatchError(
+                f"table {table!r}, column {name!r}: dtype {dtype} cannot be stored; "
+                "use a concrete type (e.g. pl.String, pl.Int64).",
+                table=table,
+                columns=[name],
+            )
+    return out
+
+
+def _lossless(s: pl.Series, target: pl.DataType) -> tuple[pl.Series | None, str]:
+    """Cast and check nothing changed; (result, "") or (None, reason)."""
+    try:
+        out = s.cast(target, strict=False)
+    except pl.exceptions.PolarsError as e:
+        return None, f"cannot cast ({e.__class__.__name__})"
+    lost = out.is_null() & s.is_not_null()
+    try:
+        back = out.cast(s.dtype, strict=False)
+        changed = lost | ~back.eq_missing(s).fill_null(False)
+    except pl.exceptions.PolarsError:
+        changed = lost
+    if changed.any():
+        i = int(changed.arg_max() or 0)
+        return None, f"would change values, e.g. {s[i]!r} at row {i}"
+    return out, ""
+
+
+def _cast(s: pl.Series, target: pl.DataType) -> tuple[pl.Series | None, str]:
+    src = s.dtype
+    if src == target:
+        return s, "ok"
+    if src == pl.Null:
+        return s.cast(target), "ok (all null)"
+    if isinstance(target, pl.Datetime) and isinstance(src, pl.Datetime):
+        if (src.time_zone is None) != (target.time_zone is None):
+            if src.time_zone is None:
+                return None, f"naive timestamps; say which zone, e.g. .dt.replace_time_zone({target.time_zone!r})"
+            return None, "tz-aware timestamps into a naive column; use .dt.replace_time_zone(None) if intended"
+        if src.time_zone != target.time_zone:
+            s = s.dt.convert_time_zone(target.time_zone)  # type: ignore[arg-type]
+            if s.dtype == target:
+                return s, "ok (time zone converted)"
+        out, why = _lossless(s, target)
+        return (out, "ok (unit changed, no precision lost)") if out is not None else (None, why)
+    stringy = (pl.String, pl.Categorical, pl.Enum)
+    same_kind = (
+        (src.is_integer() and (target.is_integer() or target.is_float()))
+        or (src.is_float() and target.is_float())
+        or (isinstance(src, pl.Decimal) and isinstance(target, pl.Decimal))
+        or (isinstance(src, pl.Duration) and isinstance(target, pl.Duration))
+        or (isinstance(src, stringy) and isinstance(target, stringy))
+    )
+    if not same_kind:
+        return None, "incompatible types; convert the column first"
+    if isinstance(target, pl.Enum):
+        out = s.cast(pl.String).cast(target, strict=False)
+        bad = out.is_null() & s.is_not_null()
+        if bad.any():
+            i = int(bad.arg_max() or 0)
+            return None, f"value {s[i]!r} (row {i}) is not a category of the enum"
+        return out, "ok"
+    if isinstance(src, stringy) and isinstance(target, stringy):
+        return s.cast(target), "ok"
+    out, why = _lossless(s, target)
+    return (out, "ok (widened)") if out is not None else (None, why)
+
+
+def coerce(df: pl.DataFrame, schema: pl.Schema, *, table: str, time_column: str | None) -> pl.DataFrame:
+    """Fit ``df`` to ``schema`` (column order, dtypes) or raise SchemaMismatchError."""
+    if df.schema == schema and list(df.columns) == list(schema.names()):
+        out = df
+    else:
+        rows: list[tuple[str, str, str, str]] = []
+        cols: list[pl.Series] = []
+        have = df.schema
+        ok = True
+        for name, target in schema.items():
+            if name not in have:
+                rows.append((name, str(target), "-", "missing from the frame"))
+                ok = False
+                continue
+            cast, why = _cast(df.get_column(name), target)
+            if cast is None:
+                ok = False
+                rows.append((name, str(target), str(have[name]), why))
+            else:
+                cols.append(cast)
+                rows.append((name, str(target), str(have[name]), "ok"))
+        for name in have:
+            if name not in schema:
+                ok = False
+                rows.append((name, "-", str(have[name]), "not in the table"))
+        if not ok:
+            raise SchemaMismatchError.from_rows(
+                table,
+                rows,
+                fix="give the frame exactly the table's columns with convertible types "
+                "(see the problem column), or append to a new table.",
+            )
+        out = pl.DataFrame(cols)
+    if time_column is not None:
+        nulls = out.get_column(time_column).null_count()
+        if nulls:
+            first = int(out.get_column(time_column).is_null().arg_max() or 0)
+            raise SchemaMismatchError(
+                f"table {table!r}, column {time_column!r}: the time column has {nulls} null value(s) "
+                f"(first at row {first}). Fix: drop or fill those rows before appending.",
+                table=table,
+                columns=[time_column],
+            )
+    return out

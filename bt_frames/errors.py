@@ -1,0 +1,159 @@
+"""Every exception bt_frames raises, in one place.
+
+All of them derive from :class:`BtError`, so ``except bt.BtError`` catches
+anything this library raises on purpose. Where a builtin exception has the
+same meaning (``ValueError`` for bad values, ``KeyError`` for a missing
+table) the class derives from that too, so generic handlers keep working.
+
+Messages name the object (store, table, column, file), say what was wrong
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+__all__ = [
+    "BtError",
+    "CorruptionError",
+    "InvalidTableNameError",
+    "ReadOnlyError",
+    "SchemaMismatchError",
+    "StoreClosedError",
+    "StoreLockedError",
+    "TableExistsError",
+    "TableNotFoundError",
+    "UnsupportedFormatError",
+]
+
+
+class BtError(Exception):
+    """Root of every bt_frames exception."""
+
+
+class SchemaMismatchError(BtError, ValueError):
+    """A frame or schema does not fit the table.
+
+    Raised for missing or extra columns, types that cannot be converted
+    without loss, nulls in the time column, and ``create_table`` with a schema
+    that differs from the existing table's.
+
+    >>> store.append("orders", pl.DataFrame({"ts": [...], "px": [1.0]}))  # doctest: +SKIP
+    SchemaMismatchError: table 'orders': the frame does not match the table schema
+      column  table                    frame    problem
+      ts      Datetime(us, UTC)        ...      ok
+      price   Float64                  -        missing from the frame
+      px      -                        Float64  not in the table
+    Fix: rename or add the columns so the frame has exactly the table's columns.
+    """
+
+    def __init__(self, message: str, *, table: str | None = None, columns: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.table = table
+        self.columns = tuple(columns)
+
+    @classmethod
+    def from_rows(
+        cls,
+        table: str,
+        rows: list[tuple[str, str, str, str]],
+        *,
+        headline: str = "the frame does not match the table schema",
+        fix: str,
+    ) -> SchemaMismatchError:
+        """Render a per-column table of (column, table dtype, frame dtype, problem)."""
+        header = ("column", "table", "frame", "problem")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        lines = [f"table {table!r}: {headline}"]
+        for r in [header, *rows]:
+            lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+        lines.append(f"Fix: {fix}")
+        bad = [r[0] for r in rows if r[3] != "ok"]
+        return cls("\n".join(lines), table=table, columns=bad)
+
+
+class CorruptionError(BtError):
+    """A file on disk failed a checksum or format check.
+
+    ``path`` names the file and ``offset`` the byte where the damage was
+    found (``None`` for whole-file checks). Nothing is repaired silently:
+    acknowledged data is never dropped to make an error go away.
+    """
+
+    def __init__(self, message: str, *, path: Path | str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+        self.offset = offset
+
+    @classmethod
+    def at(cls, path: Path | str, offset: int | None, reason: str) -> CorruptionError:
+        where = f"{path}" if offset is None else f"{path} at byte offset {offset}"
+        store = _store_root(Path(path))
+        hint = f"python -m bt_frames verify {store}" if store else "python -m bt_frames verify STORE"
+        return cls(
+            f"corrupt file {where}: {reason}. Nothing was changed. Run `{hint}` for a full "
+            "report; restore the file from a backup, or move it aside to give up the rows it holds.",
+            path=path,
+            offset=offset,
+        )
+
+
+def _store_root(path: Path) -> Path | None:
+    for parent in path.parents:
+        if (parent / "LOCK").exists():
+            return parent
+    return None
+
+
+class StoreLockedError(BtError):
+    """Another writer (another process, or another store object in this one) holds the store."""
+
+
+class StoreClosedError(BtError):
+    """The store (or a table of it) was used after ``close()``."""
+
+
+class ReadOnlyError(BtError):
+    """A write was attempted through a store opened with ``read_only=True``."""
+
+
+class TableNotFoundError(BtError, KeyError):
+    """No table of that name exists in the store."""
+
+    def __init__(self, store: Path | str, name: str, available: Iterable[str]) -> None:
+        names = sorted(available)
+        shown = ", ".join(repr(n) for n in names) if names else "none"
+        msg = (
+            f"store {str(store)!r} has no table {name!r} (tables: {shown}). "
+            "Create it with store.create_table(...) or store.append(name, df)."
+        )
+        super().__init__(msg)
+        self.message = msg
+        self.name = name
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class TableExistsError(BtError, ValueError):
+    """``create_table(..., exist_ok=False)`` on a table that already exists."""
+
+
+class InvalidTableNameError(BtError, ValueError):
+    """Table names are ``[A-Za-z0-9_][A-Za-z0-9_.-]*`` (max 128 chars, never ``..``)."""
+
+
+class UnsupportedFormatError(BtError):
+    """A file was written by a newer bt_frames format than this build can read."""
+
+    @classmethod
+    def newer(cls, path: Path | str, found: object, supported: int) -> UnsupportedFormatError:
+        return cls(
+            f"{path} was written by bt_frames format {found}; this build reads formats <= {supported}. "
+            "Upgrade bt_frames (pip install -U bt-frames)."
+        )
+
+
+def _fmt_mapping(m: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in m.items())

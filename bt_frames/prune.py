@@ -1,0 +1,556 @@
+"""Block pruning: a predicate x cached block statistics -> the blocks to read.
+
+The pruner never reads a file. For every block it decides, per top-level
+conjunct of the predicate, between
+
+- ``CANNOT_MATCH`` — no row of the block can make the conjunct true, so the
+  block is skipped (and the conjunct is named as the reason), and
+- ``MIGHT_MATCH`` — anything else, including every expression the pruner does
+  not understand. Polars still applies the whole predicate to what is read,
+  so pruning only ever saves work: results are identical with it on or off.
+
+How: the predicate is walked (through Polars' JSON form of the expression)
+and every piece it understands is rewritten into two boolean expressions over
+the *statistics frame* (one row per block: ``rows``, ``min.<c>``, ``max.<c>``,
+``null_count.<c>``, ``distinct.<c>``): ``skip`` (no row can be true) and
+``all`` (every row is true, needed for ``~``). Literals are reused exactly as
+the user wrote them, so Polars applies its own casting rules (time zones,
+units, dynamic integer literals) to statistics as it does to data.
+
+Understood: ``== != < <= > >=`` with a literal on either side, ``is_between``
+(all ``closed`` modes), ``is_in``, ``is_null``/``is_not_null``, ``&``, ``|``,
+``~``, on integer, float (NaN is the largest value, as in Polars), string,
+boolean, date, datetime, duration and time columns; categorical/enum columns
+through their distinct sets and null counts.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import polars as pl
+
+from bt_frames.errors import BtError, SchemaMismatchError
+from bt_frames.storage import blocks as blk
+
+if TYPE_CHECKING:
+    from bt_frames.table import Snapshot
+
+log = logging.getLogger("bt_frames")
+
+FilterOp: TypeAlias = Literal["==", "=", "!=", "<", "<=", ">", ">=", "in", "not in", "is_null", "is_not_null"]
+FilterLiteral: TypeAlias = tuple[str, str, Any] | tuple[str, str]
+FilterConjunction: TypeAlias = Sequence[FilterLiteral]
+FilterDNF: TypeAlias = Sequence[FilterConjunction]
+Where: TypeAlias = pl.Expr | FilterConjunction | FilterDNF
+
+MIGHT_MATCH = "MIGHT_MATCH"
+CANNOT_MATCH = "CANNOT_MATCH"
+
+_OPS = ("==", "=", "!=", "<", "<=", ">", ">=", "in", "not in", "is_null", "is_not_null")
+
+
+# -- where= --------------------------------------------------------------------
+
+
+def to_expr(where: Where | None, schema: pl.Schema) -> pl.Expr | None:
+    """A Polars expression from ``where=`` (an Expr, or DNF tuples as in pyarrow/pandas ``filters=``)."""
+    if where is None:
+        return None
+    if isinstance(where, pl.Expr):
+        return where
+    if isinstance(where, (list, tuple)):
+        if len(where) == 0:
+            return None
+        if all(isinstance(t, tuple) for t in where):
+            return _conjunction(where, schema)
+        if all(isinstance(t, list) for t in where):
+            ors = [_conjunction(c, schema) for c in where]
+            out = ors[0]
+            for e in ors[1:]:
+                out = out | e
+            return out
+    raise BtError(
+        "where= must be a polars expression, a list of (column, op, value) tuples (AND), "
+        f"or a list of such lists (OR of ANDs); got {where!r}"
+    )
+
+
+def _conjunction(items: Sequence[tuple[Any, ...]], schema: pl.Schema) -> pl.Expr:
+    exprs = [_predicate(t, schema) for t in items]
+    out = exprs[0]
+    for e in exprs[1:]:
+        out = out & e
+    return out
+
+
+def _predicate(t: tuple[Any, ...], schema: pl.Schema) -> pl.Expr:
+    if len(t) not in (2, 3) or not isinstance(t[0], str) or not isinstance(t[1], str):
+        raise BtError(f"filter {t!r}: expected (column, op, value) or (column, 'is_null'/'is_not_null')")
+    col, op = t[0], t[1].lower()
+    if col not in schema:
+        raise SchemaMismatchError(
+            f"filter {t!r}: no column {col!r} (columns: {', '.join(schema.names())})", columns=[col]
+        )
+    if op not in _OPS:
+        raise BtError(f"filter {t!r}: unknown operator {t[1]!r}; valid: {', '.join(_OPS)}")
+    c = pl.col(col)
+    if op in ("is_null", "is_not_null"):
+        return c.is_null() if op == "is_null" else c.is_not_null()
+    if len(t) != 3:
+        raise BtError(f"filter {t!r}: operator {op!r} needs a value")
+    value = t[2]
+    dtype = schema[col]
+    if op in ("in", "not in"):
+        values = list(value)
+        lit = pl.Series(values, dtype=_literal_dtype(dtype), strict=False) if values else pl.Series([], dtype=dtype)
+        e = c.is_in(lit.implode())
+        return e if op == "in" else ~e
+    v = pl.lit(value)
+    return {
+        "==": c == v,
+        "=": c == v,
+        "!=": c != v,
+        "<": c < v,
+        "<=": c <= v,
+        ">": c > v,
+        ">=": c >= v,
+    }[op]
+
+
+def _literal_dtype(dtype: pl.DataType) -> pl.DataType:
+    return pl.String() if isinstance(dtype, (pl.Categorical, pl.Enum)) else dtype
+
+
+# -- statistics frame ----------------------------------------------------------
+
+
+def _stat_dtype(dtype: pl.DataType) -> pl.DataType | None:
+    """dtype of min/max stats, or None when the column has no range statistics."""
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return None
+    if dtype.is_numeric() and not isinstance(dtype, pl.Decimal):
+        return dtype
+    if isinstance(dtype, (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Duration, pl.Time)):
+        return dtype
+    return None
+
+
+def _typed(values: list[Any], dtype: pl.DataType) -> pl.Series:
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return pl.Series(values, dtype=pl.String)
+    phys = pl.Series([], dtype=dtype).to_physical().dtype
+    return pl.Series(values, dtype=phys, strict=False).cast(dtype)
+
+
+def stats_frame(infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFrame:
+    """One row per block: identity, ``rows``, ``bytes`` and the per-column statistics."""
+    cols: dict[str, pl.Series] = {
+        "block": pl.Series([b.path.name for b in infos], dtype=pl.String),
+        "first_lsn": pl.Series([b.first_lsn for b in infos], dtype=pl.Int64),
+        "last_lsn": pl.Series([b.last_lsn for b in infos], dtype=pl.Int64),
+        "part": pl.Series([b.name.part for b in infos], dtype=pl.Int32),
+        "rows": pl.Series([b.rows for b in infos], dtype=pl.Int64),
+        "bytes": pl.Series([b.bytes for b in infos], dtype=pl.Int64),
+    }
+    empty = blk.ColumnStats(0)
+    for name, dtype in schema.items():
+        stats = [b.columns.get(name, empty) for b in infos]
+        st = _stat_dtype(dtype)
+        if st is not None:
+            cols[f"min.{name}"] = _typed([s.min for s in stats], dtype).alias(f"min.{name}")
+            cols[f"max.{name}"] = _typed([s.max for s in stats], dtype).alias(f"max.{name}")
+        cols[f"null_count.{name}"] = pl.Series([s.nulls for s in stats], dtype=pl.Int64)
+        if st is not None or isinstance(dtype, (pl.Categorical, pl.Enum)):
+            inner = _literal_dtype(dtype)
+            dist = [_typed(list(s.distinct), dtype).cast(inner) if s.distinct is not None else None for s in stats]
+            cols[f"distinct.{name}"] = pl.Series(dist, dtype=pl.List(inner))
+    return pl.DataFrame([s.alias(n) for n, s in cols.items()])
+
+
+def blocks_frame(infos: Sequence[blk.BlockInfo], stats: pl.DataFrame | None, schema: pl.Schema) -> pl.DataFrame:
+    """``table.blocks``: the statistics frame with paths and distinct counts instead of sets."""
+    st = stats if stats is not None else stats_frame(infos, schema)
+    out = st.with_columns(
+        pl.Series("path", [str(b.path) for b in infos], dtype=pl.String),
+        pl.Series("checksum", [b.name.digest for b in infos], dtype=pl.String),
+        *[
+            pl.col(c).list.len().alias(c.replace("distinct.", "distinct_count.", 1))
+            for c in st.columns
+            if c.startswith("distinct.")
+        ],
+    ).drop([c for c in st.columns if c.startswith("distinct.")])
+    front = ["block", "path", "first_lsn", "last_lsn", "part", "rows", "bytes", "checksum"]
+    return out.select(front + [c for c in out.columns if c not in front])
+
+
+# -- the predicate walk ----------------------------------------------------------
+
+_FALSE = pl.lit(False)
+_FLIP = {"Lt": "Gt", "LtEq": "GtEq", "Gt": "Lt", "GtEq": "LtEq", "Eq": "Eq", "NotEq": "NotEq"}
+_COLUMN_KEYS = frozenset(
+    {"Column", "Columns", "Selector", "Nth", "Len", "Agg", "Window", "Wildcard", "DtypeColumn", "Field", "Exclude"}
+)
+
+
+@dataclass
+class _Bounds:
+    skip: pl.Expr  # true where no row can satisfy the predicate
+    all: pl.Expr  # true where every row satisfies it
+    understood: bool = True
+
+
+_UNKNOWN = _Bounds(_FALSE, _FALSE, understood=False)
+
+
+def _node_to_expr(node: Any) -> pl.Expr:
+    return pl.Expr.deserialize(io.StringIO(json.dumps(node)), format="json")
+
+
+def _is_literal(node: Any) -> bool:
+    if not isinstance(node, dict) or len(node) != 1:
+        return False
+    key, body = next(iter(node.items()))
+    if key == "Literal":
+        return True
+    if key == "Cast" and isinstance(body, dict):
+        return _is_literal(body.get("expr"))
+    return False
+
+
+def _column(node: Any) -> str | None:
+    if isinstance(node, dict) and len(node) == 1 and "Column" in node and isinstance(node["Column"], str):
+        return str(node["Column"])
+    return None
+
+
+class _Walker:
+    def __init__(self, stats_cols: set[str], schema: pl.Schema) -> None:
+        self.cols = stats_cols
+        self.schema = schema
+
+    def has(self, name: str) -> bool:
+        return name in self.cols
+
+    def walk(self, node: Any) -> _Bounds:
+        try:
+            return self._walk(node)
+        except Exception as e:  # never raise on an expression: keep the block
+            log.debug("pruner: could not interpret %s (%s)", str(node)[:200], e)
+            return _UNKNOWN
+
+    def _walk(self, node: Any) -> _Bounds:
+        if not isinstance(node, dict) or len(node) != 1:
+            return _UNKNOWN
+        key, body = next(iter(node.items()))
+        if key == "BinaryExpr":
+            op = body["op"]
+            if op in ("And", "LogicalAnd"):
+                a, b = self.walk(body["left"]), self.walk(body["right"])
+                return _Bounds(a.skip | b.skip, a.all & b.all, a.understood and b.understood)
+            if op in ("Or", "LogicalOr"):
+                a, b = self.walk(body["left"]), self.walk(body["right"])
+                return _Bounds(a.skip & b.skip, a.all | b.all, a.understood and b.understood)
+            if op in _FLIP:
+                left, right = body["left"], body["right"]
+                col, lit = _column(left), right
+                if col is None or not _is_literal(lit):
+                    col, lit, op = _column(right), left, _FLIP[op]
+                if col is None or not _is_literal(lit):
+                    return _UNKNOWN
+                return self.compare(col, op, _node_to_expr(lit))
+            return _UNKNOWN
+        if key == "Function":
+            fn = body["function"]
+            args = body["input"]
+            if isinstance(fn, dict) and "Boolean" in fn:
+                b = fn["Boolean"]
+                name = b if isinstance(b, str) else next(iter(b))
+                opts = None if isinstance(b, str) else b[name]
+                return self.boolean(name, opts, args)
+        return _UNKNOWN
+
+    def boolean(self, name: str, opts: Any, args: list[Any]) -> _Bounds:
+        if name == "Not" and len(args) == 1:
+            inner = self.walk(args[0])
+            return _Bounds(inner.all, _FALSE, inner.understood)
+        col = _column(args[0]) if args else None
+        if col is None:
+            return _UNKNOWN
+        nc, rows = pl.col(f"null_count.{col}"), pl.col("rows")
+        if not self.has(f"null_count.{col}"):
+            return _UNKNOWN
+        if name == "IsNull":
+            return _Bounds(nc == 0, nc == rows)
+        if name == "IsNotNull":
+            return _Bounds(nc == rows, nc == 0)
+        if name == "IsBetween" and len(args) == 3 and _is_literal(args[1]) and _is_literal(args[2]):
+            closed = opts.get("closed", "Both") if isinstance(opts, dict) else "Both"
+            lo, hi = _node_to_expr(args[1]), _node_to_expr(args[2])
+            left_closed = closed in ("Both", "Left")
+            right_closed = closed in ("Both", "Right")
+            a = self.compare(col, "GtEq" if left_closed else "Gt", lo)
+            b = self.compare(col, "LtEq" if right_closed else "Lt", hi)
+            return _Bounds(a.skip | b.skip, a.all & b.all, a.understood and b.understood)
+        if name == "IsIn" and len(args) == 2 and _is_literal(args[1]):
+            return self.is_in(col, _node_to_expr(args[1]))
+        return _UNKNOWN
+
+    def compare(self, col: str, op: str, lit: pl.Expr) -> _Bounds:
+        mn, mx = pl.col(f"min.{col}"), pl.col(f"max.{col}")
+        nc, rows = pl.col(f"null_count.{col}"), pl.col("rows")
+        if not self.has(f"null_count.{col}"):
+            return _UNKNOWN
+        all_null = nc == rows
+        no_null = nc == 0
+        has_range = self.has(f"min.{col}")
+        dist = f"distinct.{col}"
+        if op == "Eq":
+            skip = all_null
+            if has_range:
+                skip = skip | (mx < lit) | (mn > lit)
+            if self.has(dist):
+                skip = skip | (pl.col(dist).is_not_null() & ~pl.col(dist).list.contains(lit))
+            all_ = no_null & (mn == lit) & (mx == lit) if has_range else _FALSE
+            return _Bounds(skip, all_)
+        if op == "NotEq":
+            if not has_range:
+                if self.has(dist):  # every value equals lit
+                    d = pl.col(dist)
+                    return _Bounds(all_null | ((d.list.len() == 1) & d.list.contains(lit)), _FALSE)
+                return _Bounds(all_null, _FALSE)
+            return _Bounds(all_null | ((mn == lit) & (mx == lit)), no_null & ((mx < lit) | (mn > lit)))
+        if not has_range:
+            return _Bounds(all_null, _FALSE)
+        if op == "Lt":
+            return _Bounds(all_null | (mn >= lit), no_null & (mx < lit))
+        if op == "LtEq":
+            return _Bounds(all_null | (mn > lit), no_null & (mx <= lit))
+        if op == "Gt":
+            return _Bounds(all_null | (mx <= lit), no_null & (mn > lit))
+        if op == "GtEq":
+            return _Bounds(all_null | (mx < lit), no_null & (mn >= lit))
+        return _UNKNOWN
+
+    def is_in(self, col: str, lit: pl.Expr) -> _Bounds:
+        nc, rows = pl.col(f"null_count.{col}"), pl.col("rows")
+        values = pl.select(lit.alias("v")).to_series()
+        if isinstance(values.dtype, (pl.List, pl.Array)):
+            values = values.explode()
+        dtype = self.schema[col]
+        target = _literal_dtype(dtype)
+        values = values.cast(target, strict=False).drop_nulls().unique().sort()
+        skip = nc == rows
+        all_: pl.Expr = _FALSE
+        if len(values) == 0:
+            return _Bounds(pl.lit(True), _FALSE)
+        if self.has(f"min.{col}"):
+            v = pl.lit(values)
+            inside = v.search_sorted(pl.col(f"max.{col}"), side="right").cast(pl.Int64) - v.search_sorted(
+                pl.col(f"min.{col}"), side="left"
+            ).cast(pl.Int64)
+            skip = skip | (inside == 0)
+        dist = f"distinct.{col}"
+        if self.has(dist):
+            d = pl.col(dist)
+            hits = d.list.eval(pl.element().is_in(values.implode())).list
+            skip = skip | (d.is_not_null() & ~hits.any())
+            all_ = (nc == 0) & d.is_not_null() & hits.all()
+        return _Bounds(skip, all_)
+
+
+def _conjuncts(node: Any) -> list[Any]:
+    if isinstance(node, dict) and "BinaryExpr" in node and node["BinaryExpr"]["op"] in ("And", "LogicalAnd"):
+        b = node["BinaryExpr"]
+        return _conjuncts(b["left"]) + _conjuncts(b["right"])
+    return [node]
+
+
+# -- the plan --------------------------------------------------------------------
+
+
+@dataclass
+class PruneReport:
+    """The plan of one scan: which blocks are read, which are skipped and why.
+
+    ``scan()`` executes exactly this plan, so the report and the execution
+    cannot disagree.
+    """
+
+    table: str
+    predicate: str | None
+    blocks_total: int
+    blocks_pruned: int
+    rows_total: int
+    rows_pruned: int
+    bytes_total: int
+    bytes_pruned: int
+    hot_rows: int
+    survivors: tuple[blk.BlockInfo, ...] = field(repr=False)
+    details: pl.DataFrame = field(repr=False)
+    conjuncts: list[str] = field(default_factory=list)
+    not_understood: list[str] = field(default_factory=list)
+
+    @property
+    def blocks_scanned(self) -> int:
+        return self.blocks_total - self.blocks_pruned
+
+    @property
+    def rows_scanned(self) -> int:
+        return self.rows_total - self.rows_pruned
+
+    @property
+    def bytes_scanned(self) -> int:
+        return self.bytes_total - self.bytes_pruned
+
+    @property
+    def rows_avoided(self) -> int:
+        return self.rows_pruned
+
+    @property
+    def bytes_avoided(self) -> int:
+        return self.bytes_pruned
+
+    @property
+    def fraction_pruned(self) -> float:
+        return self.blocks_pruned / self.blocks_total if self.blocks_total else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"table {self.table!r}: {self.blocks_pruned}/{self.blocks_total} blocks pruned, "
+            f"{self.blocks_scanned} scanned; {self.rows_pruned:,} rows and {_fmt_bytes(self.bytes_pruned)} "
+            f"avoided; {self.hot_rows:,} hot rows scanned"
+        )
+
+    def __repr__(self) -> str:
+        lines = [f"PruneReport({self.summary()})", f"  predicate: {self.predicate}"]
+        for c in self.not_understood:
+            lines.append(f"  not understood (kept blocks, Polars filters rows): {c}")
+        reasons = self.details.filter(pl.col("scanned").not_()).group_by("reason", maintain_order=True).len()
+        for reason, n in reasons.iter_rows():
+            lines.append(f"  {n} block(s) pruned by {reason}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        pct = 100 * self.fraction_pruned
+        head = (
+            f"<b>PruneReport</b> for table <code>{html.escape(self.table)}</code> "
+            f"where <code>{html.escape(str(self.predicate))}</code><br>"
+            f"<div style='display:flex;height:10px;width:320px;border:1px solid #999'>"
+            f"<div style='width:{pct:.1f}%;background:#bbb' title='pruned'></div>"
+            f"<div style='width:{100 - pct:.1f}%;background:#2a7' title='scanned'></div></div>"
+        )
+        rows = [
+            ("blocks", f"{self.blocks_total}", f"{self.blocks_pruned}", f"{self.blocks_scanned}"),
+            ("rows", f"{self.rows_total:,}", f"{self.rows_pruned:,}", f"{self.rows_scanned:,}"),
+            ("bytes", _fmt_bytes(self.bytes_total), _fmt_bytes(self.bytes_pruned), _fmt_bytes(self.bytes_scanned)),
+            ("hot rows", f"{self.hot_rows:,}", "0", f"{self.hot_rows:,}"),
+        ]
+        body = "".join(f"<tr><th>{a}</th><td>{b}</td><td>{c}</td><td>{d}</td></tr>" for a, b, c, d in rows)
+        table = "<table><tr><th></th><th>total</th><th>pruned</th><th>scanned</th></tr>" + body + "</table>"
+        extra = "".join(
+            f"<div>not understood (blocks kept): <code>{html.escape(c)}</code></div>" for c in self.not_understood
+        )
+        return head + table + extra
+
+    def to_frame(self) -> pl.DataFrame:
+        """Per block: name, rows, bytes, scanned, and the conjunct that pruned it."""
+        return self.details
+
+
+def _fmt_bytes(n: int) -> str:
+    x = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if x < 1024 or unit == "GiB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table: str) -> PruneReport:
+    """Decide, from statistics alone, which blocks of ``snap`` a scan must read."""
+    infos = snap.blocks
+    stats = snap.stats if snap.stats is not None else stats_frame(infos, schema)
+    n = len(infos)
+    reason: list[str | None] = [None] * n
+    conj_strs: list[str] = []
+    not_understood: list[str] = []
+    if predicate is not None and n:
+        try:
+            tree = json.loads(predicate.meta.serialize(format="json"))
+            parts = _conjuncts(tree)
+        except Exception as e:  # an expression Polars cannot serialise: keep everything
+            log.debug("pruner: cannot serialise predicate %s (%s)", predicate, e)
+            parts = []
+        walker = _Walker(set(stats.columns), schema)
+        for part in parts:
+            text = _describe(part)
+            conj_strs.append(text)
+            bounds = walker.walk(part)
+            if not bounds.understood:
+                not_understood.append(text)
+                log.debug("pruner: not understood, blocks kept: %s", text)
+            try:
+                skip = stats.select(bounds.skip.fill_null(False).alias("s")).to_series()
+                if len(skip) == 1 and n != 1:
+                    skip = pl.repeat(skip[0], n, eager=True)
+            except Exception as e:  # a literal Polars cannot compare with the statistics
+                log.debug("pruner: cannot evaluate %s on statistics (%s); keeping blocks", text, e)
+                continue
+            for i, s in enumerate(skip.to_list()):
+                if s and reason[i] is None:
+                    reason[i] = text
+    scanned = [r is None for r in reason]
+    survivors = tuple(b for b, keep in zip(infos, scanned, strict=True) if keep)
+    details = pl.DataFrame(
+        {
+            "block": [b.path.name for b in infos],
+            "first_lsn": [b.first_lsn for b in infos],
+            "last_lsn": [b.last_lsn for b in infos],
+            "rows": [b.rows for b in infos],
+            "bytes": [b.bytes for b in infos],
+            "scanned": scanned,
+            "reason": reason,
+        },
+        schema={
+            "block": pl.String,
+            "first_lsn": pl.Int64,
+            "last_lsn": pl.Int64,
+            "rows": pl.Int64,
+            "bytes": pl.Int64,
+            "scanned": pl.Boolean,
+            "reason": pl.String,
+        },
+    )
+    rows_total = sum(b.rows for b in infos)
+    bytes_total = sum(b.bytes for b in infos)
+    rows_kept = sum(b.rows for b in survivors)
+    bytes_kept = sum(b.bytes for b in survivors)
+    return PruneReport(
+        table=table,
+        predicate=str(predicate) if predicate is not None else None,
+        blocks_total=n,
+        blocks_pruned=n - len(survivors),
+        rows_total=rows_total,
+        rows_pruned=rows_total - rows_kept,
+        bytes_total=bytes_total,
+        bytes_pruned=bytes_total - bytes_kept,
+        hot_rows=snap.hot_rows,
+        survivors=survivors,
+        details=details,
+        conjuncts=conj_strs,
+        not_understood=not_understood,
+    )
+
+
+def _describe(node: Any) -> str:
+    try:
+        return str(_node_to_expr(node))
+    except Exception:  # pragma: no cover - we only describe what we parsed
+        return json.dumps(node)[:200]

@@ -1,0 +1,308 @@
+"""Immutable Parquet blocks and the statistics they carry.
+
+A block is one Parquet file written by Polars (zstd, column statistics on,
+row groups of at most ``row_group_rows`` rows so that a narrow query can skip
+part of a block). Its name (see :mod:`bt_frames.storage.layout`) holds its LSN
+range, part number and the xxh3-64 digest of the whole file.
+
+Parquet key-value metadata written into every block::
+
+    bt_frames.format_version   "1" (BLOCK_FORMAT_VERSION)
+    bt_frames.lsn_range        "<first>-<last>"   LSNs of the WAL records it holds
+    bt_frames.part             "<part>/<nparts>"  position within a multi-part append
+    bt_frames.stats            JSON, STATS_VERSION 1:
+        {"version": 1, "rows": int,
+         "columns": {name: {"nulls": int, "min": v|null, "max": v|null,
+                            "distinct": [v, ...] | null}}}
+
+Values ``v`` are the column's *physical* values (integers for temporal types,
+strings for categorical/enum, floats for floats). ``min``/``max`` follow
+Polars' ordering: for floats NaN is the largest value, so ``max`` is NaN
+when the block holds any NaN. ``distinct`` is the exact set of non-null values
+when the block has at most ``DISTINCT_LIMIT`` of them (none for floats,
+decimal, binary and nested types). Columns whose type is not prunable
+(decimal, binary, nested) have ``min``/``max``/``distinct`` null.
+
+Write protocol (``write_block``): serialise to memory, hash, write
+``.tmp``, fsync, rename to the final name (which contains the hash), fsync
+the directory. A block becomes visible only by that rename.
+
+Integrity (``verify_block``): before its first read in a process a block's
+bytes are hashed and compared with the digest in its name; a mismatch raises
+CorruptionError naming the file. Verified files are remembered per process
+by (path, inode, size, mtime).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import xxhash
+
+from bt_frames.errors import CorruptionError, UnsupportedFormatError
+from bt_frames.storage import layout
+
+BLOCK_FORMAT_VERSION = 1
+STATS_VERSION = 1
+DISTINCT_LIMIT = 256
+KEY_VERSION = "bt_frames.format_version"
+KEY_LSN = "bt_frames.lsn_range"
+KEY_PART = "bt_frames.part"
+KEY_STATS = "bt_frames.stats"
+HASH_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    nulls: int
+    min: Any = None
+    max: Any = None
+    distinct: tuple[Any, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nulls": self.nulls,
+            "min": self.min,
+            "max": self.max,
+            "distinct": list(self.distinct) if self.distinct is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ColumnStats:
+        dist = d.get("distinct")
+        return cls(int(d["nulls"]), d.get("min"), d.get("max"), tuple(dist) if dist is not None else None)
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """Everything known about a block without opening it."""
+
+    name: layout.BlockName
+    path: Path
+    rows: int
+    bytes: int
+    columns: dict[str, ColumnStats] = field(hash=False, compare=False)
+
+    @property
+    def first_lsn(self) -> int:
+        return self.name.first_lsn
+
+    @property
+    def last_lsn(self) -> int:
+        return self.name.last_lsn
+
+    def stats_json(self) -> dict[str, Any]:
+        return {
+            "version": STATS_VERSION,
+            "rows": self.rows,
+            "columns": {c: s.to_json() for c, s in self.columns.items()},
+        }
+
+
+def _prunable(dtype: pl.DataType) -> bool:
+    return (dtype.is_numeric() and not isinstance(dtype, pl.Decimal)) or isinstance(
+        dtype, (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Duration, pl.Time, pl.Categorical, pl.Enum)
+    )
+
+
+def _is_cat(dtype: pl.DataType) -> bool:
+    return isinstance(dtype, (pl.Categorical, pl.Enum))
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return float("nan")
+    return v
+
+
+def compute_stats(df: pl.DataFrame) -> dict[str, ColumnStats]:
+    """Per-column statistics of a frame, in the JSON-able form described above."""
+    out: dict[str, ColumnStats] = {}
+    for s in df.iter_columns():
+        name, dtype = s.name, s.dtype
+        nulls = s.null_count()
+        if not _prunable(dtype) or nulls == len(s):
+            out[name] = ColumnStats(nulls)
+            continue
+        if _is_cat(dtype):
+            s = s.cast(pl.String)
+        else:
+            s = s.to_physical()
+        if dtype.is_float():
+            has_nan = bool(s.is_nan().any())
+            finite = s.drop_nulls().drop_nans()
+            mn = finite.min() if len(finite) else float("nan")
+            mx = float("nan") if has_nan else finite.max()
+            out[name] = ColumnStats(nulls, _py(mn), _py(mx))
+            continue
+        uniq = s.drop_nulls().unique()
+        distinct = tuple(sorted(uniq.to_list())) if len(uniq) <= DISTINCT_LIMIT else None
+        out[name] = ColumnStats(nulls, s.min(), s.max(), distinct)
+    return out
+
+
+def hash_bytes(data: bytes | memoryview) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def hash_file(path: Path) -> str:
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_block(
+    blocks_dir: Path,
+    df: pl.DataFrame,
+    *,
+    first_lsn: int,
+    last_lsn: int,
+    part: int = 1,
+    nparts: int = 1,
+    row_group_rows: int,
+    publish: bool = True,
+) -> BlockInfo:
+    """Write ``df`` as a block; durable and visible on return (if ``publish``).
+
+    With ``publish=False`` the file is left at its temporary name (fsynced) and
+    the caller renames it with :func:`publish_block`: multi-part appends write
+    every part before renaming any.
+    """
+    stats = compute_stats(df)
+    stats_doc = {
+        "version": STATS_VERSION,
+        "rows": df.height,
+        "columns": {c: s.to_json() for c, s in stats.items()},
+    }
+    buf = io.BytesIO()
+    df.write_parquet(
+        buf,
+        compression="zstd",
+        statistics=True,
+        row_group_size=row_group_rows,
+        metadata={
+            KEY_VERSION: str(BLOCK_FORMAT_VERSION),
+            KEY_LSN: f"{first_lsn}-{last_lsn}",
+            KEY_PART: f"{part}/{nparts}",
+            KEY_STATS: json.dumps(stats_doc, allow_nan=True),
+        },
+    )
+    data = buf.getbuffer()
+    name = layout.BlockName(first_lsn, last_lsn, part, nparts, hash_bytes(data))
+    path = blocks_dir / str(name)
+    tmp = layout.tmp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    info = BlockInfo(name, path, df.height, len(data), stats)
+    if publish:
+        publish_block(tmp, path)
+    _mark_verified(path)
+    return info
+
+
+def publish_block(tmp: Path, path: Path, *, sync_dir: bool = True) -> None:
+    os.replace(tmp, path)
+    if sync_dir:
+        layout.fsync_dir(path.parent)
+
+
+def pending_path(info: BlockInfo) -> Path:
+    return layout.tmp_path(info.path)
+
+
+# -- integrity ---------------------------------------------------------------
+
+_verified: dict[str, tuple[int, int, int]] = {}
+_verified_lock = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _mark_verified(path: Path) -> None:
+    try:
+        key = _file_key(path)
+    except FileNotFoundError:  # not yet published: verified when renamed
+        key = _file_key(layout.tmp_path(path))
+    with _verified_lock:
+        _verified[str(path)] = key
+
+
+def verify_block(path: Path, *, force: bool = False) -> None:
+    """Check a block's bytes against the digest in its name (once per process)."""
+    name = layout.parse_block_name(path.name)
+    if name is None:
+        raise CorruptionError.at(path, None, "not a bt_frames block file name")
+    try:
+        key = _file_key(path)
+    except FileNotFoundError:
+        raise CorruptionError.at(path, None, "block file is missing") from None
+    with _verified_lock:
+        if not force and _verified.get(str(path)) == key:
+            return
+    digest = hash_file(path)
+    if digest != name.digest:
+        raise CorruptionError.at(
+            path, None, f"xxh3-64 digest {digest} does not match {name.digest} recorded in the file name"
+        )
+    with _verified_lock:
+        _verified[str(path)] = key
+
+
+def read_block_info(path: Path, *, verify: bool = True) -> BlockInfo:
+    """Read a block's statistics from its Parquet footer (key-value metadata)."""
+    name = layout.parse_block_name(path.name)
+    if name is None:  # pragma: no cover - callers filter names
+        raise ValueError(f"not a block name: {path}")
+    if verify:
+        verify_block(path)
+    try:
+        meta = pl.read_parquet_metadata(path)
+    except Exception as e:  # polars raises ComputeError etc. on a bad footer
+        raise CorruptionError.at(path, None, f"unreadable Parquet footer ({e})") from e
+    version = meta.get(KEY_VERSION)
+    if version is None or KEY_STATS not in meta:
+        raise CorruptionError.at(path, None, "Parquet footer lacks bt_frames metadata")
+    if int(version) > BLOCK_FORMAT_VERSION:
+        raise UnsupportedFormatError.newer(path, version, BLOCK_FORMAT_VERSION)
+    if meta.get(KEY_LSN) != f"{name.first_lsn}-{name.last_lsn}":
+        raise CorruptionError.at(path, None, f"LSN range {meta.get(KEY_LSN)!r} in the footer disagrees with the name")
+    try:
+        doc = json.loads(meta[KEY_STATS])
+        cols = {c: ColumnStats.from_json(d) for c, d in doc["columns"].items()}
+        rows = int(doc["rows"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptionError.at(path, None, f"bad statistics in the Parquet footer ({e})") from e
+    return BlockInfo(name, path, rows, path.stat().st_size, cols)
+
+
+def list_block_files(blocks_dir: Path) -> list[tuple[layout.BlockName, Path]]:
+    out = []
+    try:
+        names = os.listdir(blocks_dir)
+    except FileNotFoundError:
+        return []
+    for n in names:
+        parsed = layout.parse_block_name(n)
+        if parsed is not None:
+            out.append((parsed, blocks_dir / n))
+    out.sort(key=lambda t: (t[0].first_lsn, t[0].part))
+    return out

@@ -1,0 +1,130 @@
+"""Every path bt_frames reads or writes is built and parsed here.
+
+Store layout (the filesystem is the source of truth)::
+
+    <store>/
+      LOCK                                   exclusive writer lock (see locking.py)
+      <table>/
+        table.json                           format version, schema, options (catalog.py)
+        stats.json                           cache of block statistics (catalog.py, transient)
+        wal/<first-lsn>.wal                  WAL segments (wal.py)
+        blocks/<first>-<last>.<part>of<n>.<xxh3>.parquet   immutable blocks (blocks.py)
+
+Names:
+
+- ``<first-lsn>`` is 20 zero-padded decimal digits, so names sort by LSN.
+- A block name carries the LSN range it holds, its part number within a
+  multi-part append (``1of1`` for an ordinary block) and the xxh3-64 digest
+  (16 hex digits) of the whole file: the checksum lives outside the file.
+- Temporary files end in ``.tmp`` and temporary/dropped table folders start
+  with ``.``; both are removed when a writer opens the store.
+
+``parse_*`` functions return ``None`` for names that are not ours, so stray
+files are ignored rather than fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bt_frames.errors import InvalidTableNameError
+
+LOCK_NAME = "LOCK"
+TABLE_JSON = "table.json"
+STATS_CACHE = "stats.json"
+WAL_DIR = "wal"
+BLOCKS_DIR = "blocks"
+TMP_SUFFIX = ".tmp"
+LSN_DIGITS = 20
+
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_WAL_NAME = re.compile(r"(\d{20})\.wal")
+_BLOCK_NAME = re.compile(r"(\d{20})-(\d{20})\.(\d+)of(\d+)\.([0-9a-f]{16})\.parquet")
+MAX_TABLE_NAME = 128
+
+
+def validate_table_name(name: object) -> str:
+    """Return ``name`` if it is a valid table name, else raise InvalidTableNameError."""
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name) or ".." in name or len(name) > MAX_TABLE_NAME:
+        raise InvalidTableNameError(
+            f"invalid table name {name!r}: names match [A-Za-z0-9_][A-Za-z0-9_.-]*, are at most "
+            f"{MAX_TABLE_NAME} characters and never contain '..' (no paths). "
+            "Fix: use a name like 'orders' or 'ticks_2024.v2'."
+        )
+    return name
+
+
+def wal_name(first_lsn: int) -> str:
+    return f"{first_lsn:0{LSN_DIGITS}d}.wal"
+
+
+def parse_wal_name(name: str) -> int | None:
+    m = _WAL_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True, order=True)
+class BlockName:
+    first_lsn: int
+    last_lsn: int
+    part: int
+    nparts: int
+    digest: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.first_lsn:0{LSN_DIGITS}d}-{self.last_lsn:0{LSN_DIGITS}d}."
+            f"{self.part}of{self.nparts}.{self.digest}.parquet"
+        )
+
+
+def parse_block_name(name: str) -> BlockName | None:
+    m = _BLOCK_NAME.fullmatch(name)
+    if not m:
+        return None
+    first, last, part, nparts = (int(m.group(i)) for i in range(1, 5))
+    if first > last or not 1 <= part <= nparts:
+        return None
+    return BlockName(first, last, part, nparts, m.group(5))
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def is_tmp(name: str) -> bool:
+    return name.endswith(TMP_SUFFIX)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that creations, renames and unlinks in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | memoryview, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory.
+
+    A crash at any point leaves either the old file (or none) or the complete
+    new one, plus perhaps a ``*.tmp`` file that the next writer removes.
+    """
+    tmp = tmp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)

@@ -1,0 +1,340 @@
+"""The write-ahead log: segment files of framed, checksummed records.
+
+Every acknowledged append is one record in the WAL of its table before it is
+visible anywhere else. A table's WAL is a folder of *segments*,
+``wal/<first-lsn>.wal`` (names in :mod:`bt_frames.storage.layout`); every
+record in a segment has an LSN >= the LSN in its name.
+
+Segment grammar (all integers little-endian)::
+
+    segment := header record*
+    header  := "BTWAL\\0" version:u16                      8 bytes
+    record  := magic:u32 length:u32 crc:u32 lsn:u64 payload[length]
+               -- 20-byte record header, then the payload
+
+    magic   = 0xB7F0A1E5 (RECORD_MAGIC): marks a record start, so a scan that
+              has lost its place can tell records from payload bytes.
+    length  = number of payload bytes (< 2**32).
+    crc     = CRC-32 (zlib) of length, lsn and payload, i.e. of every byte of
+              the record except the magic and the crc itself. A damaged length
+              field therefore fails the checksum instead of silently framing
+              the wrong bytes.
+    lsn     = log sequence number: strictly increasing across the table's WAL.
+    payload = one Arrow IPC *stream* (schema + record batches) holding the
+              validated, coerced batch exactly as it was acknowledged.
+
+Validity of the record at byte offset ``o`` of a segment of ``size`` bytes:
+
+1. ``o + 20 <= size``                         (the header is complete)
+2. magic == RECORD_MAGIC
+3. ``o + 20 + length <= size``                (the payload is complete)
+4. crc matches
+5. lsn > the previous record's lsn and lsn >= the segment's first LSN
+6. the payload decodes as an Arrow IPC stream with the table's schema
+
+Replay (``read_segment``) walks records from offset 8. When conditions 1-4
+fail at ``o`` it decides between a *torn tail* and *corruption*:
+
+- torn tail: this is the last segment and no valid record (conditions 2-4,
+  with an LSN greater than the last good one) starts anywhere after ``o``.
+  A crash during the final write can only leave such a tail, and its append
+  was never acknowledged. A writer truncates the file to ``o``; a read-only
+  reader just stops there.
+- corruption: otherwise. ``CorruptionError`` names the file and ``o``;
+  acknowledged data is never dropped silently. A record that passes its
+  checksum but breaks 5 or 6 is always corruption.
+
+Write path (``WalWriter.append``): the header and payload go to the file in
+one ``writev`` on an ``O_APPEND`` descriptor, then, by durability policy:
+``"fsync"`` — ``fdatasync`` before returning; ``"batch"`` — a background
+thread syncs every ``BATCH_INTERVAL_S`` (a process crash loses nothing, the
+kernel has the bytes; a power loss at most the last interval); ``"none"`` —
+left to the OS. A failed write truncates the file back to its previous size,
+so a failed append leaves no partial record behind.
+
+Flush order (see ``Table._freeze``): rotate to a new segment
+(fsync the old one, create the new one, fsync the directory), write the
+block (tmp, fsync, rename, fsync dir), then delete the segments whose records
+are all <= the block's last LSN and fsync the directory. A crash between any
+two steps leaves records that blocks also hold; replay skips every LSN <= the
+highest LSN held by a block, so rows are neither lost nor duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bt_frames.errors import BtError, CorruptionError
+from bt_frames.storage import layout
+
+Durability = Literal["fsync", "batch", "none"]
+DURABILITY_MODES: tuple[str, ...] = ("fsync", "batch", "none")
+
+SEGMENT_MAGIC = b"BTWAL\x00"
+WAL_VERSION = 1
+SEGMENT_HEADER = struct.Struct("<6sH")
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 8
+RECORD_MAGIC = 0xB7F0A1E5
+RECORD_HEADER = struct.Struct("<IIIQ")  # magic, length, crc, lsn
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 20
+_LEN = struct.Struct("<I")
+_LSN = struct.Struct("<Q")
+_MAGIC_BYTES = _LEN.pack(RECORD_MAGIC)
+MAX_PAYLOAD = 2**32 - 1
+BATCH_INTERVAL_S = 0.005
+
+
+def record_crc(length: int, lsn: int, payload: bytes | memoryview) -> int:
+    crc = zlib.crc32(_LEN.pack(length))
+    crc = zlib.crc32(_LSN.pack(lsn), crc)
+    return zlib.crc32(payload, crc)
+
+
+def encode_record(lsn: int, payload: bytes | memoryview) -> bytes:
+    """The header of a record (the payload follows it unchanged)."""
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise BtError(f"WAL record of {n} bytes exceeds the {MAX_PAYLOAD}-byte limit; append in chunks")
+    return RECORD_HEADER.pack(RECORD_MAGIC, n, record_crc(n, lsn, payload), lsn)
+
+
+def segment_header() -> bytes:
+    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, WAL_VERSION)
+
+
+@dataclass(frozen=True)
+class Record:
+    lsn: int
+    offset: int
+    payload: memoryview
+
+
+@dataclass
+class SegmentScan:
+    """What ``read_segment`` found in one segment."""
+
+    path: Path
+    first_lsn: int
+    records: list[Record]
+    valid_end: int  # offset just past the last valid record
+    size: int  # file size as read
+
+    @property
+    def torn_bytes(self) -> int:
+        return self.size - self.valid_end
+
+
+def _valid_at(buf: memoryview, o: int, size: int, min_lsn: int) -> tuple[int, int] | None:
+    """(lsn, length) if conditions 1-4 (and lsn >= min_lsn) hold at offset o, else None."""
+    if o + RECORD_HEADER_SIZE > size:
+        return None
+    magic, length, crc, lsn = RECORD_HEADER.unpack_from(buf, o)
+    if magic != RECORD_MAGIC or o + RECORD_HEADER_SIZE + length > size:
+        return None
+    payload = buf[o + RECORD_HEADER_SIZE : o + RECORD_HEADER_SIZE + length]
+    if record_crc(length, lsn, payload) != crc or lsn < min_lsn:
+        return None
+    return lsn, length
+
+
+def _valid_record_after(data: bytes, buf: memoryview, start: int, size: int, min_lsn: int) -> int | None:
+    """Offset of the first valid record starting after ``start``, if any."""
+    pos = data.find(_MAGIC_BYTES, start + 1)
+    while pos != -1:
+        if _valid_at(buf, pos, size, min_lsn) is not None:
+            return pos
+        pos = data.find(_MAGIC_BYTES, pos + 1)
+    return None
+
+
+def read_segment(path: Path, *, is_last: bool, prev_lsn: int = -1) -> SegmentScan:
+    """Read and check every record of one segment (see the module docstring).
+
+    Raises CorruptionError for anything but a torn tail of the last segment.
+    """
+    first_lsn = layout.parse_wal_name(path.name)
+    if first_lsn is None:  # pragma: no cover - callers only pass our names
+        raise ValueError(f"not a WAL segment name: {path}")
+    data = path.read_bytes()
+    size = len(data)
+    buf = memoryview(data)
+    if size < SEGMENT_HEADER_SIZE:
+        if is_last:  # crash while creating the segment
+            return SegmentScan(path, first_lsn, [], 0, size)
+        raise CorruptionError.at(path, 0, f"segment header is {size} bytes, expected {SEGMENT_HEADER_SIZE}")
+    magic, version = SEGMENT_HEADER.unpack_from(buf, 0)
+    if magic != SEGMENT_MAGIC:
+        raise CorruptionError.at(path, 0, "not a bt_frames WAL segment (bad magic)")
+    if version > WAL_VERSION:
+        from bt_frames.errors import UnsupportedFormatError
+
+        raise UnsupportedFormatError.newer(path, version, WAL_VERSION)
+    records: list[Record] = []
+    o = SEGMENT_HEADER_SIZE
+    last = prev_lsn
+    while o < size:
+        found = _valid_at(buf, o, size, first_lsn)
+        if found is None:
+            later = _valid_record_after(data, buf, o, size, max(first_lsn, last + 1))
+            if is_last and later is None:
+                return SegmentScan(path, first_lsn, records, o, size)  # torn tail
+            reason = _describe_bad_record(buf, o, size)
+            if later is not None:
+                reason += f"; a valid record follows at offset {later}, so this is not a torn tail"
+            else:
+                reason += "; later segments exist, so this is not a torn tail"
+            raise CorruptionError.at(path, o, reason)
+        lsn, length = found
+        if lsn <= last:
+            raise CorruptionError.at(path, o, f"record LSN {lsn} is not greater than the previous LSN {last}")
+        records.append(Record(lsn, o, buf[o + RECORD_HEADER_SIZE : o + RECORD_HEADER_SIZE + length]))
+        last = lsn
+        o += RECORD_HEADER_SIZE + length
+    return SegmentScan(path, first_lsn, records, o, size)
+
+
+def _describe_bad_record(buf: memoryview, o: int, size: int) -> str:
+    if o + RECORD_HEADER_SIZE > size:
+        return f"record header cut short ({size - o} of {RECORD_HEADER_SIZE} bytes)"
+    magic, length, _crc, lsn = RECORD_HEADER.unpack_from(buf, o)
+    if magic != RECORD_MAGIC:
+        return f"bad record magic 0x{magic:08x}"
+    if o + RECORD_HEADER_SIZE + length > size:
+        return f"record length {length} runs past the end of the file ({size} bytes)"
+    return f"CRC mismatch in record (length {length}, lsn {lsn})"
+
+
+def list_segments(wal_dir: Path) -> list[tuple[int, Path]]:
+    """(first_lsn, path) of every segment, in LSN order; foreign files ignored."""
+    out = []
+    try:
+        names = os.listdir(wal_dir)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        lsn = layout.parse_wal_name(name)
+        if lsn is not None:
+            out.append((lsn, wal_dir / name))
+    out.sort()
+    return out
+
+
+def scan_wal(wal_dir: Path) -> Iterator[SegmentScan]:
+    """Read every segment in order, checking LSN order across segments."""
+    segs = list_segments(wal_dir)
+    prev = -1
+    for i, (_first, path) in enumerate(segs):
+        scan = read_segment(path, is_last=i == len(segs) - 1, prev_lsn=prev)
+        if scan.records:
+            prev = scan.records[-1].lsn
+        yield scan
+
+
+class WalWriter:
+    """Appends records to the current (last) segment of one table's WAL."""
+
+    def __init__(self, wal_dir: Path, durability: Durability, current: Path, *, create: bool) -> None:
+        self.wal_dir = wal_dir
+        self.durability = durability
+        self.path = current
+        self._fd_lock = threading.Lock()
+        self._dirty = False
+        self._fd = self._open(current, create=create)
+        self._size = os.fstat(self._fd).st_size
+        self.records_written = 0
+        self.bytes_written = 0
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if durability == "batch":
+            self._syncer = threading.Thread(target=self._sync_loop, name="bt_frames-wal-sync", daemon=True)
+            self._syncer.start()
+
+    @staticmethod
+    def _open(path: Path, *, create: bool) -> int:
+        if create:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, segment_header())
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            layout.fsync_dir(path.parent)
+            return fd
+        return os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def append(self, lsn: int, payload: bytes | memoryview) -> None:
+        """Write one record; return once it is durable under the policy."""
+        header = encode_record(lsn, payload)
+        want = len(header) + len(payload)
+        try:
+            n = os.writev(self._fd, [header, payload])
+            if n != want:  # short write (disk full): finish it or fail below
+                rest = (header + bytes(payload))[n:]
+                while rest:
+                    k = os.write(self._fd, rest)
+                    rest = rest[k:]
+            if self.durability == "fsync":
+                os.fdatasync(self._fd)
+            elif self.durability == "batch":
+                self._dirty = True
+        except BaseException:
+            # Leave no partial record behind: the append was not acknowledged.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:  # pragma: no cover - nothing better to do
+                pass
+            raise
+        self._size += want
+        self.records_written += 1
+        self.bytes_written += want
+
+    def sync(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.fdatasync(self._fd)
+                self._dirty = False
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(BATCH_INTERVAL_S):
+            if self._dirty:
+                try:
+                    self.sync()
+                except OSError:  # pragma: no cover - fd closed under us during rotate
+                    pass
+
+    def rotate(self, next_lsn: int) -> Path:
+        """Make the current segment durable and start ``wal/<next_lsn>.wal``."""
+        new_path = self.wal_dir / layout.wal_name(next_lsn)
+        with self._fd_lock:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            self._fd = self._open(new_path, create=True)
+            self._dirty = False
+        self.path = new_path
+        self._size = SEGMENT_HEADER_SIZE
+        return new_path
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        with self._fd_lock:
+            if self._fd >= 0:
+                try:
+                    os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1

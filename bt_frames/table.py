@@ -1,0 +1,628 @@
+"""A table: WAL + hot buffer + immutable Parquet blocks, and its queries."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from bt_frames import _convert
+from bt_frames.errors import CorruptionError, ReadOnlyError, StoreClosedError
+from bt_frames.storage import blocks as blk
+from bt_frames.storage import catalog, layout, wal
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bt_frames.prune import PruneReport, Where
+    from bt_frames.store import BacktraceStore
+
+log = logging.getLogger("bt_frames")
+
+DEFAULT_MAX_BLOCK_ROWS = 1_000_000
+DEFAULT_ROW_GROUP_ROWS = 131_072
+
+
+@dataclass
+class Recovery:
+    """What opening (or refreshing) a table found and did."""
+
+    blocks: int = 0
+    block_rows: int = 0
+    stats_cache: str = "missing"  # fresh / missing / stale / corrupt
+    blocks_from_cache: int = 0
+    blocks_from_footer: int = 0
+    wal_segments: int = 0
+    wal_records: int = 0
+    records_replayed: int = 0
+    rows_replayed: int = 0
+    records_skipped: int = 0  # already held by blocks (crash after a flush)
+    torn_tail_bytes: int = 0
+    incomplete_blocks_removed: int = 0
+    superseded_blocks_removed: int = 0
+    tmp_files_removed: int = 0
+    wal_segments_removed: int = 0
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.blocks} blocks ({self.block_rows:,} rows; stats cache {self.stats_cache}, "
+            f"{self.blocks_from_footer} footers read)",
+            f"WAL: {self.wal_segments} segment(s), {self.wal_records} record(s), "
+            f"{self.records_replayed} replayed ({self.rows_replayed:,} rows), "
+            f"{self.records_skipped} already in blocks",
+        ]
+        if self.torn_tail_bytes:
+            parts.append(f"torn tail of {self.torn_tail_bytes} bytes cut off (an unacknowledged append)")
+        if self.incomplete_blocks_removed:
+            parts.append(f"{self.incomplete_blocks_removed} part(s) of an unfinished multi-block append removed")
+        if self.superseded_blocks_removed:
+            parts.append(f"{self.superseded_blocks_removed} block(s) superseded by a compaction removed")
+        if self.tmp_files_removed:
+            parts.append(f"{self.tmp_files_removed} temporary file(s) removed")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of a table: the blocks and hot chunks as of one instant."""
+
+    blocks: tuple[blk.BlockInfo, ...]
+    hot: tuple[pl.DataFrame, ...]
+    stats: pl.DataFrame | None = field(default=None, compare=False)
+
+    @property
+    def hot_rows(self) -> int:
+        return sum(c.height for c in self.hot)
+
+
+def _ipc_bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_ipc_stream(buf)
+    return buf.getvalue()
+
+
+def _from_ipc(payload: bytes | memoryview) -> pl.DataFrame:
+    return pl.read_ipc_stream(io.BytesIO(payload))
+
+
+class Table:
+    """One table of a :class:`~bt_frames.BacktraceStore`. Get it from the store; do not construct."""
+
+    def __init__(self, store: BacktraceStore, directory: Path, meta: catalog.TableMeta) -> None:
+        self._store = store
+        self._dir = directory
+        self._meta = meta
+        self._lock = threading.RLock()
+        self._closed = False
+        self._read_only = store.read_only
+        self._blocks: list[blk.BlockInfo] = []
+        self._hot: list[pl.DataFrame] = []
+        self._hot_rows = 0
+        self._hot_first_lsn = -1
+        self._hot_last_lsn = -1
+        self._next_lsn = 1
+        self._wal: wal.WalWriter | None = None
+        self._wal_records = 0
+        self._wal_bytes = 0
+        self._stats_frame: pl.DataFrame | None = None
+        self._pending_freeze_error: BaseException | None = None
+        self.recovery = Recovery()
+        self.last_plan: PruneReport | None = None
+        self.last_columns: list[str] | None = None
+        self.scans = 0
+        self._load()
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._meta.name
+
+    @property
+    def path(self) -> Path:
+        return self._dir
+
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.Schema(self._meta.schema)
+
+    @property
+    def time_column(self) -> str | None:
+        return self._meta.time_column
+
+    @property
+    def max_block_rows(self) -> int:
+        return self._meta.max_block_rows
+
+    @property
+    def store(self) -> BacktraceStore:
+        return self._store
+
+    # -- opening / recovery ----------------------------------------------------
+
+    def _load(self) -> None:
+        """Read blocks (via the stats cache) and replay the WAL into the hot buffer."""
+        rec = Recovery()
+        blocks_dir = self._dir / layout.BLOCKS_DIR
+        wal_dir = self._dir / layout.WAL_DIR
+        writer = not self._read_only
+        if writer:
+            for d in (blocks_dir, wal_dir):
+                for n in os.listdir(d):
+                    if layout.is_tmp(n):
+                        (d / n).unlink(missing_ok=True)
+                        rec.tmp_files_removed += 1
+        for _attempt in range(20):
+            loaded = catalog.load_blocks(self._dir, progress=self._store._progress("stats cache"))
+            infos, dropped_incomplete, dropped_superseded = _resolve_blocks(loaded.blocks)
+            blocks_max = max((b.last_lsn for b in infos), default=0)
+            try:
+                scans = list(wal.scan_wal(wal_dir))
+            except FileNotFoundError:
+                if writer:
+                    raise
+                continue  # a reader raced a flush that deleted a segment; look again
+            # A reader: a flush may have produced blocks while we read the WAL; look again if so.
+            if not writer and [p for _, p in blk.list_block_files(blocks_dir)] != [b.path for b in loaded.blocks]:
+                continue
+            break
+        else:  # pragma: no cover - needs a writer flushing continuously
+            raise CorruptionError.at(wal_dir, None, "the WAL kept changing while being read; retry refresh()")
+        if writer:
+            for b in dropped_incomplete + dropped_superseded:
+                b.path.unlink(missing_ok=True)
+            if dropped_incomplete or dropped_superseded:
+                layout.fsync_dir(blocks_dir)
+        rec.incomplete_blocks_removed = len(dropped_incomplete)
+        rec.superseded_blocks_removed = len(dropped_superseded)
+        rec.stats_cache = loaded.cache_state
+        rec.blocks_from_cache = loaded.from_cache
+        rec.blocks_from_footer = loaded.from_footer
+        rec.blocks = len(infos)
+        rec.block_rows = sum(b.rows for b in infos)
+
+        hot: list[pl.DataFrame] = []
+        first = last = -1
+        max_wal_lsn = 0
+        rec.wal_segments = len(scans)
+        records = 0
+        wal_bytes = 0
+        for scan in scans:
+            for r in scan.records:
+                records += 1
+                wal_bytes += wal.RECORD_HEADER_SIZE + len(r.payload)
+                max_wal_lsn = r.lsn
+                if r.lsn <= blocks_max:
+                    rec.records_skipped += 1
+                    continue
+                try:
+                    chunk = _from_ipc(r.payload)
+                except Exception as e:
+                    raise CorruptionError.at(
+                        scan.path, r.offset, f"record {r.lsn} payload is not Arrow IPC ({e})"
+                    ) from e
+                if chunk.schema != self._meta.schema:
+                    raise CorruptionError.at(
+                        scan.path, r.offset, f"record {r.lsn} has schema {chunk.schema}, not the table's"
+                    )
+                hot.append(chunk)
+                if first < 0:
+                    first = r.lsn
+                last = r.lsn
+                rec.records_replayed += 1
+                rec.rows_replayed += chunk.height
+        rec.wal_records = records
+        if scans and scans[-1].torn_bytes:
+            rec.torn_tail_bytes = scans[-1].torn_bytes
+        last_seg_first = scans[-1].first_lsn if scans else 1
+        next_lsn = max(blocks_max, max_wal_lsn, last_seg_first - 1) + 1
+
+        with self._lock:
+            self._blocks = infos
+            self._stats_frame = None
+            self._hot = hot
+            self._hot_rows = sum(c.height for c in hot)
+            self._hot_first_lsn, self._hot_last_lsn = first, last
+            self._next_lsn = next_lsn
+            self._wal_records = records
+            self._wal_bytes = wal_bytes
+            self.recovery = rec
+        if not writer:
+            return
+        # Writer: make the files match what was just loaded.
+        if scans and scans[-1].torn_bytes:
+            seg = scans[-1]
+            with open(seg.path, "r+b") as f:
+                f.truncate(seg.valid_end)
+                os.fsync(f.fileno())
+            log.info("table %r: cut a torn WAL tail of %d bytes from %s", self.name, seg.torn_bytes, seg.path)
+        covered = [s for s in scans[:-1] if not s.records or s.records[-1].lsn <= blocks_max]
+        for s in covered:
+            s.path.unlink()
+        rec.wal_segments_removed = len(covered)
+        if scans and scans[-1].size >= wal.SEGMENT_HEADER_SIZE and scans[-1].valid_end >= wal.SEGMENT_HEADER_SIZE:
+            self._wal = wal.WalWriter(wal_dir, self._store.durability, scans[-1].path, create=False)
+        else:
+            if scans:  # crash while creating the segment: header incomplete
+                scans[-1].path.unlink()
+            self._wal = wal.WalWriter(wal_dir, self._store.durability, wal_dir / layout.wal_name(next_lsn), create=True)
+        if covered:
+            layout.fsync_dir(wal_dir)
+        if loaded.changed or dropped_incomplete or dropped_superseded:
+            catalog.write_cache(self._dir, infos)
+        if self._hot_rows >= self._meta.max_block_rows:
+            self._freeze()
+        log.debug("opened table %r: %s", self.name, rec.summary())
+
+    def refresh(self) -> None:
+        """Re-read blocks and the WAL tail (read-only stores): see every append acknowledged so far."""
+        self._check_open()
+        if not self._read_only:
+            return
+        self._load()
+
+    # -- writing ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"table {self.name!r} of store {str(self._store.path)!r} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._read_only:
+            raise ReadOnlyError(
+                f"table {self.name!r}: the store {str(self._store.path)!r} was opened with read_only=True; "
+                "open it without read_only to write."
+            )
+
+    def validate(self, data: object) -> pl.DataFrame:
+        """Convert and coerce ``data`` to this table's schema without writing anything."""
+        df, _meta = _convert.to_polars(data, table=self.name)
+        return _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
+
+    def append(self, data: object) -> int | None:
+        """Append a frame; return its LSN (``None`` for an empty frame).
+
+        Durability: returns only after the WAL record is durable under the
+        store's policy (``"fsync"``: on disk). A frame with at least
+        ``max_block_rows`` rows is written straight to blocks (all parts, then
+        one directory sync) instead of the WAL. Crash: a record that was not
+        acknowledged may leave a torn tail, which the next open cuts off.
+        All-or-nothing: a frame that fails validation changes nothing.
+        """
+        self._check_writable()
+        df, pandas_meta = _convert.to_polars(data, table=self.name)
+        df = _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
+        if pandas_meta is not None and self._meta.pandas is None:
+            self._store._set_pandas_meta(self, pandas_meta)
+        if df.height == 0:
+            return None
+        with self._lock:
+            self._check_writable()
+            assert self._wal is not None
+            if df.height >= self._meta.max_block_rows:
+                return self._append_blocks(df)
+            if self._hot_rows and self._hot_rows + df.height > self._meta.max_block_rows:
+                self._try_freeze()
+            payload = _ipc_bytes(df)
+            lsn = self._next_lsn
+            self._wal.append(lsn, payload)  # the commit point
+            self._next_lsn = lsn + 1
+            self._wal_records += 1
+            self._wal_bytes += wal.RECORD_HEADER_SIZE + len(payload)
+            # Keep exactly what replay would rebuild (and no reference to the caller's buffers).
+            self._hot.append(_from_ipc(payload))
+            self._hot_rows += df.height
+            if self._hot_first_lsn < 0:
+                self._hot_first_lsn = lsn
+            self._hot_last_lsn = lsn
+            if self._hot_rows >= self._meta.max_block_rows:
+                self._try_freeze()
+            return lsn
+
+    def _try_freeze(self) -> None:
+        """Freeze after an acknowledged append: a failure must not un-acknowledge it."""
+        try:
+            self._freeze()
+        except Exception as e:  # the rows are durable in the WAL; retried on the next append
+            self._pending_freeze_error = e
+            warnings.warn(
+                f"table {self.name!r}: writing a block failed ({e}); the rows stay durable in the WAL "
+                "and the flush is retried on the next append",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _append_blocks(self, df: pl.DataFrame) -> int:
+        """A large append goes straight to blocks: every part is written, then all are renamed."""
+        assert self._wal is not None
+        self._freeze()
+        lsn = self._next_lsn
+        size = self._meta.max_block_rows
+        nparts = math.ceil(df.height / size)
+        infos: list[blk.BlockInfo] = []
+        blocks_dir = self._dir / layout.BLOCKS_DIR
+        parts = range(nparts)
+        bar = self._store._progress(f"append to {self.name}")
+        it: Iterable[int] = bar(parts, nparts) if bar is not None else parts
+        try:
+            for i in it:
+                infos.append(
+                    blk.write_block(
+                        blocks_dir,
+                        df.slice(i * size, size),
+                        first_lsn=lsn,
+                        last_lsn=lsn,
+                        part=i + 1,
+                        nparts=nparts,
+                        row_group_rows=self._meta.row_group_rows,
+                        publish=False,
+                    )
+                )
+        except BaseException:
+            for info in infos:
+                blk.pending_path(info).unlink(missing_ok=True)
+            raise
+        for info in infos:  # a crash part-way leaves an incomplete set, removed on open
+            blk.publish_block(blk.pending_path(info), info.path, sync_dir=False)
+        layout.fsync_dir(blocks_dir)  # the commit point
+        self._next_lsn = lsn + 1
+        self._blocks.extend(infos)
+        self._stats_frame = None
+        self._write_cache()
+        return lsn
+
+    def flush(self) -> int:
+        """Freeze the hot buffer into a block now; return the number of rows written."""
+        self._check_writable()
+        with self._lock:
+            n = self._hot_rows
+            self._freeze()
+            return n
+
+    def _freeze(self) -> None:
+        """Hot buffer -> one Parquet block; then drop the WAL segments it covers.
+
+        Order: rotate the WAL (old segment fsynced, new one created), write the
+        block atomically, delete covered segments, fsync the WAL directory.
+        """
+        if not self._hot:
+            return
+        assert self._wal is not None
+        first, last = self._hot_first_lsn, self._hot_last_lsn
+        df = pl.concat(self._hot, rechunk=True)
+        wal_dir = self._dir / layout.WAL_DIR
+        new_seg = wal_dir / layout.wal_name(last + 1)
+        if self._wal.path != new_seg:
+            self._wal.rotate(last + 1)
+        info = blk.write_block(
+            self._dir / layout.BLOCKS_DIR,
+            df,
+            first_lsn=first,
+            last_lsn=last,
+            row_group_rows=self._meta.row_group_rows,
+        )
+        self._blocks.append(info)
+        self._stats_frame = None
+        self._hot = []
+        self._hot_rows = 0
+        self._hot_first_lsn = self._hot_last_lsn = -1
+        self._pending_freeze_error = None
+        removed = False
+        for _lsn, path in wal.list_segments(wal_dir):
+            if path != self._wal.path:
+                path.unlink(missing_ok=True)
+                removed = True
+        if removed:
+            layout.fsync_dir(wal_dir)
+        self._wal_records = 0
+        self._wal_bytes = 0
+        self._write_cache()
+        log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, first, last, info.path.name, info.rows)
+
+    def _write_cache(self) -> None:
+        try:
+            catalog.write_cache(self._dir, self._blocks)
+        except OSError as e:  # only a cache: rebuilt from footers on the next open
+            log.warning("table %r: could not write the stats cache (%s)", self.name, e)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._wal is not None:
+                self._wal.close()
+                self._wal = None
+
+    # -- state -----------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The blocks and hot chunks as of now (cheap; blocks are immutable)."""
+        self._check_open()
+        with self._lock:
+            return Snapshot(tuple(self._blocks), tuple(self._hot), self._stats())
+
+    def _record_scan(self, report: PruneReport, columns: list[str] | None) -> None:
+        self.last_plan = report
+        self.last_columns = columns
+        self.scans += 1
+
+    def _stats(self) -> pl.DataFrame:
+        with self._lock:
+            if self._stats_frame is None:
+                from bt_frames.prune import stats_frame
+
+                self._stats_frame = stats_frame(self._blocks, self._meta.schema)
+            return self._stats_frame
+
+    @property
+    def blocks(self) -> pl.DataFrame:
+        """One row per block: file, LSN range, rows, bytes and ``min.<col>``/``max.<col>``/``null_count.<col>``."""
+        from bt_frames.prune import blocks_frame
+
+        snap = self.snapshot()
+        return blocks_frame(snap.blocks, snap.stats, self._meta.schema)
+
+    @property
+    def rows(self) -> int:
+        with self._lock:
+            return sum(b.rows for b in self._blocks) + self._hot_rows
+
+    @property
+    def hot_rows(self) -> int:
+        return self._hot_rows
+
+    @property
+    def cold_rows(self) -> int:
+        with self._lock:
+            return sum(b.rows for b in self._blocks)
+
+    @property
+    def wal_state(self) -> dict[str, Any]:
+        """Segments, records and bytes currently in the WAL (records not yet in blocks)."""
+        with self._lock:
+            segs = wal.list_segments(self._dir / layout.WAL_DIR)
+            return {
+                "segments": len(segs),
+                "records": self._wal_records,
+                "bytes": self._wal_bytes,
+                "next_lsn": self._next_lsn,
+                "durability": self._store.durability,
+                "current_segment": self._wal.path.name if self._wal else (segs[-1][1].name if segs else None),
+            }
+
+    def time_range(self) -> tuple[Any, Any] | None:
+        tc = self._meta.time_column
+        if tc is None:
+            return None
+        snap = self.snapshot()
+        lo: Any = None
+        hi: Any = None
+        st = snap.stats
+        if st is not None and st.height and f"min.{tc}" in st.columns:
+            lo, hi = st.get_column(f"min.{tc}").min(), st.get_column(f"max.{tc}").max()
+        if snap.hot:
+            hot = pl.concat([c.select(tc) for c in snap.hot]).get_column(tc)
+            hlo, hhi = hot.min(), hot.max()
+            lo = hlo if lo is None else min(lo, hlo)
+            hi = hhi if hi is None else max(hi, hhi)
+        return None if lo is None else (lo, hi)
+
+    # -- reading ---------------------------------------------------------------
+
+    def scan(self, where: Where | None = None, *, prune: bool = True) -> pl.LazyFrame:
+        """A LazyFrame over blocks + hot rows, in append order.
+
+        Filters (``where=`` or any later ``.filter``) and projections are
+        pushed down: blocks whose statistics rule the predicate out are never
+        opened, survivors are read by Polars' Parquet reader. Each
+        ``collect()`` reads one consistent snapshot taken when it starts.
+        """
+        from bt_frames import _scan
+
+        self._check_open()
+        return _scan.scan(self, where, prune=prune)
+
+    def prune(self, where: Where | None = None) -> PruneReport:
+        """Plan a scan: which blocks ``where`` skips and why (nothing is read)."""
+        from bt_frames import prune as _prune
+
+        return _prune.plan(
+            self.snapshot(), self._meta.schema, _prune.to_expr(where, self._meta.schema), table=self.name
+        )
+
+    def read(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        lf = self.scan(where)
+        if columns is not None:
+            lf = lf.select(columns)
+        return lf.collect()
+
+    def to_polars(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        return self.read(where, columns=columns)
+
+    def to_pandas(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The table (or a filtered part of it) as pandas, with the index and dtypes it was appended with."""
+        from bt_frames import _pandas
+
+        meta = self._meta.pandas
+        cols = list(columns) if columns is not None else None
+        if cols is not None and meta and meta.get("index", {}).get("kind") == "column":
+            idx = meta["index"]["column"]
+            if idx not in cols:
+                cols = [idx, *cols]
+        return _pandas.to_pandas(self.read(where, columns=cols), meta)
+
+    def iter_batches(
+        self, where: Where | None = None, *, columns: Sequence[str] | None = None, batch_size: int = 65_536
+    ) -> Iterator[pl.DataFrame]:
+        """Stream the rows as DataFrames of at most ``batch_size`` rows, with bounded memory."""
+        from bt_frames import _scan
+
+        self._check_open()
+        yield from _scan.iter_batches(self, where, columns=columns, batch_size=batch_size)
+
+    def iter_rows(
+        self, where: Where | None = None, *, columns: Sequence[str] | None = None, named: bool = True
+    ) -> Iterator[dict[str, Any]] | Iterator[tuple[Any, ...]]:
+        """Stream rows (dicts by default) with bounded memory."""
+        for batch in self.iter_batches(where, columns=columns):
+            if named:
+                yield from batch.iter_rows(named=True)
+            else:
+                yield from batch.iter_rows(named=False)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __repr__(self) -> str:
+        from bt_frames import _display
+
+        return _display.table_repr(self)
+
+    def _repr_html_(self) -> str:
+        from bt_frames import _display
+
+        return _display.table_html(self)
+
+
+def _resolve_blocks(
+    infos: list[blk.BlockInfo],
+) -> tuple[list[blk.BlockInfo], list[blk.BlockInfo], list[blk.BlockInfo]]:
+    """(live blocks, parts of unfinished multi-part appends, blocks superseded by compaction)."""
+    by_set: dict[tuple[int, int, int], list[blk.BlockInfo]] = {}
+    for b in infos:
+        by_set.setdefault((b.first_lsn, b.last_lsn, b.name.nparts), []).append(b)
+    complete: list[blk.BlockInfo] = []
+    incomplete: list[blk.BlockInfo] = []
+    for (_f, _l, nparts), members in by_set.items():
+        if len({m.name.part for m in members}) == nparts:
+            complete.extend(members)
+        else:
+            incomplete.extend(members)
+    # A compaction writes its output before deleting its inputs: a block whose
+    # range lies inside a wider block's range is superseded.
+    ranges = sorted({(b.first_lsn, b.last_lsn) for b in complete}, key=lambda r: (r[0], -r[1]))
+    keep: set[tuple[int, int]] = set()
+    reach = -1
+    for r in ranges:
+        if r[1] <= reach:
+            continue
+        keep.add(r)
+        reach = r[1]
+    live = [b for b in complete if (b.first_lsn, b.last_lsn) in keep]
+    superseded = [b for b in complete if (b.first_lsn, b.last_lsn) not in keep]
+    live.sort(key=lambda b: (b.first_lsn, b.name.part))
+    return live, incomplete, superseded
+
+
+ProgressFactory = Callable[[Iterable[Any], int], Iterable[Any]]

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+import bt_frames as bt
+
+ORDERS_SCHEMA = {
+    "ts": pl.Datetime("us", "UTC"),
+    "symbol": pl.String,
+    "price": pl.Float64,
+    "qty": pl.Int64,
+}
+SYMBOLS = ["BTC", "ETH", "SOL", "XRP", "ADA"]
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+_T0_US = int(T0.timestamp()) * 1_000_000
+
+
+def make_orders(n: int, *, start: int = 0, seed: int = 0, step_us: int = 1_000_000) -> pl.DataFrame:
+    """``n`` synthetic orders; row ``i`` (global index ``start + i``) is at T0 + (start+i)*step."""
+    rng = np.random.default_rng(seed + start)
+    idx = np.arange(start, start + n, dtype=np.int64)
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(idx * step_us + _T0_US, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+            "symbol": pl.Series(rng.choice(SYMBOLS, n), dtype=pl.String),
+            "price": rng.uniform(100, 50_000, n).round(2),
+            "qty": rng.integers(1, 1_000, n),
+        },
+        schema=ORDERS_SCHEMA,
+    )
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "db"
+
+
+@pytest.fixture
+def store(store_path: Path) -> Iterator[bt.BacktraceStore]:
+    s = bt.BacktraceStore(store_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def orders(store: bt.BacktraceStore) -> bt.Table:
+    return store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000)
+
+
+def _pandas(df: pl.DataFrame) -> Any:
+    return df.to_pandas()
+
+
+def _pandas_pyarrow(df: pl.DataFrame) -> Any:
+    return df.to_pandas(use_pyarrow_extension_array=True)
+
+
+def _arrow_table(df: pl.DataFrame) -> Any:
+    return df.to_arrow()
+
+
+def _arrow_batch(df: pl.DataFrame) -> Any:
+    batches = df.to_arrow().combine_chunks().to_batches()
+    import pyarrow as pa
+
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=df.to_arrow().schema)
+
+
+FRAME_CONSTRUCTORS: dict[str, Callable[[pl.DataFrame], Any]] = {
+    "polars": lambda df: df,
+    "pandas": _pandas,
+    "pandas[pyarrow]": _pandas_pyarrow,
+    "pyarrow.Table": _arrow_table,
+    "pyarrow.RecordBatch": _arrow_batch,
+}
+
+
+@pytest.fixture(params=list(FRAME_CONSTRUCTORS))
+def frame_constructor(request: pytest.FixtureRequest) -> Callable[[pl.DataFrame], Any]:
+    """Turns a Polars frame into each input kind bt_frames accepts (Narwhals' `constructor` idea)."""
+    return FRAME_CONSTRUCTORS[request.param]
