@@ -72,6 +72,14 @@ class Recovery:
 
 
 @dataclass(frozen=True)
+class CompactResult:
+    blocks_before: int
+    blocks_after: int
+    merges: int
+    rows_rewritten: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """An immutable view of a table: the blocks and hot chunks as of one instant."""
 
@@ -115,6 +123,8 @@ class Table:
         self._wal_bytes = 0
         self._stats_frame: pl.DataFrame | None = None
         self._pending_freeze_error: BaseException | None = None
+        self._pins: dict[Path, int] = {}
+        self._retired: set[Path] = set()
         self.recovery = Recovery()
         self.last_plan: PruneReport | None = None
         self.last_columns: list[str] | None = None
@@ -156,7 +166,7 @@ class Table:
         wal_dir = self._dir / layout.WAL_DIR
         writer = not self._read_only
         if writer:
-            for d in (blocks_dir, wal_dir):
+            for d in (self._dir, blocks_dir, wal_dir):  # self._dir: .stats.json / .table.json tmps
                 for n in os.listdir(d):
                     if layout.is_tmp(n):
                         (d / n).unlink(missing_ok=True)
@@ -389,6 +399,91 @@ class Table:
             self._freeze()
             return n
 
+    def compact(self, *, target_rows: int | None = None, min_rows: int | None = None) -> CompactResult:
+        """Merge runs of adjacent small blocks into blocks of up to ``target_rows`` rows.
+
+        ``target_rows`` defaults to ``max_block_rows``; a block is small when it
+        has fewer than ``min_rows`` rows (default: half of ``target_rows``).
+        Parts of a multi-part append are left alone. Row order is unchanged.
+
+        Crash safety: each merged block, covering the whole LSN range of its
+        inputs, is written and renamed before any input is deleted. A crash in
+        between leaves inputs whose range lies inside the merged block's; the
+        next open recognises them as superseded and removes them, so rows are
+        never duplicated or lost. Inputs that a running scan in this process
+        still reads are deleted when that scan finishes.
+        """
+        self._check_writable()
+        target = target_rows or self._meta.max_block_rows
+        small = min_rows if min_rows is not None else max(1, target // 2)
+        with self._lock:
+            before = len(self._blocks)
+            runs: list[list[blk.BlockInfo]] = []
+            run: list[blk.BlockInfo] = []
+            run_rows = 0
+            for b in self._blocks:
+                candidate = b.name.nparts == 1 and b.rows < small
+                if candidate and run_rows + b.rows <= target:
+                    run.append(b)
+                    run_rows += b.rows
+                    continue
+                if len(run) > 1:
+                    runs.append(run)
+                run, run_rows = ([b], b.rows) if candidate else ([], 0)
+            if len(run) > 1:
+                runs.append(run)
+            bar = self._store._progress(f"compact {self.name}")
+            it: Iterable[list[blk.BlockInfo]] = bar(runs, len(runs)) if bar is not None else runs
+            rows_rewritten = 0
+            blocks_dir = self._dir / layout.BLOCKS_DIR
+            for group in it:
+                for b in group:
+                    blk.verify_block(b.path)
+                df = pl.concat([pl.read_parquet(b.path) for b in group], rechunk=True)
+                merged = blk.write_block(
+                    blocks_dir,
+                    df,
+                    first_lsn=group[0].first_lsn,
+                    last_lsn=group[-1].last_lsn,
+                    row_group_rows=self._meta.row_group_rows,
+                )
+                i = self._blocks.index(group[0])
+                self._blocks[i : i + len(group)] = [merged]
+                self._stats_frame = None
+                for b in group:
+                    self._retire(b.path)
+                rows_rewritten += df.height
+            if runs:
+                layout.fsync_dir(blocks_dir)
+                self._write_cache()
+            return CompactResult(before, len(self._blocks), len(runs), rows_rewritten)
+
+    # -- pins: blocks a running scan still reads are not deleted under it ----------
+
+    def _pin(self, paths: Iterable[Path]) -> None:
+        with self._lock:
+            for p in paths:
+                self._pins[p] = self._pins.get(p, 0) + 1
+
+    def _unpin(self, paths: Iterable[Path]) -> None:
+        with self._lock:
+            for p in paths:
+                n = self._pins.get(p, 0) - 1
+                if n > 0:
+                    self._pins[p] = n
+                    continue
+                self._pins.pop(p, None)
+                if p in self._retired:
+                    self._retired.discard(p)
+                    p.unlink(missing_ok=True)
+
+    def _retire(self, path: Path) -> None:
+        """Delete a block that is no longer live, now or when the last scan reading it ends."""
+        if self._pins.get(path):
+            self._retired.add(path)
+        else:
+            path.unlink(missing_ok=True)
+
     def _freeze(self) -> None:
         """Hot buffer -> one Parquet block; then drop the WAL segments it covers.
 
@@ -443,6 +538,9 @@ class Table:
             if self._wal is not None:
                 self._wal.close()
                 self._wal = None
+            for p in self._retired:  # scans of a closed table cannot continue anyway
+                p.unlink(missing_ok=True)
+            self._retired.clear()
 
     # -- state -----------------------------------------------------------------
 
