@@ -312,10 +312,10 @@ class Table:
         self._check_writable()
         df, pandas_meta = _convert.to_polars(data, table=self.name)
         df = _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
+        if df.height == 0:  # an empty append changes nothing, not even the pandas metadata
+            return None
         if pandas_meta is not None and self._meta.pandas is None:
             self._store._set_pandas_meta(self, pandas_meta)
-        if df.height == 0:
-            return None
         with self._lock:
             self._check_writable()
             assert self._wal is not None

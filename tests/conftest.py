@@ -18,7 +18,7 @@ ORDERS_SCHEMA = {
     "qty": pl.Int64,
 }
 SYMBOLS = ["BTC", "ETH", "SOL", "XRP", "ADA"]
-T0 = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 _T0_US = int(T0.timestamp()) * 1_000_000
 
 
