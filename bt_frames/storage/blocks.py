@@ -254,7 +254,12 @@ def verify_block(path: Path, *, force: bool = False) -> None:
     try:
         key = _file_key(path)
     except FileNotFoundError:
-        raise CorruptionError.at(path, None, "block file is missing") from None
+        raise CorruptionError.at(
+            path,
+            None,
+            "block file is missing (if another process compacted or dropped the table, a read-only "
+            "store must call refresh() to see the new blocks)",
+        ) from None
     with _verified_lock:
         if not force and _verified.get(str(path)) == key:
             return
