@@ -155,7 +155,7 @@ def _cast(s: pl.Series, target: pl.DataType) -> tuple[pl.Series | None, str]:
 
 def coerce(df: pl.DataFrame, schema: pl.Schema, *, table: str, time_column: str | None) -> pl.DataFrame:
     """Fit ``df`` to ``schema`` (column order, dtypes) or raise SchemaMismatchError."""
-    if df.schema == schema and list(df.columns) == list(schema.names()):
+    if df.columns == list(schema.names()) and df.dtypes == list(schema.dtypes()):
         out = df
     else:
         rows: list[tuple[str, str, str, str]] = []

@@ -329,8 +329,9 @@ class Table:
             self._next_lsn = lsn + 1
             self._wal_records += 1
             self._wal_bytes += wal.RECORD_HEADER_SIZE + len(payload)
-            # Keep exactly what replay would rebuild (and no reference to the caller's buffers).
-            self._hot.append(_from_ipc(payload))
+            # Polars buffers are immutable, so a shallow clone is safe; other inputs may share
+            # (mutable) numpy/pandas buffers with the caller: keep what replay would rebuild.
+            self._hot.append(df.clone() if isinstance(data, pl.DataFrame) else _from_ipc(payload))
             self._hot_rows += df.height
             if self._hot_first_lsn < 0:
                 self._hot_first_lsn = lsn
