@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Project tasks that need nothing but python3: a virtual environment in .venv, then the job.
 
-    python3 dev.py demo      # ingest, crash-free close, reopen, query; prints what the engine did
-    python3 dev.py test      # the whole test suite (what CI runs), incl. slow, crash and notebook tests
-    python3 dev.py test -m "not slow"   # extra arguments go to pytest
-    python3 dev.py lint      # ruff check, ruff format --check, mypy
-    python3 dev.py bench     # benchmarks/ingest.py and benchmarks/query.py --quick
+python3 dev.py demo      # ingest, crash-free close, reopen, query; prints what the engine did
+python3 dev.py test      # the whole test suite (what CI runs), incl. slow, crash and notebook tests
+python3 dev.py test -m "not slow"   # extra arguments go to pytest
+python3 dev.py lint      # ruff check, ruff format --check, mypy
+python3 dev.py bench     # benchmarks/ingest.py and benchmarks/query.py --quick
 """
 
 from __future__ import annotations
