@@ -27,7 +27,6 @@ through their distinct sets and null counts.
 from __future__ import annotations
 
 import html
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -194,23 +193,24 @@ def blocks_frame(infos: Sequence[blk.BlockInfo], stats: pl.DataFrame | None, sch
 
 _FALSE = pl.lit(False)
 _FLIP = {"Lt": "Gt", "LtEq": "GtEq", "Gt": "Lt", "GtEq": "LtEq", "Eq": "Eq", "NotEq": "NotEq"}
-_COLUMN_KEYS = frozenset(
-    {"Column", "Columns", "Selector", "Nth", "Len", "Agg", "Window", "Wildcard", "DtypeColumn", "Field", "Exclude"}
-)
 
 
 @dataclass
 class _Bounds:
-    skip: pl.Expr  # true where no row can satisfy the predicate
-    all: pl.Expr  # true where every row satisfies it
+    """Two facts about a boolean expression per block, each an expression over the stats frame.
+
+    ``never_true``: no row makes it true (the block can be skipped);
+    ``never_false``: no row makes it false (needed for ``~``). A null result
+    is neither, as in Polars' three-valued logic, and a null *fact* (e.g. an
+    unknown literal) counts as "don't know": ``plan`` fills it with False.
+    """
+
+    never_true: pl.Expr
+    never_false: pl.Expr
     understood: bool = True
 
 
 _UNKNOWN = _Bounds(_FALSE, _FALSE, understood=False)
-
-
-def _node_to_expr(node: Any) -> pl.Expr:
-    return pl.Expr.deserialize(io.StringIO(json.dumps(node)), format="json")
 
 
 def _is_literal(node: Any) -> bool:
@@ -230,6 +230,19 @@ def _column(node: Any) -> str | None:
     return None
 
 
+def _inputs(expr: pl.Expr, n: int) -> list[pl.Expr]:
+    """The ``n`` inputs of ``expr``'s root node, in the order of its JSON form.
+
+    The JSON form gives the structure, but not every literal survives it
+    (NaN and infinities become ``null``), so literals are taken from the
+    expression objects themselves.
+    """
+    kids = list(reversed(expr.meta.pop()))
+    if len(kids) != n:
+        raise ValueError(f"expected {n} inputs, got {len(kids)}")
+    return kids
+
+
 class _Walker:
     def __init__(self, stats_cols: set[str], schema: pl.Schema) -> None:
         self.cols = stats_cols
@@ -238,33 +251,33 @@ class _Walker:
     def has(self, name: str) -> bool:
         return name in self.cols
 
-    def walk(self, node: Any) -> _Bounds:
+    def walk(self, node: Any, expr: pl.Expr) -> _Bounds:
         try:
-            return self._walk(node)
+            return self._walk(node, expr)
         except Exception as e:  # never raise on an expression: keep the block
-            log.debug("pruner: could not interpret %s (%s)", str(node)[:200], e)
+            log.debug("pruner: could not interpret %s (%s)", expr, e)
             return _UNKNOWN
 
-    def _walk(self, node: Any) -> _Bounds:
+    def _walk(self, node: Any, expr: pl.Expr) -> _Bounds:
         if not isinstance(node, dict) or len(node) != 1:
             return _UNKNOWN
         key, body = next(iter(node.items()))
         if key == "BinaryExpr":
             op = body["op"]
-            if op in ("And", "LogicalAnd"):
-                a, b = self.walk(body["left"]), self.walk(body["right"])
-                return _Bounds(a.skip | b.skip, a.all & b.all, a.understood and b.understood)
-            if op in ("Or", "LogicalOr"):
-                a, b = self.walk(body["left"]), self.walk(body["right"])
-                return _Bounds(a.skip & b.skip, a.all | b.all, a.understood and b.understood)
+            left, right = body["left"], body["right"]
+            if op in ("And", "LogicalAnd", "Or", "LogicalOr"):
+                le, re = _inputs(expr, 2)
+                a, b = self.walk(left, le), self.walk(right, re)
+                understood = a.understood and b.understood
+                if op in ("And", "LogicalAnd"):
+                    return _Bounds(a.never_true | b.never_true, a.never_false & b.never_false, understood)
+                return _Bounds(a.never_true & b.never_true, a.never_false | b.never_false, understood)
             if op in _FLIP:
-                left, right = body["left"], body["right"]
-                col, lit = _column(left), right
-                if col is None or not _is_literal(lit):
-                    col, lit, op = _column(right), left, _FLIP[op]
-                if col is None or not _is_literal(lit):
-                    return _UNKNOWN
-                return self.compare(col, op, _node_to_expr(lit))
+                le, re = _inputs(expr, 2)
+                if _column(left) is not None and _is_literal(right):
+                    return self.compare(str(_column(left)), op, re)
+                if _column(right) is not None and _is_literal(left):
+                    return self.compare(str(_column(right)), _FLIP[op], le)
             return _UNKNOWN
         if key == "Function":
             fn = body["function"]
@@ -273,103 +286,111 @@ class _Walker:
                 b = fn["Boolean"]
                 name = b if isinstance(b, str) else next(iter(b))
                 opts = None if isinstance(b, str) else b[name]
-                return self.boolean(name, opts, args)
+                return self.boolean(name, opts, args, _inputs(expr, len(args)))
         return _UNKNOWN
 
-    def boolean(self, name: str, opts: Any, args: list[Any]) -> _Bounds:
+    def boolean(self, name: str, opts: Any, args: list[Any], exprs: list[pl.Expr]) -> _Bounds:
         if name == "Not" and len(args) == 1:
-            inner = self.walk(args[0])
-            return _Bounds(inner.all, _FALSE, inner.understood)
+            inner = self.walk(args[0], exprs[0])
+            return _Bounds(inner.never_false, inner.never_true, inner.understood)
         col = _column(args[0]) if args else None
-        if col is None:
+        if col is None or not self.has(f"null_count.{col}"):
             return _UNKNOWN
         nc, rows = pl.col(f"null_count.{col}"), pl.col("rows")
-        if not self.has(f"null_count.{col}"):
-            return _UNKNOWN
         if name == "IsNull":
             return _Bounds(nc == 0, nc == rows)
         if name == "IsNotNull":
             return _Bounds(nc == rows, nc == 0)
         if name == "IsBetween" and len(args) == 3 and _is_literal(args[1]) and _is_literal(args[2]):
             closed = opts.get("closed", "Both") if isinstance(opts, dict) else "Both"
-            lo, hi = _node_to_expr(args[1]), _node_to_expr(args[2])
-            left_closed = closed in ("Both", "Left")
-            right_closed = closed in ("Both", "Right")
-            a = self.compare(col, "GtEq" if left_closed else "Gt", lo)
-            b = self.compare(col, "LtEq" if right_closed else "Lt", hi)
-            return _Bounds(a.skip | b.skip, a.all & b.all, a.understood and b.understood)
+            a = self.compare(col, "GtEq" if closed in ("Both", "Left") else "Gt", exprs[1])
+            b = self.compare(col, "LtEq" if closed in ("Both", "Right") else "Lt", exprs[2])
+            return _Bounds(a.never_true | b.never_true, a.never_false & b.never_false, a.understood and b.understood)
         if name == "IsIn" and len(args) == 2 and _is_literal(args[1]):
-            return self.is_in(col, _node_to_expr(args[1]))
+            nulls_equal = bool(opts.get("nulls_equal", False)) if isinstance(opts, dict) else False
+            return self.is_in(col, exprs[1], nulls_equal=nulls_equal)
         return _UNKNOWN
 
     def compare(self, col: str, op: str, lit: pl.Expr) -> _Bounds:
-        mn, mx = pl.col(f"min.{col}"), pl.col(f"max.{col}")
-        nc, rows = pl.col(f"null_count.{col}"), pl.col("rows")
+        """``col <op> lit``. A null row gives null: neither true nor false."""
         if not self.has(f"null_count.{col}"):
             return _UNKNOWN
-        all_null = nc == rows
-        no_null = nc == 0
-        has_range = self.has(f"min.{col}")
+        mn, mx = pl.col(f"min.{col}"), pl.col(f"max.{col}")
+        all_null = pl.col(f"null_count.{col}") == pl.col("rows")
         dist = f"distinct.{col}"
+        if not self.has(f"min.{col}"):  # categorical/enum: distinct sets only
+            if not self.has(dist):
+                return _Bounds(all_null, all_null)
+            d = pl.col(dist)
+            known = d.is_not_null()
+            only_lit = known & (d.list.len() == 1) & d.list.contains(lit)
+            lit_absent = known & ~d.list.contains(lit)
+            if op == "Eq":
+                return _Bounds(all_null | lit_absent, all_null | only_lit)
+            if op == "NotEq":
+                return _Bounds(all_null | only_lit, all_null | lit_absent)
+            return _Bounds(all_null, all_null)
         if op == "Eq":
-            skip = all_null
-            if has_range:
-                skip = skip | (mx < lit) | (mn > lit)
+            never_true = all_null | (mx < lit) | (mn > lit)
             if self.has(dist):
-                skip = skip | (pl.col(dist).is_not_null() & ~pl.col(dist).list.contains(lit))
-            all_ = no_null & (mn == lit) & (mx == lit) if has_range else _FALSE
-            return _Bounds(skip, all_)
+                d = pl.col(dist)
+                never_true = never_true | (d.is_not_null() & ~d.list.contains(lit))
+            return _Bounds(never_true, all_null | ((mn == lit) & (mx == lit)))
         if op == "NotEq":
-            if not has_range:
-                if self.has(dist):  # every value equals lit
-                    d = pl.col(dist)
-                    return _Bounds(all_null | ((d.list.len() == 1) & d.list.contains(lit)), _FALSE)
-                return _Bounds(all_null, _FALSE)
-            return _Bounds(all_null | ((mn == lit) & (mx == lit)), no_null & ((mx < lit) | (mn > lit)))
-        if not has_range:
-            return _Bounds(all_null, _FALSE)
+            return _Bounds(all_null | ((mn == lit) & (mx == lit)), all_null | (mx < lit) | (mn > lit))
         if op == "Lt":
-            return _Bounds(all_null | (mn >= lit), no_null & (mx < lit))
+            return _Bounds(all_null | (mn >= lit), all_null | (mx < lit))
         if op == "LtEq":
-            return _Bounds(all_null | (mn > lit), no_null & (mx <= lit))
+            return _Bounds(all_null | (mn > lit), all_null | (mx <= lit))
         if op == "Gt":
-            return _Bounds(all_null | (mx <= lit), no_null & (mn > lit))
+            return _Bounds(all_null | (mx <= lit), all_null | (mn > lit))
         if op == "GtEq":
-            return _Bounds(all_null | (mx < lit), no_null & (mn >= lit))
+            return _Bounds(all_null | (mx < lit), all_null | (mn >= lit))
         return _UNKNOWN
 
-    def is_in(self, col: str, lit: pl.Expr) -> _Bounds:
+    def is_in(self, col: str, lit: pl.Expr, *, nulls_equal: bool) -> _Bounds:
+        """``col.is_in(values)``: null rows give null, or match a null in ``values`` when ``nulls_equal``."""
         nc, rows = pl.col(f"null_count.{col}"), pl.col("rows")
         values = pl.select(lit.alias("v")).to_series()
         if isinstance(values.dtype, (pl.List, pl.Array)):
             values = values.explode()
-        dtype = self.schema[col]
-        target = _literal_dtype(dtype)
-        values = values.cast(target, strict=False).drop_nulls().unique().sort()
-        skip = nc == rows
-        all_: pl.Expr = _FALSE
+        nulls = values.null_count()
+        has_null = nulls > 0
+        values = values.cast(_literal_dtype(self.schema[col]), strict=False)
+        if values.null_count() > nulls:  # a value that does not fit the column's type
+            return _UNKNOWN
+        values = values.drop_nulls().unique().sort()
+        nulls_match = nulls_equal and has_null
+        # rows that are null: true if nulls_match, else null (never false then, unless nulls_equal)
+        null_rows_never_true = (nc == 0) if nulls_match else pl.lit(True)
+        null_rows_never_false = (nc == 0) if nulls_equal and not has_null else pl.lit(True)
         if len(values) == 0:
-            return _Bounds(pl.lit(True), _FALSE)
-        if self.has(f"min.{col}"):
-            v = pl.lit(values)
-            inside = v.search_sorted(pl.col(f"max.{col}"), side="right").cast(pl.Int64) - v.search_sorted(
-                pl.col(f"min.{col}"), side="left"
-            ).cast(pl.Int64)
-            skip = skip | (inside == 0)
-        dist = f"distinct.{col}"
-        if self.has(dist):
-            d = pl.col(dist)
-            hits = d.list.eval(pl.element().is_in(values.implode())).list
-            skip = skip | (d.is_not_null() & ~hits.any())
-            all_ = (nc == 0) & d.is_not_null() & hits.all()
-        return _Bounds(skip, all_)
+            values_never_true: pl.Expr = pl.lit(True)
+            values_never_false: pl.Expr = nc == rows
+        else:
+            values_never_true = nc == rows
+            values_never_false = nc == rows
+            if self.has(f"min.{col}"):
+                v = pl.lit(values)
+                inside = v.search_sorted(pl.col(f"max.{col}"), side="right").cast(pl.Int64) - v.search_sorted(
+                    pl.col(f"min.{col}"), side="left"
+                ).cast(pl.Int64)
+                values_never_true = values_never_true | (inside == 0)
+            dist = f"distinct.{col}"
+            if self.has(dist):
+                d = pl.col(dist)
+                hits = d.list.eval(pl.element().is_in(values.implode())).list
+                values_never_true = values_never_true | (d.is_not_null() & ~hits.any())
+                values_never_false = values_never_false | (d.is_not_null() & hits.all())
+        return _Bounds(values_never_true & null_rows_never_true, values_never_false & null_rows_never_false)
 
 
-def _conjuncts(node: Any) -> list[Any]:
+def _conjuncts(node: Any, expr: pl.Expr) -> list[tuple[Any, pl.Expr]]:
     if isinstance(node, dict) and "BinaryExpr" in node and node["BinaryExpr"]["op"] in ("And", "LogicalAnd"):
         b = node["BinaryExpr"]
-        return _conjuncts(b["left"]) + _conjuncts(b["right"])
-    return [node]
+        left, right = _inputs(expr, 2)
+        return _conjuncts(b["left"], left) + _conjuncts(b["right"], right)
+    return [(node, expr)]
 
 
 # -- the plan --------------------------------------------------------------------
@@ -484,20 +505,20 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
     if predicate is not None and n:
         try:
             tree = json.loads(predicate.meta.serialize(format="json"))
-            parts = _conjuncts(tree)
+            parts = _conjuncts(tree, predicate)
         except Exception as e:  # an expression Polars cannot serialise: keep everything
             log.debug("pruner: cannot serialise predicate %s (%s)", predicate, e)
             parts = []
         walker = _Walker(set(stats.columns), schema)
-        for part in parts:
-            text = _describe(part)
+        for part, part_expr in parts:
+            text = str(part_expr)
             conj_strs.append(text)
-            bounds = walker.walk(part)
+            bounds = walker.walk(part, part_expr)
             if not bounds.understood:
                 not_understood.append(text)
                 log.debug("pruner: not understood, blocks kept: %s", text)
             try:
-                skip = stats.select(bounds.skip.fill_null(False).alias("s")).to_series()
+                skip = stats.select(bounds.never_true.fill_null(False).alias("s")).to_series()
                 if len(skip) == 1 and n != 1:
                     skip = pl.repeat(skip[0], n, eager=True)
             except Exception as e:  # a literal Polars cannot compare with the statistics
@@ -547,10 +568,3 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
         conjuncts=conj_strs,
         not_understood=not_understood,
     )
-
-
-def _describe(node: Any) -> str:
-    try:
-        return str(_node_to_expr(node))
-    except Exception:  # pragma: no cover - we only describe what we parsed
-        return json.dumps(node)[:200]
