@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import polars as pl
 from polars.io.plugins import register_io_source
 
 from bt_frames import prune as _prune
+from bt_frames.errors import BtError, SchemaMismatchError
 from bt_frames.storage import blocks as blk
 
 if TYPE_CHECKING:
     from bt_frames.table import Snapshot, Table
 
 log = logging.getLogger("bt_frames")
+
+
+@dataclass
+class ReadStats:
+    """What the last ``collect()`` of a scan actually did (``table.last_read``).
+
+    ``columns`` and ``n_rows`` are what Polars pushed down (None: all
+    columns / no limit); the counters grow while the read runs, so a
+    ``head()`` that stops early shows fewer rows read than the table holds.
+    """
+
+    columns: list[str] | None
+    n_rows: int | None
+    predicate: str | None
+    blocks: int
+    block_rows: int = 0
+    hot_rows: int = 0
+    batches: int = 0
 
 
 def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.LazyFrame:
@@ -27,9 +47,14 @@ def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.
     ) -> Iterator[pl.DataFrame]:
         snap = table.snapshot()  # one consistent state per collect()
         report = _prune.plan(snap, schema, predicate if prune else None, table=table.name)
-        table._record_scan(report, with_columns)
+        stats = ReadStats(
+            with_columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors)
+        )
+        table._record_scan(report, stats)
         log.debug("%s", report.summary())
-        return read(snap, report.survivors, with_columns, predicate, n_rows, batch_size)
+        return _Pinned(
+            table, report.survivors, read(snap, report.survivors, with_columns, predicate, n_rows, batch_size, stats)
+        )
 
     lf = register_io_source(
         source,
@@ -42,6 +67,39 @@ def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.
     return lf
 
 
+class _Pinned(Iterator[pl.DataFrame]):
+    """Iterates a read while its blocks are pinned: a compaction running meanwhile
+    retires them but deletes the files only when the last reader lets go."""
+
+    def __init__(self, table: Table, blocks: Sequence[blk.BlockInfo], it: Iterator[pl.DataFrame]) -> None:
+        self._table = table
+        self._paths = [b.path for b in blocks]
+        self._it: Iterator[pl.DataFrame] | None = it
+        table._pin(self._paths)
+
+    def __next__(self) -> pl.DataFrame:
+        if self._it is None:
+            raise StopIteration
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None:
+            try:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._table._unpin(self._paths)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def read(
     snap: Snapshot,
     survivors: Sequence[blk.BlockInfo],
@@ -49,8 +107,10 @@ def read(
     predicate: pl.Expr | None,
     n_rows: int | None,
     batch_size: int | None,
+    stats: ReadStats | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Blocks in LSN order (read by Polars), then the hot rows."""
+    stats = stats if stats is not None else ReadStats(with_columns, n_rows, None, len(survivors))
     remaining = n_rows
     if remaining is not None and remaining <= 0:
         return
@@ -66,12 +126,16 @@ def read(
                 if df.height > remaining:
                     df = df.head(remaining)
                 remaining -= df.height
+            stats.block_rows += df.height
+            stats.batches += 1
             yield df
             if remaining is not None and remaining <= 0:
                 return
     if snap.hot:
         hot = _apply(pl.concat([c.lazy() for c in snap.hot]), predicate, with_columns, remaining).collect()
         if hot.height:
+            stats.hot_rows += hot.height
+            stats.batches += 1
             yield hot
 
 
@@ -90,9 +154,30 @@ def _apply(
 def iter_batches(
     table: Table, where: _prune.Where | None, *, columns: Sequence[str] | None, batch_size: int
 ) -> Iterator[pl.DataFrame]:
-    lf = scan(table, where)
-    if columns is not None:
-        lf = lf.select(list(columns))
-    for df in lf.collect_batches(chunk_size=batch_size, maintain_order=True):
-        if df.height:
-            yield df
+    """Like ``scan(where).select(columns)``, streamed without Polars' engine in between, so
+    that a consumer who stops early releases the snapshot's blocks at once."""
+    if batch_size < 1:
+        raise BtError(f"table {table.name!r}: batch_size must be >= 1, got {batch_size}")
+    schema = table.schema
+    predicate = _prune.to_expr(where, schema)
+    cols = list(columns) if columns is not None else None
+    if cols is not None:
+        missing = [c for c in cols if c not in schema]
+        if missing:
+            raise SchemaMismatchError(
+                f"table {table.name!r} has no column(s) {missing}; columns: {', '.join(schema.names())}",
+                table=table.name,
+                columns=missing,
+            )
+    snap = table.snapshot()
+    report = _prune.plan(snap, schema, predicate, table=table.name)
+    stats = ReadStats(cols, None, str(predicate) if predicate is not None else None, len(report.survivors))
+    table._record_scan(report, stats)
+    log.debug("%s", report.summary())
+    pinned = _Pinned(table, report.survivors, read(snap, report.survivors, cols, predicate, None, batch_size, stats))
+    try:
+        for df in pinned:
+            for offset in range(0, df.height, batch_size):
+                yield df.slice(offset, batch_size)
+    finally:
+        pinned.close()

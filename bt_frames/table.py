@@ -23,6 +23,7 @@ from bt_frames.storage import catalog, layout, wal
 if TYPE_CHECKING:
     import pandas as pd
 
+    from bt_frames._scan import ReadStats
     from bt_frames.prune import PruneReport, Where
     from bt_frames.store import BacktraceStore
 
@@ -126,8 +127,8 @@ class Table:
         self._pins: dict[Path, int] = {}
         self._retired: set[Path] = set()
         self.recovery = Recovery()
-        self.last_plan: PruneReport | None = None
-        self.last_columns: list[str] | None = None
+        self.last_plan: PruneReport | None = None  # the plan of the last scan's collect()
+        self.last_read: ReadStats | None = None  # what that read did: columns, rows, batches
         self.scans = 0
         self._load()
 
@@ -551,9 +552,9 @@ class Table:
         with self._lock:
             return Snapshot(tuple(self._blocks), tuple(self._hot), self._stats())
 
-    def _record_scan(self, report: PruneReport, columns: list[str] | None) -> None:
+    def _record_scan(self, report: PruneReport, read: ReadStats) -> None:
         self.last_plan = report
-        self.last_columns = columns
+        self.last_read = read
         self.scans += 1
 
     def _stats(self) -> pl.DataFrame:

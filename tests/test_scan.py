@@ -1,0 +1,181 @@
+"""scan(): pushdown through Polars' IO-source mechanism, early stops, streaming, snapshots."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import bt_frames as bt
+from tests.conftest import ORDERS_SCHEMA, T0, make_orders
+
+ROWS = 10 * 1_000 + 300  # ten blocks of 1,000 rows, 300 hot rows
+
+
+@pytest.fixture
+def filled(orders: bt.Table) -> tuple[bt.Table, pl.DataFrame]:
+    data = make_orders(ROWS)
+    for start in range(0, ROWS, 500):
+        orders.append(data.slice(start, 500))
+    assert (len(orders.snapshot().blocks), orders.hot_rows) == (10, 300)
+    return orders, data
+
+
+def test_filter_added_after_scan_is_pushed_down(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    window = pl.col("ts") < T0 + dt.timedelta(seconds=1_500)  # rows 0..1499: blocks 1 and 2
+    got = t.scan().filter(window).select("ts", "price").collect()
+    assert_frame_equal(got, data.filter(window).select("ts", "price"))
+    assert t.last_plan is not None
+    assert (t.last_plan.blocks_total, t.last_plan.blocks_scanned) == (10, 2)
+    # the same plan as where=
+    assert t.prune(window).survivors == t.last_plan.survivors
+
+
+def test_projection_reaches_the_reader(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    got = t.scan().select("price", "ts").collect()
+    assert_frame_equal(got, data.select("price", "ts"))
+    assert t.last_read is not None
+    assert sorted(t.last_read.columns or []) == ["price", "ts"]
+
+
+def test_head_stops_reading_early(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    got = t.scan().head(7).collect()
+    assert_frame_equal(got, data.head(7))
+    assert t.last_read is not None
+    assert t.last_read.n_rows == 7
+    assert t.last_read.block_rows == 7  # not 10,000
+    assert t.last_read.hot_rows == 0
+
+
+def test_head_after_filter_reads_until_enough_rows(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    pred = pl.col("symbol") == "ETH"
+    got = t.scan().filter(pred).head(3).collect()
+    assert_frame_equal(got, data.filter(pred).head(3))
+
+
+def test_head_reaching_into_hot_rows(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    got = t.scan().filter(pl.col("ts") >= T0 + dt.timedelta(seconds=9_990)).head(20).collect()
+    assert_frame_equal(got, data.slice(9_990, 20))
+
+
+def test_streaming_engine_gives_the_same_rows(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    pred = (pl.col("qty") > 500) & (pl.col("symbol").is_in(["BTC", "SOL"]))
+    got = t.scan().filter(pred).select("ts", "qty").collect(engine="streaming")
+    assert_frame_equal(got, data.filter(pred).select("ts", "qty"))
+    agg = t.scan().group_by("symbol").agg(pl.col("qty").sum()).sort("symbol").collect(engine="streaming")
+    assert_frame_equal(agg, data.group_by("symbol").agg(pl.col("qty").sum()).sort("symbol"))
+
+
+def test_iter_batches_and_rows_stream_in_order(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    batches = list(t.iter_batches(batch_size=333))
+    assert all(0 < b.height <= 333 for b in batches)
+    assert_frame_equal(pl.concat(batches), data)
+    where = [("symbol", "==", "XRP")]
+    rows = list(t.iter_rows(where, columns=["ts", "qty"]))
+    assert rows == data.filter(pl.col("symbol") == "XRP").select("ts", "qty").to_dicts()
+    tuples = list(t.iter_rows(columns=["qty"], named=False))
+    assert tuples == [(q,) for q in data["qty"]]
+
+
+def test_empty_table_and_hot_only_table(orders: bt.Table) -> None:
+    assert_frame_equal(orders.scan().collect(), pl.DataFrame(schema=ORDERS_SCHEMA))
+    assert orders.prune(pl.col("qty") > 1).blocks_total == 0
+    df = make_orders(10)
+    orders.append(df)
+    assert_frame_equal(orders.scan().filter(pl.col("qty") > 500).collect(), df.filter(pl.col("qty") > 500))
+    assert orders.last_plan is not None
+    assert (orders.last_plan.blocks_total, orders.last_plan.hot_rows) == (0, 10)
+
+
+def test_filter_matching_nothing_returns_an_empty_typed_frame(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, _ = filled
+    got = t.scan().filter(pl.col("qty") > 10**9).collect()
+    assert got.height == 0
+    assert got.schema == pl.Schema(ORDERS_SCHEMA)
+    assert t.last_plan is not None
+    assert t.last_plan.blocks_scanned == 0
+
+
+def test_a_collect_sees_the_state_when_it_started(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    it = t.iter_batches(batch_size=100)
+    first = next(it)
+    extra = make_orders(2_000, start=ROWS)
+    t.append(extra)  # freezes a block and adds hot rows while the read is half-way
+    rest = list(it)
+    assert_frame_equal(pl.concat([first, *rest]), data)
+    assert_frame_equal(t.scan().collect(), pl.concat([data, extra]))
+
+
+def test_concurrent_appends_are_seen_whole_or_not_at_all(orders: bt.Table) -> None:
+    batches = [make_orders(137, start=i * 137) for i in range(60)]
+    done = threading.Event()
+
+    def writer() -> None:
+        for b in batches:
+            orders.append(b)
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = 0
+    while not done.is_set() or seen < len(batches):
+        got = orders.scan().collect()
+        assert got.height % 137 == 0, "a partial append is visible"
+        n = got.height // 137
+        assert n >= seen, "a later collect saw fewer appends"
+        if n:
+            assert_frame_equal(got, pl.concat(batches[:n]))
+        seen = n
+    thread.join()
+
+
+def test_compaction_does_not_delete_blocks_under_a_running_read(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    it = t.iter_batches(batch_size=100)
+    first = next(it)
+    old = [b.path for b in t.snapshot().blocks]
+    result = t.compact(target_rows=20_000, min_rows=5_000)
+    assert result.blocks_after == 1
+    assert all(p.exists() for p in old), "a block the read still needs was deleted"
+    rest = list(it)
+    assert_frame_equal(pl.concat([first, *rest]), data)
+    assert not any(p.exists() for p in old), "retired blocks outlived the read"
+    assert_frame_equal(t.scan().collect(), data)
+
+
+def test_abandoned_read_releases_its_blocks(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, _ = filled
+    it = t.iter_batches(batch_size=100)
+    next(it)
+    old = [b.path for b in t.snapshot().blocks]
+    t.compact(target_rows=20_000, min_rows=5_000)
+    it.close()  # the user stops iterating
+    del it
+    assert not any(p.exists() for p in old)
+
+
+def test_scan_after_close_is_an_error(store_path: Path) -> None:
+    store = bt.BacktraceStore(store_path)
+    t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts")
+    store.close()
+    with pytest.raises(bt.StoreClosedError):
+        t.scan()
+
+
+def test_explain_names_the_table(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, _ = filled
+    plan = t.scan().filter(pl.col("qty") > 3).select("ts").explain()
+    assert "bt_frames" in plan
+    assert "orders" in plan
