@@ -601,6 +601,37 @@ class Table:
                 "current_segment": self._wal.path.name if self._wal else (segs[-1][1].name if segs else None),
             }
 
+    def wal_records(self) -> pl.DataFrame:
+        """The WAL as it is on disk now: one row per record, plus one for a torn tail.
+
+        Columns: ``segment``, ``offset``, ``lsn``, ``bytes`` (header + payload),
+        ``rows`` (decoded from the payload) and ``status`` (``"record"``, or
+        ``"torn tail"`` for bytes after the last valid record of the last
+        segment: an append that was never acknowledged). Reads the files, writes
+        nothing; a corrupt record raises :class:`~bt_frames.CorruptionError`.
+        """
+        self._check_open()
+        rows: list[tuple[str, int, int | None, int, int | None, str]] = []
+        for scan in wal.scan_wal(self._dir / layout.WAL_DIR):
+            name = scan.path.name
+            for r in scan.records:
+                size = wal.RECORD_HEADER.size + len(r.payload)
+                rows.append((name, r.offset, r.lsn, size, _from_ipc(r.payload).height, "record"))
+            if scan.torn_bytes:
+                rows.append((name, scan.valid_end, None, scan.torn_bytes, None, "torn tail"))
+        return pl.DataFrame(
+            rows,
+            schema={
+                "segment": pl.String,
+                "offset": pl.Int64,
+                "lsn": pl.Int64,
+                "bytes": pl.Int64,
+                "rows": pl.Int64,
+                "status": pl.String,
+            },
+            orient="row",
+        )
+
     def time_range(self) -> tuple[Any, Any] | None:
         tc = self._meta.time_column
         if tc is None:
