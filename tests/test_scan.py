@@ -179,3 +179,66 @@ def test_explain_names_the_table(filled: tuple[bt.Table, pl.DataFrame]) -> None:
     plan = t.scan().filter(pl.col("qty") > 3).select("ts").explain()
     assert "bt_frames" in plan
     assert "orders" in plan
+
+
+_MEMORY_CHILD = """
+import sys, threading, time
+import psutil
+import polars as pl
+import bt_frames as bt
+
+store = bt.BacktraceStore(sys.argv[1], read_only=True)
+t = store["orders"]
+mode = sys.argv[2]
+proc = psutil.Process()
+base = proc.memory_info().rss
+peak = base
+done = threading.Event()
+
+def sample():  # resident memory while the read runs, every millisecond
+    global peak
+    while not done.is_set():
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.001)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+if mode == "iter_batches":
+    total = sum(int(b["qty"].sum()) for b in t.iter_batches(batch_size=50_000))
+elif mode == "streaming":
+    total = int(t.scan().select(pl.col("qty").sum()).collect(engine="streaming").item())
+else:
+    df = t.to_polars()
+    total = int(df["qty"].sum())
+done.set()
+sampler.join()
+print(total, peak - base)
+"""
+
+
+@pytest.mark.slow
+def test_streaming_reads_use_bounded_memory(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    store = bt.BacktraceStore(tmp_path / "db", durability="none")
+    t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=100_000)
+    n = 4_000_000
+    for start in range(0, n, 500_000):
+        t.append(make_orders(500_000, start=start))
+    expected = int(t.scan().select(pl.col("qty").sum()).collect().item())
+    store.close()
+    growth = {}
+    for mode in ("full", "iter_batches", "streaming"):
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, str(tmp_path / "db"), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert int(out[0]) == expected
+        growth[mode] = int(out[1])
+    data_bytes = n * (8 + 8 + 8 + 3 + 4)  # ts, price, qty, ~3-byte symbols + offsets
+    assert growth["full"] > 0.8 * data_bytes, growth  # the baseline really holds the table
+    assert growth["iter_batches"] < 0.4 * growth["full"], growth
+    assert growth["streaming"] < 0.4 * growth["full"], growth
