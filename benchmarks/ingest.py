@@ -1,0 +1,203 @@
+"""Ingest benchmark (issue #2): durable small appends vs raw pyarrow IPC + write + fsync.
+
+    .venv/bin/python benchmarks/ingest.py            # 2,000 appends of 500 rows, 3 repeats
+    .venv/bin/python benchmarks/ingest.py --quick    # 400 appends (what CI runs; < 60 s)
+
+For each durability mode ("fsync", "batch", "none") a fresh store in a temp dir
+receives the same pre-built 500-row Polars frames, one ``Table.append`` each;
+every append is timed with ``perf_counter_ns``. The baseline serialises the same
+batches as Arrow IPC streams with pyarrow and appends each to one file with
+``os.write`` + ``os.fsync`` (and a second variant with ``os.fdatasync``, which
+is what bt_frames' "fsync" mode calls). Every measurement is repeated and the
+median repeat is reported. Prints numbers only: it never fails on a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+from _common import dir_files, fmt_table, machine_note, make_orders, median, percentile, verdict
+
+import bt_frames as bt
+
+TARGET_FSYNC_RATIO = 0.8
+FLOOR_FSYNC_RATIO = 0.7
+
+
+@dataclass
+class Run:
+    """One timed pass over all batches."""
+
+    latencies_ns: list[int]
+    wall_s: float
+    rows: int
+    files: int
+    freeze_ns: int = 0  # time spent in the appends that also froze the hot buffer into a block
+    freezes: int = 0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.wall_s
+
+
+@dataclass
+class Result:
+    name: str
+    runs: list[Run]
+
+    def median_run(self) -> Run:
+        return sorted(self.runs, key=lambda r: r.rows_per_s)[len(self.runs) // 2]
+
+    @property
+    def rows_per_s(self) -> float:
+        return median([r.rows_per_s for r in self.runs])
+
+    def latency_us(self, q: float) -> float:
+        """The q-th percentile of per-append latency, median over repeats."""
+        return median([percentile(r.latencies_ns, q) / 1_000 for r in self.runs])
+
+
+def bench_bt(frames: Sequence[pl.DataFrame], durability: str, workdir: Path, *, max_block_rows: int) -> Run:
+    path = Path(tempfile.mkdtemp(prefix=f"bt-{durability}-", dir=workdir))
+    store = bt.BacktraceStore(path, durability=durability, progress=False)  # type: ignore[arg-type]
+    try:
+        schema = frames[0].schema
+        table = store.create_table("orders", dict(schema), time_column="ts", max_block_rows=max_block_rows)
+        lat: list[int] = []
+        append = table.append
+        clock = time.perf_counter_ns
+        freeze_ns = freezes = hot = 0
+        gc.collect()
+        t0 = clock()
+        for df in frames:
+            t = clock()
+            append(df)
+            dt = clock() - t
+            lat.append(dt)
+            if table.hot_rows < hot + df.height:  # this append froze a block (outside the timed call)
+                freeze_ns += dt
+                freezes += 1
+            hot = table.hot_rows
+        wall = (clock() - t0) / 1e9
+        rows = table.rows
+    finally:
+        store.close()
+    return Run(lat, wall, rows, dir_files(path), freeze_ns, freezes)
+
+
+def bench_baseline(batches: Sequence[pa.Table], sync: Callable[[int], None], workdir: Path) -> Run:
+    """pyarrow IPC stream serialise + one os.write + ``sync`` per batch, appended to one file."""
+    fd, _ = tempfile.mkstemp(prefix="baseline-", suffix=".arrows", dir=workdir)
+    lat: list[int] = []
+    clock = time.perf_counter_ns
+    try:
+        gc.collect()
+        t0 = clock()
+        for tbl in batches:
+            t = clock()
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, tbl.schema) as w:
+                w.write_table(tbl)
+            buf = sink.getvalue()
+            view = memoryview(buf)
+            while view:
+                view = view[os.write(fd, view) :]
+            sync(fd)
+            lat.append(clock() - t)
+        wall = (clock() - t0) / 1e9
+    finally:
+        os.close(fd)
+    rows = sum(b.num_rows for b in batches)
+    return Run(lat, wall, rows, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="400 appends instead of 2,000 (what CI runs)")
+    ap.add_argument("--batches", type=int, default=None, help="number of appends (default 2000, --quick 400)")
+    ap.add_argument("--rows", type=int, default=500, help="rows per append (default 500)")
+    ap.add_argument("--repeat", type=int, default=3, help="repeats per measurement; the median is reported")
+    ap.add_argument("--max-block-rows", type=int, default=100_000, help="table max_block_rows (default 100,000)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to make temp stores (default: system temp dir)")
+    args = ap.parse_args(argv)
+    n = args.batches or (400 if args.quick else 2_000)
+
+    print(f"bt_frames ingest benchmark: {n:,} appends x {args.rows} rows, median of {args.repeat} repeats")
+    print(f"  {machine_note()}")
+    frames = [make_orders(args.rows, start=i * args.rows, seed=1) for i in range(n)]
+    batches = [f.to_arrow() for f in frames]
+    print(f"  columns: {', '.join(f'{k} {v}' for k, v in frames[0].schema.items())}")
+
+    results: dict[str, Result] = {}
+    with tempfile.TemporaryDirectory(prefix="bt-ingest-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        print(f"  temp dir: {work}  (max_block_rows={args.max_block_rows:,})", flush=True)
+        cases: list[tuple[str, Callable[[], Run]]] = [
+            ("baseline: IPC+write+fsync", lambda: bench_baseline(batches, os.fsync, work)),
+            ("baseline: IPC+write+fdatasync", lambda: bench_baseline(batches, os.fdatasync, work)),
+        ]
+        for m in ("fsync", "batch", "none"):
+            cases.append((f"bt_frames {m!r}", partial(bench_bt, frames, m, work, max_block_rows=args.max_block_rows)))
+        # Warm-up (untimed): first-use costs (lazy imports, Parquet writer setup, page cache) hit no mode.
+        bench_baseline(batches[:50], os.fsync, work)
+        bench_bt(frames[:50], "none", work, max_block_rows=max(1, 25 * args.rows))
+        # Interleave the repeats so that a burst of load from another process hits every mode alike.
+        for rep in range(args.repeat):
+            for name, fn in cases:
+                run = fn()
+                results.setdefault(name, Result(name, [])).runs.append(run)
+                print(f"    repeat {rep + 1}: {name:<30} {run.rows_per_s:>12,.0f} rows/s", flush=True)
+
+    base = results["baseline: IPC+write+fsync"].rows_per_s
+    base_fd = results["baseline: IPC+write+fdatasync"].rows_per_s
+    rows = []
+    for r in results.values():
+        run = r.median_run()
+        freeze_share = run.freeze_ns / 1e9 / run.wall_s if run.freezes else float("nan")
+        rows.append(
+            [
+                r.name,
+                r.rows_per_s,
+                r.latency_us(50),
+                r.latency_us(99),
+                median([max(x.latencies_ns) / 1e6 for x in r.runs]),
+                r.rows_per_s / base,
+                r.rows_per_s / base_fd,
+                f"{run.freezes} / {100 * freeze_share:.0f}%" if run.freezes else "-",
+                run.files,
+            ]
+        )
+    print()
+    headers = ["mode", "rows/s", "p50 µs", "p99 µs", "max ms", "vs fsync base", "vs fdatasync base"]
+    print(fmt_table([*headers, "freezes / time", "files left"], rows))
+    fsync = results["bt_frames 'fsync'"]
+    ratio = fsync.rows_per_s / base
+    run = fsync.median_run()
+    steady = (run.rows - run.freezes * args.rows) / max(run.wall_s - run.freeze_ns / 1e9, 1e-9) / base
+    print()
+    print(
+        f"fsync ratio vs baseline: {ratio:.2f}x  (target >= {TARGET_FSYNC_RATIO}x, floor {FLOOR_FSYNC_RATIO}x: "
+        f"{verdict(ratio, TARGET_FSYNC_RATIO, FLOOR_FSYNC_RATIO, higher_is_better=True)}); "
+        f"vs the fdatasync baseline: {fsync.rows_per_s / base_fd:.2f}x"
+    )
+    print(
+        f"  without the {run.freezes} appends that froze a block (Parquet encode + stats + fsyncs, "
+        f"{run.freeze_ns / 1e6 / max(run.freezes, 1):.1f} ms each): {steady:.2f}x"
+    )
+    print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
