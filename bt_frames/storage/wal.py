@@ -131,15 +131,15 @@ class SegmentScan:
         return self.size - self.valid_end
 
 
-def _valid_at(buf: memoryview, o: int, size: int, min_lsn: int) -> tuple[int, int] | None:
-    """(lsn, length) if conditions 1-4 (and lsn >= min_lsn) hold at offset o, else None."""
+def _valid_at(buf: memoryview, o: int, size: int) -> tuple[int, int] | None:
+    """(lsn, length) if conditions 1-4 hold at offset o, else None."""
     if o + RECORD_HEADER_SIZE > size:
         return None
     magic, length, crc, lsn = RECORD_HEADER.unpack_from(buf, o)
     if magic != RECORD_MAGIC or o + RECORD_HEADER_SIZE + length > size:
         return None
     payload = buf[o + RECORD_HEADER_SIZE : o + RECORD_HEADER_SIZE + length]
-    if record_crc(length, lsn, payload) != crc or lsn < min_lsn:
+    if record_crc(length, lsn, payload) != crc:
         return None
     return lsn, length
 
@@ -148,7 +148,8 @@ def _valid_record_after(data: bytes, buf: memoryview, start: int, size: int, min
     """Offset of the first valid record starting after ``start``, if any."""
     pos = data.find(_MAGIC_BYTES, start + 1)
     while pos != -1:
-        if _valid_at(buf, pos, size, min_lsn) is not None:
+        found = _valid_at(buf, pos, size)
+        if found is not None and found[0] >= min_lsn:
             return pos
         pos = data.find(_MAGIC_BYTES, pos + 1)
     return None
@@ -180,7 +181,7 @@ def read_segment(path: Path, *, is_last: bool, prev_lsn: int = -1) -> SegmentSca
     o = SEGMENT_HEADER_SIZE
     last = prev_lsn
     while o < size:
-        found = _valid_at(buf, o, size, first_lsn)
+        found = _valid_at(buf, o, size)
         if found is None:
             later = _valid_record_after(data, buf, o, size, max(first_lsn, last + 1))
             if is_last and later is None:
@@ -192,6 +193,9 @@ def read_segment(path: Path, *, is_last: bool, prev_lsn: int = -1) -> SegmentSca
                 reason += "; later segments exist, so this is not a torn tail"
             raise CorruptionError.at(path, o, reason)
         lsn, length = found
+        # A record that passes its checksum is acknowledged data: breaking condition 5 is never a torn tail.
+        if lsn < first_lsn:
+            raise CorruptionError.at(path, o, f"record LSN {lsn} is below the segment's first LSN {first_lsn}")
         if lsn <= last:
             raise CorruptionError.at(path, o, f"record LSN {lsn} is not greater than the previous LSN {last}")
         records.append(Record(lsn, o, buf[o + RECORD_HEADER_SIZE : o + RECORD_HEADER_SIZE + length]))
