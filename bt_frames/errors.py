@@ -18,6 +18,7 @@ __all__ = [
     "BtError",
     "CorruptionError",
     "InvalidTableNameError",
+    "MissingOptionalDependencyError",
     "ReadOnlyError",
     "SchemaMismatchError",
     "StoreClosedError",
@@ -29,7 +30,14 @@ __all__ = [
 
 
 class BtError(Exception):
-    """Root of every bt_frames exception."""
+    """Root of every bt_frames exception: ``except bt.BtError`` catches anything bt_frames raises on purpose.
+
+    >>> try:                                                     # doctest: +SKIP
+    ...     store.append("orders", bad_frame)
+    ... except bt.BtError as e:
+    ...     print(type(e).__name__, e)
+    SchemaMismatchError table 'orders': the frame does not match the table schema ...
+    """
 
 
 class SchemaMismatchError(BtError, ValueError):
@@ -79,6 +87,10 @@ class CorruptionError(BtError):
     ``path`` names the file and ``offset`` the byte where the damage was
     found (``None`` for whole-file checks). Nothing is repaired silently:
     acknowledged data is never dropped to make an error go away.
+
+    >>> store["orders"].scan().collect()  # after a byte of a block was flipped   # doctest: +SKIP
+    CorruptionError: corrupt file trading_db/orders/blocks/...parquet: xxh3 digest ... does not match
+    the digest in its name. Nothing was changed. Run `python -m bt_frames verify trading_db` for a full report; ...
     """
 
     def __init__(self, message: str, *, path: Path | str, offset: int | None = None) -> None:
@@ -107,19 +119,38 @@ def _store_root(path: Path) -> Path | None:
 
 
 class StoreLockedError(BtError):
-    """Another writer (another process, or another store object in this one) holds the store."""
+    """Another writer (another process, or another store object in this one) holds the store.
+
+    >>> a = bt.open("trading_db")                                # doctest: +SKIP
+    >>> b = bt.open("trading_db")                                # doctest: +SKIP
+    StoreLockedError: store 'trading_db' is locked by another writer (pid=4242 host=box). Close the other
+    BacktraceStore first, or open this one with read_only=True.
+    """
 
 
 class StoreClosedError(BtError):
-    """The store (or a table of it) was used after ``close()``."""
+    """The store (or a table of it) was used after ``close()``.
+
+    >>> store.close(); store.tables                              # doctest: +SKIP
+    StoreClosedError: store 'trading_db' is closed; open it again with bt.open(path)
+    """
 
 
 class ReadOnlyError(BtError):
-    """A write was attempted through a store opened with ``read_only=True``."""
+    """A write was attempted through a store opened with ``read_only=True``.
+
+    >>> bt.open("trading_db", read_only=True).append("orders", df)   # doctest: +SKIP
+    ReadOnlyError: store 'trading_db' was opened with read_only=True; it cannot be written
+    """
 
 
 class TableNotFoundError(BtError, KeyError):
-    """No table of that name exists in the store."""
+    """No table of that name exists in the store.
+
+    >>> store.table("order")                                     # doctest: +SKIP
+    TableNotFoundError: store 'trading_db' has no table 'order' (tables: 'orders'). Create it with
+    store.create_table(...) or store.append(name, df).
+    """
 
     def __init__(self, store: Path | str, name: str, available: Iterable[str]) -> None:
         names = sorted(available)
@@ -137,21 +168,56 @@ class TableNotFoundError(BtError, KeyError):
 
 
 class TableExistsError(BtError, ValueError):
-    """``create_table(..., exist_ok=False)`` on a table that already exists."""
+    """``create_table(..., exist_ok=False)`` on a table that already exists.
+
+    >>> store.create_table("orders", schema, time_column="ts", exist_ok=False)   # doctest: +SKIP
+    TableExistsError: table 'orders' already exists in store 'trading_db'
+    """
 
 
 class InvalidTableNameError(BtError, ValueError):
-    """Table names are ``[A-Za-z0-9_][A-Za-z0-9_.-]*`` (max 128 chars, never ``..``)."""
+    """Table names are ``[A-Za-z0-9_][A-Za-z0-9_.-]*`` (max 128 chars, never ``..``).
+
+    >>> store.create_table("../etc", schema)                     # doctest: +SKIP
+    InvalidTableNameError: invalid table name '../etc': names match [A-Za-z0-9_][A-Za-z0-9_.-]*, ...
+    Fix: use a name like 'orders' or 'ticks_2024.v2'.
+    """
 
 
 class UnsupportedFormatError(BtError):
-    """A file was written by a newer bt_frames format than this build can read."""
+    """A file was written by a newer bt_frames format than this build can read.
+
+    >>> bt.open("store_from_the_future")["orders"]               # doctest: +SKIP
+    UnsupportedFormatError: store_from_the_future/orders/table.json was written by bt_frames format 9;
+    this build reads formats <= 1. Upgrade bt_frames (pip install -U bt-frames).
+    """
 
     @classmethod
     def newer(cls, path: Path | str, found: object, supported: int) -> UnsupportedFormatError:
         return cls(
             f"{path} was written by bt_frames format {found}; this build reads formats <= {supported}. "
             "Upgrade bt_frames (pip install -U bt-frames)."
+        )
+
+
+class MissingOptionalDependencyError(BtError, ImportError):
+    """A feature needs a package that is not installed (an optional extra of bt_frames).
+
+    >>> orders.plot_blocks()  # without matplotlib                # doctest: +SKIP
+    MissingOptionalDependencyError: Table.plot_blocks needs matplotlib, which is not installed.
+    Install it with: pip install 'bt_frames[notebook]'
+    """
+
+    def __init__(self, message: str, *, package: str) -> None:
+        super().__init__(message)
+        self.package = package
+        self.name = package  # ImportError's attribute
+
+    @classmethod
+    def needs(cls, feature: str, package: str, extra: str) -> MissingOptionalDependencyError:
+        return cls(
+            f"{feature} needs {package}, which is not installed. Install it with: pip install 'bt_frames[{extra}]'",
+            package=package,
         )
 
 
