@@ -37,6 +37,8 @@ import polars as pl
 
 from bt_frames.errors import BtError, SchemaMismatchError
 from bt_frames.storage import blocks as blk
+from bt_frames.storage.catalog import literal_dtype as _literal_dtype
+from bt_frames.storage.catalog import stats_frame
 
 if TYPE_CHECKING:
     from bt_frames.table import Snapshot
@@ -121,56 +123,6 @@ def _predicate(t: tuple[Any, ...], schema: pl.Schema) -> pl.Expr:
         ">": c > v,
         ">=": c >= v,
     }[op]
-
-
-def _literal_dtype(dtype: pl.DataType) -> pl.DataType:
-    return pl.String() if isinstance(dtype, (pl.Categorical, pl.Enum)) else dtype
-
-
-# -- statistics frame ----------------------------------------------------------
-
-
-def _stat_dtype(dtype: pl.DataType) -> pl.DataType | None:
-    """dtype of min/max stats, or None when the column has no range statistics."""
-    if isinstance(dtype, (pl.Categorical, pl.Enum)):
-        return None
-    if dtype.is_numeric() and not isinstance(dtype, pl.Decimal):
-        return dtype
-    if isinstance(dtype, (pl.String, pl.Boolean, pl.Date, pl.Datetime, pl.Duration, pl.Time)):
-        return dtype
-    return None
-
-
-def _typed(values: list[Any], dtype: pl.DataType) -> pl.Series:
-    if isinstance(dtype, (pl.Categorical, pl.Enum)):
-        return pl.Series(values, dtype=pl.String)
-    phys = pl.Series([], dtype=dtype).to_physical().dtype
-    return pl.Series(values, dtype=phys, strict=False).cast(dtype)
-
-
-def stats_frame(infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFrame:
-    """One row per block: identity, ``rows``, ``bytes`` and the per-column statistics."""
-    cols: dict[str, pl.Series] = {
-        "block": pl.Series([b.path.name for b in infos], dtype=pl.String),
-        "first_lsn": pl.Series([b.first_lsn for b in infos], dtype=pl.Int64),
-        "last_lsn": pl.Series([b.last_lsn for b in infos], dtype=pl.Int64),
-        "part": pl.Series([b.name.part for b in infos], dtype=pl.Int32),
-        "rows": pl.Series([b.rows for b in infos], dtype=pl.Int64),
-        "bytes": pl.Series([b.bytes for b in infos], dtype=pl.Int64),
-    }
-    empty = blk.ColumnStats(0)
-    for name, dtype in schema.items():
-        stats = [b.columns.get(name, empty) for b in infos]
-        st = _stat_dtype(dtype)
-        if st is not None:
-            cols[f"min.{name}"] = _typed([s.min for s in stats], dtype).alias(f"min.{name}")
-            cols[f"max.{name}"] = _typed([s.max for s in stats], dtype).alias(f"max.{name}")
-        cols[f"null_count.{name}"] = pl.Series([s.nulls for s in stats], dtype=pl.Int64)
-        if st is not None or isinstance(dtype, (pl.Categorical, pl.Enum)):
-            inner = _literal_dtype(dtype)
-            dist = [_typed(list(s.distinct), dtype).cast(inner) if s.distinct is not None else None for s in stats]
-            cols[f"distinct.{name}"] = pl.Series(dist, dtype=pl.List(inner))
-    return pl.DataFrame([s.alias(n) for n, s in cols.items()])
 
 
 def blocks_frame(infos: Sequence[blk.BlockInfo], stats: pl.DataFrame | None, schema: pl.Schema) -> pl.DataFrame:
@@ -478,7 +430,12 @@ class PruneReport:
         extra = "".join(
             f"<div>not understood (blocks kept): <code>{html.escape(c)}</code></div>" for c in self.not_understood
         )
-        return head + table + extra
+        reasons = self.details.filter(pl.col("scanned").not_()).group_by("reason", maintain_order=True).len()
+        extra += "".join(
+            f"<div>{n} block(s) pruned by <code>{html.escape(str(reason))}</code></div>"
+            for reason, n in reasons.iter_rows()
+        )
+        return f"<div>{head}{table}{extra}</div>"
 
     def to_frame(self) -> pl.DataFrame:
         """Per block: name, rows, bytes, scanned, and the conjunct that pruned it."""
@@ -499,7 +456,7 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
     infos = snap.blocks
     stats = snap.stats if snap.stats is not None else stats_frame(infos, schema)
     n = len(infos)
-    reason: list[str | None] = [None] * n
+    reason = pl.repeat(None, n, dtype=pl.String, eager=True)
     conj_strs: list[str] = []
     not_understood: list[str] = []
     if predicate is not None and n:
@@ -516,7 +473,7 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
             bounds = walker.walk(part, part_expr)
             if not bounds.understood:
                 not_understood.append(text)
-                log.debug("pruner: not understood, blocks kept: %s", text)
+                log.debug("pruner: not (wholly) understood, blocks kept where unsure: %s", text)
             try:
                 skip = stats.select(bounds.never_true.fill_null(False).alias("s")).to_series()
                 if len(skip) == 1 and n != 1:
@@ -524,44 +481,30 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
             except Exception as e:  # a literal Polars cannot compare with the statistics
                 log.debug("pruner: cannot evaluate %s on statistics (%s); keeping blocks", text, e)
                 continue
-            for i, s in enumerate(skip.to_list()):
-                if s and reason[i] is None:
-                    reason[i] = text
-    scanned = [r is None for r in reason]
-    survivors = tuple(b for b, keep in zip(infos, scanned, strict=True) if keep)
-    details = pl.DataFrame(
-        {
-            "block": [b.path.name for b in infos],
-            "first_lsn": [b.first_lsn for b in infos],
-            "last_lsn": [b.last_lsn for b in infos],
-            "rows": [b.rows for b in infos],
-            "bytes": [b.bytes for b in infos],
-            "scanned": scanned,
-            "reason": reason,
-        },
-        schema={
-            "block": pl.String,
-            "first_lsn": pl.Int64,
-            "last_lsn": pl.Int64,
-            "rows": pl.Int64,
-            "bytes": pl.Int64,
-            "scanned": pl.Boolean,
-            "reason": pl.String,
-        },
+            reason = pl.select(pl.when(reason.is_null() & skip).then(pl.lit(text)).otherwise(reason)).to_series()
+    scanned = reason.is_null()
+    details = stats.select("block", "first_lsn", "last_lsn", "rows", "bytes").with_columns(
+        scanned.alias("scanned"), reason.alias("reason")
     )
-    rows_total = sum(b.rows for b in infos)
-    bytes_total = sum(b.bytes for b in infos)
-    rows_kept = sum(b.rows for b in survivors)
-    bytes_kept = sum(b.bytes for b in survivors)
+    if scanned.all():
+        survivors = tuple(infos)
+    else:
+        survivors = tuple(infos[i] for i in scanned.arg_true().to_list())
+    sums = details.select(
+        pl.col("rows").sum().alias("rows_total"),
+        pl.col("bytes").sum().alias("bytes_total"),
+        pl.col("rows").filter(~pl.col("scanned")).sum().alias("rows_pruned"),
+        pl.col("bytes").filter(~pl.col("scanned")).sum().alias("bytes_pruned"),
+    ).row(0, named=True)
     return PruneReport(
         table=table,
         predicate=str(predicate) if predicate is not None else None,
         blocks_total=n,
         blocks_pruned=n - len(survivors),
-        rows_total=rows_total,
-        rows_pruned=rows_total - rows_kept,
-        bytes_total=bytes_total,
-        bytes_pruned=bytes_total - bytes_kept,
+        rows_total=int(sums["rows_total"] or 0),
+        rows_pruned=int(sums["rows_pruned"] or 0),
+        bytes_total=int(sums["bytes_total"] or 0),
+        bytes_pruned=int(sums["bytes_pruned"] or 0),
         hot_rows=snap.hot_rows,
         survivors=survivors,
         details=details,

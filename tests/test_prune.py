@@ -34,7 +34,7 @@ NY = ZoneInfo("America/New_York")
 
 def _block(df: pl.DataFrame, i: int = 0) -> blk.BlockInfo:
     name = layout.BlockName(i + 1, i + 1, 1, 1, "0" * 16)
-    return blk.BlockInfo(name, Path(str(name)), df.height, 0, blk.compute_stats(df))
+    return blk.BlockInfo(name, str(name), df.height, 0, blk.compute_stats(df))
 
 
 def plan_one(values: pl.Series, predicate: pl.Expr) -> prune.PruneReport:

@@ -6,7 +6,7 @@ Store layout (the filesystem is the source of truth)::
       LOCK                                   exclusive writer lock (see locking.py)
       <table>/
         table.json                           format version, schema, options (catalog.py)
-        stats.json                           cache of block statistics (catalog.py, transient)
+        stats.arrow                          cache of block statistics (catalog.py, transient)
         wal/<first-lsn>.wal                  WAL segments (wal.py)
         blocks/<first>-<last>.<part>of<n>.<xxh3>.parquet   immutable blocks (blocks.py)
 
@@ -14,8 +14,10 @@ Names:
 
 - ``<first-lsn>`` is 20 zero-padded decimal digits, so names sort by LSN.
 - A block name carries the LSN range it holds, its part number within a
-  multi-part append (``1of1`` for an ordinary block) and the xxh3-64 digest
-  (16 hex digits) of the whole file: the checksum lives outside the file.
+  multi-part append (``1of1`` for an ordinary block; zero-padded to the
+  width of the count, ``02of12``, so that a listing sorts in append order)
+  and the xxh3-64 digest (16 hex digits) of the whole file: the checksum
+  lives outside the file.
 - Temporary files end in ``.tmp`` and temporary/dropped table folders start
   with ``.``; both are removed when a writer opens the store.
 
@@ -27,14 +29,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from bt_frames.errors import InvalidTableNameError
 
 LOCK_NAME = "LOCK"
 TABLE_JSON = "table.json"
-STATS_CACHE = "stats.json"
+STATS_CACHE = "stats.arrow"
 WAL_DIR = "wal"
 BLOCKS_DIR = "blocks"
 TMP_SUFFIX = ".tmp"
@@ -66,8 +68,9 @@ def parse_wal_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-@dataclass(frozen=True, order=True)
-class BlockName:
+class BlockName(NamedTuple):
+    """A block file name, parsed (a tuple: it is made once per block on every open)."""
+
     first_lsn: int
     last_lsn: int
     part: int
@@ -77,7 +80,7 @@ class BlockName:
     def __str__(self) -> str:
         return (
             f"{self.first_lsn:0{LSN_DIGITS}d}-{self.last_lsn:0{LSN_DIGITS}d}."
-            f"{self.part}of{self.nparts}.{self.digest}.parquet"
+            f"{self.part:0{len(str(self.nparts))}d}of{self.nparts}.{self.digest}.parquet"
         )
 
 
@@ -85,7 +88,7 @@ def parse_block_name(name: str) -> BlockName | None:
     m = _BLOCK_NAME.fullmatch(name)
     if not m:
         return None
-    first, last, part, nparts = (int(m.group(i)) for i in range(1, 5))
+    first, last, part, nparts = map(int, m.group(1, 2, 3, 4))
     if first > last or not 1 <= part <= nparts:
         return None
     return BlockName(first, last, part, nparts, m.group(5))
@@ -117,14 +120,18 @@ def atomic_write(path: Path, data: bytes | memoryview, *, durable: bool = True) 
     tmp = tmp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:  # a failed write (disk full...) leaves the old file and no tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)

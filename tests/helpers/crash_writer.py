@@ -139,7 +139,7 @@ def _install_fault(spec: str) -> None:
 
     - ``rename-block:N``   before the N-th rename of a block into place (the .tmp is written and fsynced)
     - ``renamed-block:N``  right after the N-th block rename (before the directory fsync and WAL cleanup)
-    - ``rename-cache:N``   before the N-th rename of stats.json into place (its .tmp is written)
+    - ``rename-cache:N``   before the N-th rename of the stats cache into place (its .tmp is written)
     - ``rotated:N``        right after the N-th WAL rotation (new segment created, no block yet)
     """
     point, _, n_str = spec.partition(":")
@@ -148,7 +148,7 @@ def _install_fault(spec: str) -> None:
 
     if point in ("rename-block", "renamed-block", "rename-cache"):
         real_replace = os.replace
-        suffix = "stats.json" if point == "rename-cache" else ".parquet"
+        suffix = "stats.arrow" if point == "rename-cache" else ".parquet"
 
         def replace(src: object, dst: object, **kw: object) -> None:
             nonlocal seen
