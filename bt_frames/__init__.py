@@ -17,6 +17,7 @@ from bt_frames.errors import (
     BtError,
     CorruptionError,
     InvalidTableNameError,
+    MissingOptionalDependencyError,
     ReadOnlyError,
     SchemaMismatchError,
     StoreClosedError,
@@ -32,11 +33,16 @@ from bt_frames.verify import VerifyReport
 
 __version__ = "0.1.0"
 
+from bt_frames import _accessors
+
+_accessors.install()  # df.bt: Polars now; pandas when it is imported (bt_frames never imports pandas)
+
 __all__ = [
     "BacktraceStore",
     "BtError",
     "CorruptionError",
     "InvalidTableNameError",
+    "MissingOptionalDependencyError",
     "PruneReport",
     "ReadOnlyError",
     "Recovery",

@@ -58,9 +58,14 @@ def to_polars(obj: object, *, table: str) -> tuple[pl.DataFrame, dict[str, Any] 
         assert isinstance(out, pl.DataFrame)
         return out, None
     if hasattr(obj, "__arrow_c_stream__") or hasattr(obj, "__arrow_c_array__"):
-        return pl.DataFrame(obj), None  # type: ignore[arg-type]
+        try:
+            return pl.DataFrame(obj), None  # type: ignore[arg-type]
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as e:  # e.g. a pandas Series: not a table
+            reason = f" (its Arrow data is not a table: {e})"
+    else:
+        reason = ""
     raise UnsupportedInputError(
-        f"table {table!r}: cannot append a {type(obj).__module__}.{type(obj).__qualname__}; pass a "
+        f"table {table!r}: cannot append a {type(obj).__module__}.{type(obj).__qualname__}{reason}; pass a "
         "polars.DataFrame, pandas.DataFrame, pyarrow.Table/RecordBatch or an Arrow C stream."
     )
 

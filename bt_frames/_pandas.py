@@ -1,30 +1,501 @@
-"""pandas in and out (imported only when pandas data is seen or asked for)."""
+"""pandas in and out: exact round trips (imported only when pandas data is seen or asked for).
+
+A pandas frame is stored as plain Arrow/Polars columns; everything pandas
+needs to rebuild the *same* frame is kept in the ``pandas`` field of
+``table.json`` (written by the table's first pandas append; later pandas or
+Polars appends never change it). The document, ``PANDAS_META_VERSION`` 1::
+
+    {"version": 1, "pandas_version": "3.1.1",
+     "columns": [{"column": "price", "label": "price", "dtype": <codec>}, ...],
+     "columns_index": {"dtype": "str", "name": null, "range": false},
+     "index": {"kind": "range"}
+            | {"kind": "columns", "levels": [{"column": "ts", "name": "ts", "dtype": <codec>}, ...]}}
+
+``column`` is the stored (string) column name, ``label`` the pandas label it
+came from (a string, or a number stored as its ``str()``). A ``<codec>`` says
+how to rebuild one column from its stored values:
+
+=====================  ==========================================  ==========================================
+pandas dtype           stored as                                   codec (``kind`` and its fields)
+=====================  ==========================================  ==========================================
+int/uint/float/bool    the same Polars type (float NaN -> null)    ``numpy``, ``dtype: "int32"``
+datetime64[unit, tz]   ``Datetime`` (unit ``s`` -> ``ms``)         ``numpy``, ``dtype: "datetime64[ns, UTC]"``
+timedelta64[unit]      ``Duration``                                ``numpy``, ``dtype: "timedelta64[ns]"``
+``str`` / ``string``   ``String``                                  ``string``, ``storage``, ``na_value``
+object                 what Arrow infers (String, Binary, Date...)  ``object``, ``na: null | "nan" | "NA"``
+Int64, boolean, ...    the same Polars type, with nulls            ``extension``, ``dtype: "Int64"``
+category               ``Categorical`` (str categories) or values  ``category``, ``ordered``, ``categories``
+                                                                   (JSON) or ``categories_ipc`` (Arrow IPC,
+                                                                   base64), ``categories_dtype`` (a codec)
+``X[pyarrow]``         the Arrow type's Polars equivalent          ``arrow``, ``type_ipc`` (Arrow schema)
+=====================  ==========================================  ==========================================
+
+Index rules: an unnamed ``RangeIndex`` (the default one, and also the
+``RangeIndex(5, 10)`` of a chunk ``df.iloc[5:10]``) is not stored; ``to_pandas``
+numbers the rows ``0..n-1`` across all appends, like ``pd.concat(...,
+ignore_index=True)`` (so a table whose first append was ``df.iloc[5:]``
+starts at 0). Any other index (named ``RangeIndex``, ``DatetimeIndex``,
+``MultiIndex``, unnamed ``Index``, ...) is stored as ordinary column(s) named
+after its level(s) (``"index"`` / ``"level_<i>"`` when unnamed, as
+``reset_index`` does) and restored as the index. A ``DatetimeIndex`` comes
+back with ``freq=None`` (as after ``pd.concat``).
+
+Column labels must be unique strings or numbers (``int``/``float``/``bool``,
+stored under their ``str()`` and restored as the original number); tuples,
+``None``, timestamps or MultiIndex columns are rejected with
+``SchemaMismatchError`` rather than silently renamed.
+
+Rows that were appended from Polars or Arrow into a pandas-described table
+come back through the same codecs; where they hold something the pandas dtype
+cannot (a null in an ``int64`` or ``bool`` column) that column comes back as
+the matching nullable dtype (``Int64``, ``boolean``) instead of losing values.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import logging
+import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
+
+from bt_frames._accessors import register_pandas_accessor
+from bt_frames.errors import SchemaMismatchError
+
+log = logging.getLogger("bt_frames")
+
+PANDAS_META_VERSION = 1
+
+# untyped handles: their signatures differ between pandas 2.2 and 3 (and their stubs)
+_pandas_dtype: Any = pd.api.types.pandas_dtype
+_StringDtype: Any = pd.StringDtype
+
+register_pandas_accessor()  # a safety net: pandas data reached bt_frames, so df.bt must exist
+
+_ArrowErrors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+_NULLABLE = {"i": "Int", "u": "UInt"}  # int32 -> Int32: the dtype for nulls the numpy dtype cannot hold
+
+
+# -- pandas -> Polars ------------------------------------------------------------
+
+
+def _b64_series(s: pl.Series) -> str:
+    buf = io.BytesIO()
+    s.to_frame("v").write_ipc_stream(buf)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _series_b64(data: str) -> pl.Series:
+    return pl.read_ipc_stream(io.BytesIO(base64.b64decode(data))).to_series()
+
+
+def _unsupported(table: str, label: object, dtype: object, why: str) -> SchemaMismatchError:
+    return SchemaMismatchError(
+        f"table {table!r}, column {label!r}: pandas dtype {dtype} cannot be stored ({why}). "
+        "Fix: convert the column first, e.g. .astype(str) or to a numeric/datetime dtype.",
+        table=table,
+        columns=[str(label)],
+    )
+
+
+def _na_kind(values: pd.Series) -> str | None:
+    """How an object column spelled its missing values: None (default), "nan" or "NA"."""
+    mask = values.isna()
+    if not mask.any():
+        return None
+    first = values[mask.to_numpy()].iloc[0]
+    if first is pd.NA:
+        return "NA"
+    if isinstance(first, float) and math.isnan(first):
+        return "nan"
+    return None
+
+
+def _categories_doc(cats: pd.Index, *, table: str, label: object) -> dict[str, Any]:
+    """Categories in order (unused ones included): a JSON list for strings and integers, else Arrow IPC."""
+    values = cats.to_series(index=pd.RangeIndex(len(cats)))
+    doc: dict[str, Any] = {"categories_dtype": _encode_dtype(cats.dtype, values, table=table, label=label)}
+    if cats.dtype.kind in "iu":
+        doc["categories"] = [int(v) for v in cats]
+    elif all(isinstance(v, str) for v in cats):
+        doc["categories"] = list(cats)
+    else:
+        doc["categories_ipc"] = _b64_series(_encode_values(values, table=table, label=label))
+    return doc
+
+
+def _encode_dtype(dtype: Any, values: pd.Series, *, table: str, label: object) -> dict[str, Any]:
+    if isinstance(dtype, pd.CategoricalDtype):
+        return {
+            "kind": "category",
+            "ordered": bool(dtype.ordered),
+            **_categories_doc(dtype.categories, table=table, label=label),
+        }
+    if isinstance(dtype, pd.StringDtype):
+        storage = str(dtype.storage)
+        nan = storage == "pyarrow_numpy" or _is_nan(getattr(dtype, "na_value", pd.NA))
+        storage = "pyarrow" if storage == "pyarrow_numpy" else storage  # pandas 2.2's NaN-variant
+        return {"kind": "string", "storage": storage, "na_value": "nan" if nan else "NA"}
+    if isinstance(dtype, pd.ArrowDtype):
+        buf = pa.schema([pa.field("v", dtype.pyarrow_dtype)]).serialize()
+        return {"kind": "arrow", "type_ipc": base64.b64encode(buf.to_pybytes()).decode("ascii")}
+    if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind in "iufbMm"):
+        return {"kind": "numpy", "dtype": str(dtype)}
+    if isinstance(dtype, np.dtype) and dtype.kind == "O":
+        return {"kind": "object", "na": _na_kind(values)}
+    if isinstance(dtype, pd.api.extensions.ExtensionDtype) and hasattr(dtype, "__from_arrow__"):
+        return {"kind": "extension", "dtype": str(dtype)}  # Int64, boolean, Float64, ... (period etc. refused earlier)
+    raise _unsupported(table, label, dtype, "no Arrow/Polars equivalent")
+
+
+def _is_nan(v: object) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _encode_values(values: pd.Series, *, table: str, label: object) -> pl.Series:
+    """Stored Polars values of one pandas column (nulls for every missing value)."""
+    dtype = values.dtype
+    if isinstance(dtype, (pd.PeriodDtype, pd.IntervalDtype, pd.SparseDtype)) or (
+        isinstance(dtype, np.dtype) and dtype.kind == "c"
+    ):
+        raise _unsupported(table, label, dtype, "no Polars equivalent")
+    try:
+        arr = pa.array(values, from_pandas=True)
+        if pa.types.is_dictionary(arr.type) and not (
+            pa.types.is_string(arr.type.value_type) or pa.types.is_large_string(arr.type.value_type)
+        ):
+            arr = arr.dictionary_decode()  # Polars categoricals hold strings only; keep the values
+        out = pl.Series(values=arr)
+    except _ArrowErrors as e:
+        kinds = sorted({type(v).__name__ for v in values.dropna().head(10_000)})
+        mixed = f" (it mixes {', '.join(kinds)})" if len(kinds) > 1 else ""
+        raise SchemaMismatchError(
+            f"table {table!r}, column {label!r}: the {dtype} column cannot be converted to Arrow{mixed}: {e}. "
+            "Fix: give the column one type, e.g. .astype(str), pd.to_numeric or pd.to_datetime.",
+            table=table,
+            columns=[str(label)],
+        ) from e
+    except pl.exceptions.PolarsError as e:
+        raise _unsupported(table, label, dtype, f"Polars cannot hold it: {e}") from e
+    return out
+
+
+def _storage_name(label: object, *, table: str, what: str) -> tuple[str, Any]:
+    """(stored column name, JSON label) for a pandas label; only strings and plain numbers are accepted."""
+    if isinstance(label, str):
+        return label, label
+    if isinstance(label, (bool, np.bool_)):
+        return str(bool(label)), bool(label)
+    if isinstance(label, (int, np.integer)):
+        return str(int(label)), int(label)
+    if isinstance(label, (float, np.floating)) and math.isfinite(label):
+        return str(float(label)), float(label)
+    raise SchemaMismatchError(
+        f"table {table!r}: {what} label {label!r} ({type(label).__name__}) cannot be a column name; "
+        "labels must be strings or numbers (stored as their str()). "
+        "Fix: rename it, e.g. df.columns = [str(c) for c in df.columns] or flatten a MultiIndex.",
+        table=table,
+        columns=[str(label)],
+    )
+
+
+def _is_default_index(idx: pd.Index) -> bool:
+    """An unnamed RangeIndex (any start: ``df.iloc[5:]`` is a chunk, not an index) is not stored."""
+    return isinstance(idx, pd.RangeIndex) and idx.name is None
 
 
 def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """(stored Polars frame, ``pandas`` metadata) for a pandas frame; see the module docstring for the rules."""
+    if isinstance(df.columns, pd.MultiIndex):
+        raise SchemaMismatchError(
+            f"table {table!r}: the frame has MultiIndex columns; flatten them first, e.g. "
+            "df.columns = ['_'.join(map(str, c)) for c in df.columns].",
+            table=table,
+        )
+    names: dict[str, object] = {}
+    cols: list[pl.Series] = []
+    col_docs: list[dict[str, Any]] = []
+
+    def add(name: str, label: object, values: pd.Series, what: str) -> dict[str, Any]:
+        if name in names:
+            raise SchemaMismatchError(
+                f"table {table!r}: {what} {label!r} and {names[name]!r} would both be stored as column {name!r}. "
+                "Fix: rename one of them (column labels must be unique, also after str()).",
+                table=table,
+                columns=[name],
+            )
+        names[name] = label
+        cols.append(_encode_values(values, table=table, label=label).alias(name))
+        return {"column": name, "dtype": _encode_dtype(values.dtype, values, table=table, label=label)}
+
     idx = df.index
-    meta: dict[str, Any] = {"columns": {str(c): str(t) for c, t in df.dtypes.items()}}
-    if isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1 and idx.name is None:
-        meta["index"] = {"kind": "range"}
-        frame = df
+    index_doc: dict[str, Any]
+    if _is_default_index(idx):
+        index_doc = {"kind": "range"}
+        levels: list[dict[str, Any]] = []
     else:
-        name = idx.name if idx.name is not None else "index"
-        meta["index"] = {"kind": "column", "column": str(name), "name": idx.name}
-        frame = df.reset_index(names=str(name))
-    return pl.from_pandas(frame), meta
+        levels = []
+        multi = isinstance(idx, pd.MultiIndex)
+        for i in range(idx.nlevels):
+            level_name = idx.names[i]
+            if level_name is None:
+                name, json_name = ("index" if not multi else f"level_{i}"), None
+            else:
+                name, json_name = _storage_name(level_name, table=table, what="index")
+            values = idx.get_level_values(i).to_series(index=pd.RangeIndex(len(idx)))
+            levels.append({**add(name, level_name, values, "index level"), "name": json_name})
+        index_doc = {"kind": "columns", "levels": levels}
+    for pos, label in enumerate(df.columns):
+        name, json_label = _storage_name(label, table=table, what="column")
+        values = df.iloc[:, pos]
+        if not isinstance(values.index, pd.RangeIndex):
+            values = values.reset_index(drop=True)
+        col_docs.append({**add(name, label, values, "column"), "label": json_label})
+    out = pl.DataFrame(cols) if cols else pl.DataFrame()
+    columns_index = df.columns
+    cname = columns_index.name
+    meta: dict[str, Any] = {
+        "version": PANDAS_META_VERSION,
+        "pandas_version": pd.__version__,
+        "columns": col_docs,
+        "columns_index": {
+            "dtype": str(columns_index.dtype),
+            "name": cname if cname is None or isinstance(cname, (str, int, float, bool)) else str(cname),
+            "range": isinstance(columns_index, pd.RangeIndex),
+        },
+        "index": index_doc,
+    }
+    return out, meta
 
 
-def to_pandas(df: pl.DataFrame, meta: dict[str, Any] | None) -> pd.DataFrame:
-    out = df.to_pandas()
-    if meta and meta.get("index", {}).get("kind") == "column":
-        col = meta["index"]["column"]
-        out = out.set_index(col)
-        out.index.name = meta["index"]["name"]
+def time_column_hint(meta: dict[str, Any]) -> str | None:
+    """The stored column of a single-level datetime index, the natural time column of a new table."""
+    index = meta.get("index") or {}
+    levels = index.get("levels") or []
+    if index.get("kind") == "columns" and len(levels) == 1:
+        codec = levels[0].get("dtype") or {}
+        if codec.get("kind") == "numpy" and str(codec.get("dtype", "")).startswith("datetime64"):
+            return str(levels[0]["column"])
+    return None
+
+
+# -- Polars -> pandas ------------------------------------------------------------
+
+
+def _dtype_or_none(name: object) -> Any:
+    try:
+        return _pandas_dtype(name)
+    except (TypeError, ValueError):
+        return None
+
+
+def _string_dtype(storage: str, na_value: str) -> Any:
+    na = np.nan if na_value == "nan" else pd.NA
+    try:
+        return _StringDtype(storage, na_value=na)
+    except TypeError:  # pragma: no cover - pandas 2.2: no na_value; the NaN variant is "pyarrow_numpy"
+        return _StringDtype("pyarrow_numpy" if na_value == "nan" else storage)
+
+
+def _plain(s: pl.Series) -> Any:
+    """Polars' own conversion (no metadata): a numpy- or extension-backed array."""
+    return s.to_pandas().array
+
+
+def _as_string(s: pl.Series) -> pl.Series:
+    return s.cast(pl.String) if isinstance(s.dtype, (pl.Categorical, pl.Enum)) else s
+
+
+def _decode_numpy(s: pl.Series, name: str) -> Any:
+    dtype = _dtype_or_none(name)
+    if dtype is None:
+        return _plain(s)
+    kind = getattr(dtype, "kind", "O")
+    if kind in "iub":
+        if s.null_count():  # e.g. Polars rows with nulls: keep them as <NA>, never as wrong numbers
+            nullable = "boolean" if kind == "b" else f"{_NULLABLE[kind]}{dtype.itemsize * 8}"
+            return _pandas_dtype(nullable).__from_arrow__(s.to_arrow())
+        arr = s.to_numpy()
+        if arr.dtype == dtype:
+            return arr
+        if kind in "iu" and arr.dtype.kind in "iu" and len(arr):
+            info = np.iinfo(dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                return arr  # values wider than the pandas dtype (appended later): keep them exact
+        return arr.astype(dtype) if arr.dtype.kind in "iub" else arr
+    if kind == "f":
+        arr = s.to_numpy()
+        return arr if arr.dtype == dtype or arr.dtype.kind not in "iuf" else arr.astype(dtype)
+    if kind in "Mm":
+        out = s.to_pandas().array
+        try:
+            return out.astype(dtype)
+        except (TypeError, ValueError):
+            return out
+    return _plain(s)
+
+
+def _decode_object(s: pl.Series, na: str | None) -> Any:
+    values = pd.Series(_as_string(s).to_list(), dtype=object).to_numpy()  # lists stay elements, not a 2-D array
+    if na is not None and s.null_count():
+        values = values.copy()
+        values[s.is_null().to_numpy()] = np.nan if na == "nan" else pd.NA
+    return values
+
+
+def _decode_categories(codec: dict[str, Any]) -> pd.Index:
+    cdtype = codec.get("categories_dtype") or {}
+    if "categories" in codec:
+        target = _dtype_or_none(cdtype.get("dtype")) if cdtype.get("kind") == "numpy" else None
+        if cdtype.get("kind") == "string":
+            target = _string_dtype(cdtype["storage"], cdtype["na_value"])
+        return pd.Index(codec["categories"], dtype=target)
+    values = _series_b64(codec["categories_ipc"])
+    return pd.Index(_decode(values, cdtype))
+
+
+def _decode_category(s: pl.Series, codec: dict[str, Any]) -> Any:
+    cats = _decode_categories(codec)
+
+    def dtype_of(categories: pd.Index) -> pd.CategoricalDtype:
+        return pd.CategoricalDtype(categories, ordered=bool(codec.get("ordered")))
+
+    stringy = isinstance(s.dtype, (pl.Categorical, pl.Enum, pl.String))
+    keys: pl.Series | None = None
+    if stringy and all(isinstance(c, str) for c in cats):
+        s, keys = _as_string(s), pl.Series(list(cats), dtype=pl.String)
+    elif s.dtype.is_integer() and cats.dtype.kind in "iu":
+        keys = pl.Series(cats.to_numpy()).cast(s.dtype, strict=False)
+    if keys is not None:  # codes by a hash lookup in Polars (no Python objects per row)
+        codes = s.replace_strict(keys, pl.int_range(keys.len(), eager=True), default=-1, return_dtype=pl.Int64)
+        new = s.filter((codes == -1) & s.is_not_null()).unique(maintain_order=True)
+        if new.len():  # values that later appends brought: new categories, in order of first appearance
+            cats = cats.append(pd.Index(new.to_list(), dtype=cats.dtype))
+            keys = pl.concat([keys, new.cast(keys.dtype)])
+            codes = s.replace_strict(keys, pl.int_range(keys.len(), eager=True), default=-1, return_dtype=pl.Int64)
+        return pd.Categorical.from_codes(codes.fill_null(-1).to_numpy(), dtype=dtype_of(cats))
+    values: Any = _as_string(s).to_numpy() if stringy else _decode(s, codec.get("categories_dtype") or {})
+    codes_np = cats.get_indexer(values)
+    missing = (codes_np < 0) & ~pd.isna(values)
+    if missing.any():
+        extra = pd.unique(pd.Series(values[missing], dtype=object))
+        cats = cats.append(pd.Index(extra, dtype=cats.dtype))
+        codes_np = cats.get_indexer(values)
+    return pd.Categorical.from_codes(codes_np, dtype=dtype_of(cats))
+
+
+def _decode(s: pl.Series, codec: dict[str, Any]) -> Any:
+    """One pandas array from stored values and the codec written when they were appended."""
+    kind = codec.get("kind")
+    try:
+        if kind == "numpy":
+            return _decode_numpy(s, codec["dtype"])
+        if kind == "string":
+            return _string_dtype(codec["storage"], codec["na_value"]).__from_arrow__(_as_string(s).to_arrow())
+        if kind == "object":
+            return _decode_object(s, codec.get("na"))
+        if kind == "category":
+            return _decode_category(s, codec)
+        if kind == "arrow":
+            field = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(codec["type_ipc"]))).field(0)
+            return pd.arrays.ArrowExtensionArray(s.to_arrow().cast(field.type))
+        if kind == "extension":
+            dtype = _dtype_or_none(codec["dtype"])
+            if dtype is not None and hasattr(dtype, "__from_arrow__"):
+                return dtype.__from_arrow__(s.to_arrow())
+    except (KeyError, TypeError, ValueError, *_ArrowErrors, pl.exceptions.PolarsError) as e:
+        # metadata this build cannot apply (e.g. written by another pandas version): Polars' own conversion
+        log.warning("column %r: pandas metadata %s not applied (%s); using Polars' to_pandas", s.name, codec, e)
+    return _plain(s)
+
+
+def projection(
+    meta: dict[str, Any] | None, columns: Sequence[Any] | None, stored: Sequence[str], *, table: str
+) -> tuple[list[str] | None, list[str] | None]:
+    """(stored columns to read, data columns in order) for ``to_pandas(columns=...)``.
+
+    Items of ``columns`` are stored names or the pandas labels they came from
+    (``1`` or ``"1"``). The index columns are always read.
+    """
+    if columns is None:
+        return None, None
+    if isinstance(columns, (str, bytes)):
+        columns = [columns]
+    by_label: dict[Any, str] = {}
+    for doc in (meta or {}).get("columns") or []:
+        by_label.setdefault(doc.get("label"), doc["column"])
+    known = set(stored)
+    order: list[str] = []
+    for c in columns:
+        name = c if isinstance(c, str) and c in known else by_label.get(c)
+        if name is None:
+            raise SchemaMismatchError(
+                f"table {table!r} has no column {c!r}; its columns are {', '.join(map(repr, stored))}.",
+                table=table,
+                columns=[str(c)],
+            )
+        if name not in order:
+            order.append(name)
+    index_doc = (meta or {}).get("index") or {}
+    index_cols = [lv["column"] for lv in index_doc.get("levels") or [] if lv["column"] in known]
+    read = [*index_cols, *(c for c in order if c not in index_cols)]
+    return (read or list(stored[:1])), order  # columns=[]: still one column, for the row count
+
+
+def to_pandas(df: pl.DataFrame, meta: dict[str, Any] | None, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rebuild the pandas frame described by ``meta`` from stored rows ``df``.
+
+    ``columns`` (stored names, in the order wanted) limits and orders the
+    data columns; index columns in ``df`` always become the index. Without
+    metadata (a table only ever appended from Polars/Arrow) this is Polars'
+    own ``to_pandas()``.
+    """
+    if not meta or meta.get("version") != PANDAS_META_VERSION:
+        out = df.to_pandas()
+        return out if columns is None else out[[c for c in columns if c in out.columns]]
+    n = df.height
+    index_doc = meta.get("index") or {}
+    levels = [lv for lv in index_doc.get("levels") or [] if lv["column"] in df.columns]
+    index: pd.Index
+    if index_doc.get("kind") == "columns" and levels:
+        arrays = [_decode(df.get_column(lv["column"]), lv["dtype"]) for lv in levels]
+        names = [lv.get("name") for lv in levels]
+        if len(arrays) == 1:
+            index = pd.Index(arrays[0], name=names[0], copy=False)
+        else:
+            index = pd.MultiIndex.from_arrays(arrays, names=names)
+    else:
+        index = pd.RangeIndex(n)
+    in_index = {lv["column"] for lv in levels}
+    docs = {c["column"]: c for c in meta.get("columns") or []}
+    order = list(columns) if columns is not None else [*docs, *(c for c in df.columns if c not in docs)]
+    order = [c for c in order if c in df.columns and c not in in_index]
+    data: dict[int, pd.Series] = {}
+    labels: list[Any] = []
+    for i, name in enumerate(order):
+        doc = docs.get(name)
+        s = df.get_column(name)
+        values = _decode(s, doc["dtype"]) if doc else _plain(s)
+        # a Series with an explicit dtype: pandas 3 would otherwise infer ``str`` for object arrays of strings
+        data[i] = pd.Series(values, index=index, dtype=getattr(values, "dtype", None), copy=False)
+        labels.append(doc.get("label", name) if doc else name)
+    out = pd.DataFrame(data, index=index, copy=False)
+    out.columns = _columns_index(labels, meta.get("columns_index") or {})
     return out
+
+
+def _columns_index(labels: list[Any], doc: dict[str, Any]) -> pd.Index:
+    name = doc.get("name")
+    if doc.get("range") and labels == list(range(len(labels))):
+        return pd.RangeIndex(len(labels), name=name)
+    dtype = _dtype_or_none(doc.get("dtype"))
+    try:
+        return pd.Index(labels, dtype=dtype, name=name)
+    except (TypeError, ValueError):
+        return pd.Index(labels, name=name)

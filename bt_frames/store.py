@@ -213,7 +213,7 @@ class BacktraceStore:
         """Append to table ``name``, creating it from ``data``'s schema if it does not exist.
 
         ``time_column`` (creation only) defaults to a pandas DatetimeIndex or
-        the first datetime/date column. Returns the LSN of the append.
+        the first datetime/date column without nulls. Returns the LSN of the append.
         """
         self._check_writable()
         layout.validate_table_name(name)
@@ -221,10 +221,19 @@ class BacktraceStore:
             if not (self._path / name / layout.TABLE_JSON).is_file():
                 df, pmeta = _convert.to_polars(data, table=name)
                 tc = time_column
-                if tc is None and pmeta is not None and pmeta.get("index", {}).get("datetime"):
-                    tc = pmeta["index"]["column"]
-                if tc is None:
-                    tc = next((c for c, d in df.schema.items() if isinstance(d, (pl.Datetime, pl.Date))), None)
+                if tc is None and pmeta is not None:  # a pandas DatetimeIndex is the natural time column
+                    from bt_frames._pandas import time_column_hint
+
+                    tc = time_column_hint(pmeta)
+                if tc is None:  # the first datetime/date column without nulls (a time column cannot hold any)
+                    tc = next(
+                        (
+                            c
+                            for c, d in df.schema.items()
+                            if isinstance(d, (pl.Datetime, pl.Date)) and not df.get_column(c).has_nulls()
+                        ),
+                        None,
+                    )
                 schema = pl.Schema({c: (pl.String if d == pl.Null else d) for c, d in df.schema.items()})
                 t = self.create_table(name, schema, time_column=tc, **options)
             else:
@@ -313,8 +322,14 @@ class BacktraceStore:
         if self._read_only:
             raise ReadOnlyError(f"store {str(self._path)!r} was opened with read_only=True; it cannot be written")
 
-    def _progress(self, desc: str) -> Any:
-        """A progress-bar factory (iterable, total) -> iterable, or None when bars are off."""
+    def _progress(self, desc: str, *, min_total: int = 2) -> Any:
+        """A progress-bar factory (iterable, total) -> iterable, or None when bars are off.
+
+        Bars are on with ``progress=True``; with ``progress=None`` only in an
+        interactive session (a terminal on stderr, or a Jupyter kernel) unless
+        ``BT_FRAMES_PROGRESS=0``. A loop of fewer than ``min_total`` steps gets
+        no bar. tqdm.auto picks a notebook widget or a terminal bar (stderr).
+        """
         show = self._show_progress
         if show is None:
             show = _interactive()
@@ -322,11 +337,9 @@ class BacktraceStore:
             return None
 
         def bar(it: Iterable[Any], total: int) -> Iterable[Any]:
-            if total < 2:
+            if total < max(2, min_total):
                 return it
-            from tqdm.auto import tqdm
-
-            return tqdm(it, total=total, desc=desc, leave=False)
+            return _tqdm()(it, total=total, desc=desc, leave=False)
 
         return bar
 
@@ -339,6 +352,16 @@ class BacktraceStore:
         from bt_frames import _display
 
         return _display.store_html(self)
+
+
+def _tqdm() -> Any:
+    """tqdm.auto's class, without its warnings (no ipywidgets: it falls back to the terminal bar)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm
 
 
 def _interactive() -> bool:
