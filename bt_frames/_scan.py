@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from bt_frames.table import Snapshot, Table
 
 log = logging.getLogger("bt_frames")
+
+EAGER_ROWS = 1 << 20  # survivors with fewer rows are read in one collect() (less overhead than streaming)
+GROUP_ROWS = 4 << 20  # larger reads go a group of blocks at a time, each group verified just before it is read
 
 
 @dataclass
@@ -114,12 +117,15 @@ def read(
     remaining = n_rows
     if remaining is not None and remaining <= 0:
         return
-    if survivors:
-        for b in survivors:
+    eager = sum(b.rows for b in survivors) <= EAGER_ROWS
+    for group in _groups(survivors, GROUP_ROWS):
+        for b in group:  # verified just before their first read, not all up front: head() stops early
             blk.verify_block(b.path)
-        lf = pl.scan_parquet([str(b.path) for b in survivors], glob=False)
-        lf = _apply(lf, predicate, with_columns, remaining)
-        for df in lf.collect_batches(chunk_size=batch_size, maintain_order=True):
+        lf = _apply(pl.scan_parquet([b.file for b in group], glob=False), predicate, with_columns, remaining)
+        frames: Iterable[pl.DataFrame] = (
+            [lf.collect()] if eager else lf.collect_batches(chunk_size=batch_size, maintain_order=True)
+        )
+        for df in frames:
             if df.height == 0:
                 continue
             if remaining is not None:
@@ -137,6 +143,20 @@ def read(
             stats.hot_rows += hot.height
             stats.batches += 1
             yield hot
+
+
+def _groups(blocks: Sequence[blk.BlockInfo], rows: int) -> Iterator[list[blk.BlockInfo]]:
+    """Consecutive runs of blocks of about ``rows`` rows (at least one block each)."""
+    group: list[blk.BlockInfo] = []
+    n = 0
+    for b in blocks:
+        if group and n + b.rows > rows:
+            yield group
+            group, n = [], 0
+        group.append(b)
+        n += b.rows
+    if group:
+        yield group
 
 
 def _apply(

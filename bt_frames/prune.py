@@ -456,9 +456,9 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
     infos = snap.blocks
     stats = snap.stats if snap.stats is not None else stats_frame(infos, schema)
     n = len(infos)
-    reason = pl.repeat(None, n, dtype=pl.String, eager=True)
     conj_strs: list[str] = []
     not_understood: list[str] = []
+    reasons: list[tuple[str, pl.Expr]] = []  # (conjunct, "no row can match" over the stats frame)
     if predicate is not None and n:
         try:
             tree = json.loads(predicate.meta.serialize(format="json"))
@@ -474,40 +474,56 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
             if not bounds.understood:
                 not_understood.append(text)
                 log.debug("pruner: not (wholly) understood, blocks kept where unsure: %s", text)
-            try:
-                skip = stats.select(bounds.never_true.fill_null(False).alias("s")).to_series()
-                if len(skip) == 1 and n != 1:
-                    skip = pl.repeat(skip[0], n, eager=True)
-            except Exception as e:  # a literal Polars cannot compare with the statistics
-                log.debug("pruner: cannot evaluate %s on statistics (%s); keeping blocks", text, e)
-                continue
-            reason = pl.select(pl.when(reason.is_null() & skip).then(pl.lit(text)).otherwise(reason)).to_series()
-    scanned = reason.is_null()
-    details = stats.select("block", "first_lsn", "last_lsn", "rows", "bytes").with_columns(
-        scanned.alias("scanned"), reason.alias("reason")
-    )
+            reasons.append((text, bounds.never_true.fill_null(False)))
+    ident = ["block", "first_lsn", "last_lsn", "rows", "bytes"]
+    details = _evaluate(stats, ident, reasons)
+    scanned = details["scanned"]
     if scanned.all():
         survivors = tuple(infos)
     else:
         survivors = tuple(infos[i] for i in scanned.arg_true().to_list())
-    sums = details.select(
-        pl.col("rows").sum().alias("rows_total"),
-        pl.col("bytes").sum().alias("bytes_total"),
-        pl.col("rows").filter(~pl.col("scanned")).sum().alias("rows_pruned"),
-        pl.col("bytes").filter(~pl.col("scanned")).sum().alias("bytes_pruned"),
-    ).row(0, named=True)
+    rows, size = details["rows"], details["bytes"]
+    rows_total, bytes_total = int(rows.sum()), int(size.sum())
+    rows_kept = int(rows.filter(scanned).sum()) if n else 0
+    bytes_kept = int(size.filter(scanned).sum()) if n else 0
     return PruneReport(
         table=table,
         predicate=str(predicate) if predicate is not None else None,
         blocks_total=n,
         blocks_pruned=n - len(survivors),
-        rows_total=int(sums["rows_total"] or 0),
-        rows_pruned=int(sums["rows_pruned"] or 0),
-        bytes_total=int(sums["bytes_total"] or 0),
-        bytes_pruned=int(sums["bytes_pruned"] or 0),
+        rows_total=rows_total,
+        rows_pruned=rows_total - rows_kept,
+        bytes_total=bytes_total,
+        bytes_pruned=bytes_total - bytes_kept,
         hot_rows=snap.hot_rows,
         survivors=survivors,
         details=details,
         conjuncts=conj_strs,
         not_understood=not_understood,
     )
+
+
+def _evaluate(stats: pl.DataFrame, ident: list[str], reasons: list[tuple[str, pl.Expr]]) -> pl.DataFrame:
+    """Per block: its identity, the first conjunct that rules it out (``reason``) and ``scanned``.
+
+    One query over the statistics frame; a conjunct Polars cannot evaluate on
+    the statistics (a literal it cannot compare, say) is left out: it keeps blocks.
+    """
+
+    def query(rs: list[tuple[str, pl.Expr]]) -> pl.DataFrame:
+        reason = pl.coalesce(*(pl.when(e).then(pl.lit(text)) for text, e in rs)) if rs else pl.lit(None)
+        return stats.select(*ident, reason.cast(pl.String).alias("reason")).with_columns(
+            pl.col("reason").is_null().alias("scanned")
+        )
+
+    try:
+        return query(reasons)
+    except Exception:
+        usable = []
+        for text, e in reasons:
+            try:
+                stats.select(e)
+                usable.append((text, e))
+            except Exception as err:
+                log.debug("pruner: cannot evaluate %s on statistics (%s); keeping blocks", text, err)
+        return query(usable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import operator
 import os
 import threading
 import warnings
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bt_frames")
 
 DEFAULT_MAX_BLOCK_ROWS = 1_000_000
-DEFAULT_ROW_GROUP_ROWS = 131_072
+DEFAULT_ROW_GROUP_ROWS = 16_384  # narrow time windows read only the row groups they touch
+FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from this many footers
 
 
 @dataclass
@@ -52,8 +54,10 @@ class Recovery:
     superseded_blocks_removed: int = 0
     tmp_files_removed: int = 0
     wal_segments_removed: int = 0
+    read_only: bool = False  # a reader leaves torn tails and leftovers for the next writer to remove
 
     def summary(self) -> str:
+        removed = "left for the next writer to remove" if self.read_only else "removed"
         parts = [
             f"{self.blocks} blocks ({self.block_rows:,} rows; stats cache {self.stats_cache}, "
             f"{self.blocks_from_footer} footers read)",
@@ -62,11 +66,12 @@ class Recovery:
             f"{self.records_skipped} already in blocks",
         ]
         if self.torn_tail_bytes:
-            parts.append(f"torn tail of {self.torn_tail_bytes} bytes cut off (an unacknowledged append)")
+            cut = "ignored (the next writer cuts it off)" if self.read_only else "cut off"
+            parts.append(f"torn tail of {self.torn_tail_bytes} bytes {cut} (an unacknowledged append)")
         if self.incomplete_blocks_removed:
-            parts.append(f"{self.incomplete_blocks_removed} part(s) of an unfinished multi-block append removed")
+            parts.append(f"{self.incomplete_blocks_removed} part(s) of an unfinished multi-block append {removed}")
         if self.superseded_blocks_removed:
-            parts.append(f"{self.superseded_blocks_removed} block(s) superseded by a compaction removed")
+            parts.append(f"{self.superseded_blocks_removed} block(s) superseded by a compaction {removed}")
         if self.tmp_files_removed:
             parts.append(f"{self.tmp_files_removed} temporary file(s) removed")
         return "; ".join(parts)
@@ -123,6 +128,7 @@ class Table:
         self._wal_records = 0
         self._wal_bytes = 0
         self._stats_frame: pl.DataFrame | None = None
+        self._stats_key: tuple[blk.BlockInfo, ...] = ()  # the blocks _stats_frame describes
         self._pending_freeze_error: BaseException | None = None
         self._pins: dict[Path, int] = {}
         self._retired: set[Path] = set()
@@ -162,18 +168,22 @@ class Table:
 
     def _load(self) -> None:
         """Read blocks (via the stats cache) and replay the WAL into the hot buffer."""
-        rec = Recovery()
+        rec = Recovery(read_only=self._read_only)
         blocks_dir = self._dir / layout.BLOCKS_DIR
         wal_dir = self._dir / layout.WAL_DIR
         writer = not self._read_only
         if writer:
-            for d in (self._dir, blocks_dir, wal_dir):  # self._dir: .stats.json / .table.json tmps
+            for d in (self._dir, blocks_dir, wal_dir):  # self._dir: .stats.arrow / .table.json tmps
                 for n in os.listdir(d):
                     if layout.is_tmp(n):
                         (d / n).unlink(missing_ok=True)
                         rec.tmp_files_removed += 1
         for _attempt in range(20):
-            loaded = catalog.load_blocks(self._dir, progress=self._store._progress("stats cache"))
+            loaded = catalog.load_blocks(
+                self._dir,
+                self._meta.schema,
+                progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
+            )
             infos, dropped_incomplete, dropped_superseded = _resolve_blocks(loaded.blocks)
             blocks_max = max((b.last_lsn for b in infos), default=0)
             try:
@@ -183,7 +193,7 @@ class Table:
                     raise
                 continue  # a reader raced a flush that deleted a segment; look again
             # A reader: a flush may have produced blocks while we read the WAL; look again if so.
-            if not writer and [p for _, p in blk.list_block_files(blocks_dir)] != [b.path for b in loaded.blocks]:
+            if not writer and frozenset(os.listdir(blocks_dir)) != loaded.listing:
                 continue
             break
         else:  # pragma: no cover - needs a writer flushing continuously
@@ -237,9 +247,11 @@ class Table:
         last_seg_first = scans[-1].first_lsn if scans else 1
         next_lsn = max(blocks_max, max_wal_lsn, last_seg_first - 1) + 1
 
+        stats = catalog.merge_stats(loaded.stats, infos, self._meta.schema)
         with self._lock:
             self._blocks = infos
-            self._stats_frame = None
+            self._stats_frame = stats
+            self._stats_key = tuple(infos)
             self._hot = hot
             self._hot_rows = sum(c.height for c in hot)
             self._hot_first_lsn, self._hot_last_lsn = first, last
@@ -269,7 +281,7 @@ class Table:
         if covered:
             layout.fsync_dir(wal_dir)
         if loaded.changed or dropped_incomplete or dropped_superseded:
-            catalog.write_cache(self._dir, infos)
+            catalog.write_cache(self._dir, stats)
         if self._hot_rows >= self._meta.max_block_rows:
             self._freeze()
         log.debug("opened table %r: %s", self.name, rec.summary())
@@ -389,7 +401,6 @@ class Table:
         layout.fsync_dir(blocks_dir)  # the commit point
         self._next_lsn = lsn + 1
         self._blocks.extend(infos)
-        self._stats_frame = None
         self._write_cache()
         return lsn
 
@@ -451,7 +462,6 @@ class Table:
                 )
                 i = self._blocks.index(group[0])
                 self._blocks[i : i + len(group)] = [merged]
-                self._stats_frame = None
                 for b in group:
                     self._retire(b.path)
                 rows_rewritten += df.height
@@ -509,7 +519,6 @@ class Table:
             row_group_rows=self._meta.row_group_rows,
         )
         self._blocks.append(info)
-        self._stats_frame = None
         self._hot = []
         self._hot_rows = 0
         self._hot_first_lsn = self._hot_last_lsn = -1
@@ -528,7 +537,7 @@ class Table:
 
     def _write_cache(self) -> None:
         try:
-            catalog.write_cache(self._dir, self._blocks)
+            catalog.write_cache(self._dir, self._stats())
         except OSError as e:  # only a cache: rebuilt from footers on the next open
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
 
@@ -558,11 +567,12 @@ class Table:
         self.scans += 1
 
     def _stats(self) -> pl.DataFrame:
+        """The statistics frame of ``self._blocks`` (kept in step with them incrementally)."""
         with self._lock:
-            if self._stats_frame is None:
-                from bt_frames.prune import stats_frame
-
-                self._stats_frame = stats_frame(self._blocks, self._meta.schema)
+            blocks, key = self._blocks, self._stats_key
+            if self._stats_frame is None or len(key) != len(blocks) or not all(map(operator.is_, key, blocks)):
+                self._stats_frame = catalog.merge_stats(self._stats_frame, blocks, self._meta.schema)
+                self._stats_key = tuple(blocks)
             return self._stats_frame
 
     @property
@@ -672,6 +682,16 @@ class Table:
             self.snapshot(), self._meta.schema, _prune.to_expr(where, self._meta.schema), table=self.name
         )
 
+    def plot_blocks(self, where: Where | None = None, *, ax: Any = None) -> Any:
+        """A matplotlib figure of the blocks along the time axis, pruned vs scanned for ``where``.
+
+        Needs matplotlib (``pip install 'bt_frames[notebook]'``); see :mod:`bt_frames._plot`.
+        """
+        from bt_frames import _plot
+
+        self._check_open()
+        return _plot.plot_blocks(self, where, ax=ax)
+
     def read(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
         lf = self.scan(where)
         if columns is not None:
@@ -681,17 +701,47 @@ class Table:
     def to_polars(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
         return self.read(where, columns=columns)
 
-    def to_pandas(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """The table (or a filtered part of it) as pandas, with the index and dtypes it was appended with."""
+    def to_pandas(self, where: Where | None = None, *, columns: Sequence[Any] | None = None) -> pd.DataFrame:
+        """The table (or a filtered part of it) as pandas, with the index and dtypes it was appended with.
+
+        Parameters
+        ----------
+        where
+            A filter, as for :meth:`scan` (a Polars expression or DNF tuples);
+            blocks are pruned the same way.
+        columns
+            Data columns to return, in this order: stored names or the pandas
+            labels they came from. The index column(s) of the first pandas
+            append are always read too, so the index is restored.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Equal (``pd.testing.assert_frame_equal``) to the concatenation of
+            the pandas frames appended. The dtypes, column labels and index
+            come from the table's first pandas append (``table.json``'s
+            ``pandas`` field); a default ``RangeIndex`` is renumbered
+            ``0..n-1`` over the rows returned (a filtered result too). A table
+            never appended from pandas gets Polars' own ``to_pandas()``. See
+            ``bt_frames/_pandas.py`` for the rules per dtype.
+
+        Examples
+        --------
+        >>> idx = pd.DatetimeIndex(["2024-01-01", "2024-01-02"], name="ts")  # doctest: +SKIP
+        >>> df = pd.DataFrame({"px": [1.5, 2.0]}, index=idx)  # doctest: +SKIP
+        >>> store.append("ticks", df)  # doctest: +SKIP
+        >>> pd.testing.assert_frame_equal(store["ticks"].to_pandas(), df)  # doctest: +SKIP
+        """
         from bt_frames import _pandas
 
         meta = self._meta.pandas
-        cols = list(columns) if columns is not None else None
-        if cols is not None and meta and meta.get("index", {}).get("kind") == "column":
-            idx = meta["index"]["column"]
-            if idx not in cols:
-                cols = [idx, *cols]
-        return _pandas.to_pandas(self.read(where, columns=cols), meta)
+        if meta is None and self._read_only:  # a writer may have made the first pandas append since we opened
+            try:
+                meta = catalog.TableMeta.load(self._dir / layout.TABLE_JSON).pandas
+            except (OSError, CorruptionError):
+                meta = None
+        read, order = _pandas.projection(meta, columns, self._meta.schema.names(), table=self.name)
+        return _pandas.to_pandas(self.read(where, columns=read), meta, columns=order)
 
     def iter_batches(
         self, where: Where | None = None, *, columns: Sequence[str] | None = None, batch_size: int = 65_536

@@ -6,7 +6,7 @@ folder) and rewritten atomically only when options change::
     {"format": "bt_frames.table", "format_version": 1, "name": "orders",
      "columns": [{"name": "ts", "dtype": "Datetime(time_unit='us', time_zone='UTC')"}, ...],
      "schema_ipc": "<base64 Arrow IPC stream of an empty frame: the exact schema>",
-     "time_column": "ts" | null, "max_block_rows": 1000000, "row_group_rows": 131072,
+     "time_column": "ts" | null, "max_block_rows": 1000000, "row_group_rows": 16384,
      "pandas": null | {...pandas round-trip metadata...}}
 
 ``columns`` is for people; ``schema_ipc`` is authoritative (it keeps every
