@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import operator
@@ -10,6 +11,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +100,22 @@ class Snapshot:
         return sum(c.height for c in self.hot)
 
 
+MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
+
+
+@dataclass(eq=False)
+class _Frozen:
+    """Hot rows handed to the block writer. Still hot -- in the WAL, seen by scans -- until their block is durable."""
+
+    first: int
+    last: int
+    chunks: list[pl.DataFrame]
+    rows: int
+    records: int  # WAL records / bytes holding these rows
+    bytes: int
+    error: BaseException | None = None
+
+
 def _ipc_bytes(df: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.write_ipc_stream(buf)
@@ -130,6 +148,15 @@ class Table:
         self._stats_frame: pl.DataFrame | None = None
         self._stats_key: tuple[blk.BlockInfo, ...] = ()  # the blocks _stats_frame describes
         self._pending_freeze_error: BaseException | None = None
+        self._warned_freeze_error = False  # one warning per run of failed block writes
+        # Freezing: hot rows handed to the block writer (a background thread) stay hot -- in the WAL,
+        # visible to scans -- until their block is durable. Every observer waits for the writer.
+        self._frozen: list[_Frozen] = []
+        self._hot_records = 0  # WAL records / bytes of the rows in self._hot
+        self._hot_bytes = 0
+        self._cond = threading.Condition(self._lock)
+        self._draining = False
+        self._freezer: ThreadPoolExecutor | None = None
         self._pins: dict[Path, int] = {}
         self._retired: set[Path] = set()
         self.recovery = Recovery()
@@ -258,6 +285,7 @@ class Table:
             self._next_lsn = next_lsn
             self._wal_records = records
             self._wal_bytes = wal_bytes
+            self._hot_records, self._hot_bytes = records, wal_bytes  # freed by the next freeze
             self.recovery = rec
         if not writer:
             return
@@ -283,7 +311,8 @@ class Table:
         if loaded.changed or dropped_incomplete or dropped_superseded:
             catalog.write_cache(self._dir, stats)
         if self._hot_rows >= self._meta.max_block_rows:
-            self._freeze()
+            with self._lock:
+                self._freeze()
         log.debug("opened table %r: %s", self.name, rec.summary())
 
     def refresh(self) -> None:
@@ -335,13 +364,16 @@ class Table:
             if df.height >= self._meta.max_block_rows:
                 return self._append_blocks(df)
             if self._hot_rows and self._hot_rows + df.height > self._meta.max_block_rows:
-                self._try_freeze()
+                self._freeze_async()
             payload = _ipc_bytes(df)
             lsn = self._next_lsn
             self._wal.append(lsn, payload)  # the commit point
             self._next_lsn = lsn + 1
+            size = wal.RECORD_HEADER_SIZE + len(payload)
             self._wal_records += 1
-            self._wal_bytes += wal.RECORD_HEADER_SIZE + len(payload)
+            self._wal_bytes += size
+            self._hot_records += 1
+            self._hot_bytes += size
             # Polars buffers are immutable, so a shallow clone is safe; other inputs may share
             # (mutable) numpy/pandas buffers with the caller: keep what replay would rebuild.
             self._hot.append(df.clone() if isinstance(data, pl.DataFrame) else _from_ipc(payload))
@@ -350,26 +382,35 @@ class Table:
                 self._hot_first_lsn = lsn
             self._hot_last_lsn = lsn
             if self._hot_rows >= self._meta.max_block_rows:
-                self._try_freeze()
+                self._freeze_async()
             return lsn
 
-    def _try_freeze(self) -> None:
-        """Freeze after an acknowledged append: a failure must not un-acknowledge it."""
-        try:
-            self._freeze()
-        except Exception as e:  # the rows are durable in the WAL; retried on the next append
-            self._pending_freeze_error = e
+    def _freeze_async(self) -> None:
+        """Hand the hot rows to the block writer and return; called after an acknowledged append.
+
+        A failed block write must not un-acknowledge anything: the rows stay hot
+        and durable in the WAL, the failure is reported (a warning) on the next
+        freeze, which retries it.
+        """
+        err = self._pending_freeze_error
+        if err is not None and not self._warned_freeze_error:
+            self._warned_freeze_error = True
             warnings.warn(
-                f"table {self.name!r}: writing a block failed ({e}); the rows stay durable in the WAL "
-                "and the flush is retried on the next append",
+                f"table {self.name!r}: writing a block failed ({err}); the rows stay durable in the WAL "
+                "and the write is retried now",
                 RuntimeWarning,
                 stacklevel=3,
             )
+        self._hand_over()
+        self._retry()
+        # Back-pressure: at most MAX_FROZEN blocks' rows wait for the writer.
+        while self._draining and len(self._frozen) > MAX_FROZEN:
+            self._cond.wait()
 
     def _append_blocks(self, df: pl.DataFrame) -> int:
         """A large append goes straight to blocks: every part is written, then all are renamed."""
         assert self._wal is not None
-        self._freeze()
+        self._freeze()  # blocks hold every earlier LSN first: replay skips LSNs below a block's
         lsn = self._next_lsn
         size = self._meta.max_block_rows
         nparts = math.ceil(df.height / size)
@@ -408,7 +449,8 @@ class Table:
         """Freeze the hot buffer into a block now; return the number of rows written."""
         self._check_writable()
         with self._lock:
-            n = self._hot_rows
+            self._wait_frozen()
+            n = self._hot_rows + sum(e.rows for e in self._frozen)
             self._freeze()
             return n
 
@@ -430,6 +472,7 @@ class Table:
         target = target_rows or self._meta.max_block_rows
         small = min_rows if min_rows is not None else max(1, target // 2)
         with self._lock:
+            self._wait_frozen()
             before = len(self._blocks)
             runs: list[list[blk.BlockInfo]] = []
             run: list[blk.BlockInfo] = []
@@ -497,43 +540,100 @@ class Table:
             path.unlink(missing_ok=True)
 
     def _freeze(self) -> None:
-        """Hot buffer -> one Parquet block; then drop the WAL segments it covers.
+        """Hot buffer -> blocks, now: hand over, write (retrying earlier failures), wait; raise on failure."""
+        self._hand_over()
+        self._retry()
+        self._wait_frozen()
+        if self._frozen:
+            err = self._frozen[0].error
+            assert err is not None
+            raise err
 
-        Order: rotate the WAL (old segment fsynced, new one created), write the
-        block atomically, delete covered segments, fsync the WAL directory.
-        """
+    def _hand_over(self) -> None:
+        """Move the hot rows to the frozen list and start a new WAL segment after them (under the lock)."""
         if not self._hot:
             return
         assert self._wal is not None
         first, last = self._hot_first_lsn, self._hot_last_lsn
-        df = pl.concat(self._hot, rechunk=True)
-        wal_dir = self._dir / layout.WAL_DIR
-        new_seg = wal_dir / layout.wal_name(last + 1)
+        new_seg = self._dir / layout.WAL_DIR / layout.wal_name(last + 1)
         if self._wal.path != new_seg:
-            self._wal.rotate(last + 1)
-        info = blk.write_block(
-            self._dir / layout.BLOCKS_DIR,
-            df,
-            first_lsn=first,
-            last_lsn=last,
-            row_group_rows=self._meta.row_group_rows,
-        )
-        self._blocks.append(info)
+            self._wal.rotate(last + 1)  # the block's records end where a segment ends
+        self._frozen.append(_Frozen(first, last, self._hot, self._hot_rows, self._hot_records, self._hot_bytes))
         self._hot = []
-        self._hot_rows = 0
+        self._hot_rows = self._hot_records = self._hot_bytes = 0
         self._hot_first_lsn = self._hot_last_lsn = -1
-        self._pending_freeze_error = None
-        removed = False
-        for _lsn, path in wal.list_segments(wal_dir):
-            if path != self._wal.path:
+
+    def _retry(self) -> None:
+        """Forget earlier block-write failures and start the writer (under the lock)."""
+        for e in self._frozen:
+            e.error = None
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start the block writer if it is idle and there is work (under the lock)."""
+        if self._draining or not self._frozen or self._frozen[0].error is not None:
+            return
+        if self._freezer is None:
+            self._freezer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bt_frames-freeze-{self.name}")
+        self._draining = True
+        self._freezer.submit(self._drain)
+
+    def _wait_frozen(self) -> None:
+        """Wait until the block writer is idle (under the lock: waiting releases it)."""
+        while self._draining:
+            self._cond.wait()
+
+    def _drain(self) -> None:
+        """The block writer: frozen rows -> blocks, oldest first; stops at the first failure."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._frozen or self._frozen[0].error is not None:
+                        return
+                    entry = self._frozen[0]
+                try:
+                    info = blk.write_block(
+                        self._dir / layout.BLOCKS_DIR,
+                        pl.concat(entry.chunks, rechunk=True),
+                        first_lsn=entry.first,
+                        last_lsn=entry.last,
+                        row_group_rows=self._meta.row_group_rows,
+                    )
+                except BaseException as e:  # the rows stay hot and in the WAL; reported and retried later
+                    with self._lock:
+                        entry.error = e
+                        self._pending_freeze_error = e
+                    log.warning("table %r: writing the block of LSNs %d-%d failed: %s", self.name, entry.first,
+                                entry.last, e)  # fmt: skip
+                    return
+                with self._lock:
+                    self._publish(entry, info)
+        finally:
+            with self._lock:
+                self._draining = False
+                self._cond.notify_all()
+
+    def _publish(self, entry: _Frozen, info: blk.BlockInfo) -> None:
+        """A block is durable: its rows leave the hot set, and WAL segments it covers are deleted."""
+        self._blocks.append(info)
+        self._frozen.remove(entry)
+        self._wal_records -= entry.records
+        self._wal_bytes -= entry.bytes
+        if not any(e.error is not None for e in self._frozen):
+            self._pending_freeze_error = None
+            self._warned_freeze_error = False
+        # A segment goes when every record in it is in a block: when the next segment starts at or
+        # below the first LSN not yet in a block.
+        unfrozen = min([e.first for e in self._frozen] + [self._hot_first_lsn if self._hot else self._next_lsn])
+        # No directory fsync: a deletion lost in a crash brings back records that replay skips (<= a block).
+        segs = wal.list_segments(self._dir / layout.WAL_DIR)
+        for (_first, path), (next_first, _p) in itertools.pairwise(segs):
+            if next_first <= unfrozen and (self._wal is None or path != self._wal.path):
                 path.unlink(missing_ok=True)
-                removed = True
-        if removed:
-            layout.fsync_dir(wal_dir)
-        self._wal_records = 0
-        self._wal_bytes = 0
         self._write_cache()
-        log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, first, last, info.path.name, info.rows)
+        self._cond.notify_all()
+        log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, entry.first, entry.last,
+                  info.filename, info.rows)  # fmt: skip
 
     def _write_cache(self) -> None:
         try:
@@ -545,7 +645,15 @@ class Table:
         with self._lock:
             if self._closed:
                 return
+            self._wait_frozen()
+            if self._frozen:
+                log.warning("table %r: closing with %d rows not in blocks (a block write failed); they are "
+                            "durable in the WAL and replayed on the next open", self.name,
+                            sum(e.rows for e in self._frozen))  # fmt: skip
             self._closed = True
+            if self._freezer is not None:
+                self._freezer.shutdown(wait=False)
+                self._freezer = None
             if self._wal is not None:
                 self._wal.close()
                 self._wal = None
@@ -559,7 +667,9 @@ class Table:
         """The blocks and hot chunks as of now (cheap; blocks are immutable)."""
         self._check_open()
         with self._lock:
-            return Snapshot(tuple(self._blocks), tuple(self._hot), self._stats())
+            self._wait_frozen()
+            hot = tuple(c for e in self._frozen for c in e.chunks) + tuple(self._hot)
+            return Snapshot(tuple(self._blocks), hot, self._stats())
 
     def _record_scan(self, report: PruneReport, read: ReadStats) -> None:
         self.last_plan = report
@@ -585,22 +695,26 @@ class Table:
 
     @property
     def rows(self) -> int:
-        with self._lock:
-            return sum(b.rows for b in self._blocks) + self._hot_rows
+        return self.cold_rows + self.hot_rows
 
     @property
     def hot_rows(self) -> int:
-        return self._hot_rows
+        """Rows not yet in a block (in the WAL and in memory)."""
+        with self._lock:
+            self._wait_frozen()
+            return self._hot_rows + sum(e.rows for e in self._frozen)
 
     @property
     def cold_rows(self) -> int:
         with self._lock:
+            self._wait_frozen()
             return sum(b.rows for b in self._blocks)
 
     @property
     def wal_state(self) -> dict[str, Any]:
         """Segments, records and bytes currently in the WAL (records not yet in blocks)."""
         with self._lock:
+            self._wait_frozen()
             segs = wal.list_segments(self._dir / layout.WAL_DIR)
             return {
                 "segments": len(segs),
