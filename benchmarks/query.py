@@ -334,13 +334,16 @@ print(json.dumps({"import": t1 - t0, "query": t2 - t1, "rows": df.height}))
 
 
 def _child(code: str, path: Path) -> dict[str, float]:
+    # As a user's process: bytecode caches on (an installed Polars has its .pyc files; an editable
+    # bt_frames gets them on first import -- some CI shells set PYTHONDONTWRITEBYTECODE=1).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     t = time.perf_counter()
     r = subprocess.run(
         [sys.executable, "-c", code, str(path), str(Q1_FROM), str(Q1_TO)],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "BT_FRAMES_PROGRESS": "0"},
+        env={**env, "BT_FRAMES_PROGRESS": "0"},
     )
     wall = time.perf_counter() - t
     if r.returncode:

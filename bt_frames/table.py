@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from bt_frames import _convert
+from bt_frames import _convert, _scan
 from bt_frames.errors import CorruptionError, ReadOnlyError, StoreClosedError
 from bt_frames.storage import blocks as blk
 from bt_frames.storage import catalog, layout, wal
@@ -274,7 +274,8 @@ class Table:
         last_seg_first = scans[-1].first_lsn if scans else 1
         next_lsn = max(blocks_max, max_wal_lsn, last_seg_first - 1) + 1
 
-        stats = catalog.merge_stats(loaded.stats, infos, self._meta.schema)
+        dropped = dropped_incomplete or dropped_superseded
+        stats = catalog.merge_stats(loaded.stats, infos, self._meta.schema) if dropped else loaded.stats
         with self._lock:
             self._blocks = infos
             self._stats_frame = stats
@@ -309,7 +310,7 @@ class Table:
         if covered:
             layout.fsync_dir(wal_dir)
         if loaded.changed or dropped_incomplete or dropped_superseded:
-            catalog.write_cache(self._dir, stats)
+            catalog.write_cache(self._dir, stats, self._meta.schema)
         if self._hot_rows >= self._meta.max_block_rows:
             with self._lock:
                 self._freeze()
@@ -637,7 +638,7 @@ class Table:
 
     def _write_cache(self) -> None:
         try:
-            catalog.write_cache(self._dir, self._stats())
+            catalog.write_cache(self._dir, self._stats(), self._meta.schema)
         except OSError as e:  # only a cache: rebuilt from footers on the next open
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
 
@@ -783,8 +784,6 @@ class Table:
         opened, survivors are read by Polars' Parquet reader. Each
         ``collect()`` reads one consistent snapshot taken when it starts.
         """
-        from bt_frames import _scan
-
         self._check_open()
         return _scan.scan(self, where, prune=prune)
 
@@ -861,8 +860,6 @@ class Table:
         self, where: Where | None = None, *, columns: Sequence[str] | None = None, batch_size: int = 65_536
     ) -> Iterator[pl.DataFrame]:
         """Stream the rows as DataFrames of at most ``batch_size`` rows, with bounded memory."""
-        from bt_frames import _scan
-
         self._check_open()
         yield from _scan.iter_batches(self, where, columns=columns, batch_size=batch_size)
 
@@ -890,10 +887,28 @@ class Table:
         return _display.table_html(self)
 
 
+def _in_append_order(infos: Sequence[blk.BlockInfo]) -> bool:
+    """Whole sets of parts (1..n, one LSN range each) with disjoint LSN ranges, in order."""
+    i, prev_last, n = 0, -1, len(infos)
+    while i < n:
+        head = infos[i].name
+        if head.first_lsn <= prev_last or head.part != 1 or i + head.nparts > n:
+            return False
+        for j in range(1, head.nparts):
+            c = infos[i + j].name
+            if (c.first_lsn, c.last_lsn, c.nparts, c.part) != (head.first_lsn, head.last_lsn, head.nparts, j + 1):
+                return False
+        prev_last = head.last_lsn
+        i += head.nparts
+    return True
+
+
 def _resolve_blocks(
     infos: list[blk.BlockInfo],
 ) -> tuple[list[blk.BlockInfo], list[blk.BlockInfo], list[blk.BlockInfo]]:
     """(live blocks, parts of unfinished multi-part appends, blocks superseded by compaction)."""
+    if _in_append_order(infos):  # the usual case, in one pass
+        return list(infos), [], []
     by_set: dict[tuple[int, int, int], list[blk.BlockInfo]] = {}
     for b in infos:
         by_set.setdefault((b.first_lsn, b.last_lsn, b.name.nparts), []).append(b)

@@ -18,8 +18,9 @@ opening a store is one small read instead of one footer read per block, as
 SQLite treats its wal-index: it is rebuilt from the Parquet footers if it is
 missing, stale or corrupt, and it is never the only copy of anything (each
 block's footer holds its own statistics). Layout: one JSON line
-``{"format": "bt_frames.stats_cache", "version": 2, "xxh3": "<digest of the rest>"}``,
-then an Arrow IPC file holding the *statistics frame* (``stats_frame``): one
+``{"format": "bt_frames.stats_cache", "version": 3, "schema": "<digest of the table
+schema>", "xxh3": "<digest of the rest>"}``,
+then an Arrow IPC stream holding the *statistics frame* (``stats_frame``): one
 row per block with ``block`` (file name), ``first_lsn``, ``last_lsn``,
 ``part``, ``rows``, ``bytes`` and per column ``min.<c>``, ``max.<c>``,
 ``null_count.<c>``, ``distinct.<c>``. On open, rows are matched to the block
@@ -52,7 +53,7 @@ log = logging.getLogger("bt_frames")
 TABLE_FORMAT = "bt_frames.table"
 TABLE_FORMAT_VERSION = 1
 CACHE_FORMAT = "bt_frames.stats_cache"
-CACHE_VERSION = 2  # 1: JSON entries per block; 2: the statistics frame as Arrow IPC
+CACHE_VERSION = 3  # 1: JSON entries per block; 2: the statistics frame as an Arrow IPC file; 3: as a stream
 
 
 def schema_to_b64(schema: pl.Schema) -> str:
@@ -160,7 +161,10 @@ def _typed_lists(values: list[list[Any] | None], dtype: pl.DataType) -> pl.Serie
 
 
 def stats_frame(infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFrame:
-    """One row per block: identity, ``rows``, ``bytes`` and the per-column statistics."""
+    """One row per block: identity, ``rows``, ``bytes`` and the per-column statistics.
+
+    This is the layout of the cache file: change it, bump ``CACHE_VERSION``.
+    """
     cols: dict[str, pl.Series] = {
         "block": pl.Series([b.filename for b in infos], dtype=pl.String),
         "first_lsn": pl.Series([b.first_lsn for b in infos], dtype=pl.Int64),
@@ -186,6 +190,27 @@ def stats_frame(infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFra
     return pl.DataFrame([s.alias(n) for n, s in cols.items()])
 
 
+def stats_schema(schema: pl.Schema) -> pl.Schema:
+    """The schema ``stats_frame`` gives for a table of ``schema`` (without building a frame)."""
+    out: dict[str, pl.DataType] = {
+        "block": pl.String(),
+        "first_lsn": pl.Int64(),
+        "last_lsn": pl.Int64(),
+        "part": pl.Int32(),
+        "nparts": pl.Int32(),
+        "rows": pl.Int64(),
+        "bytes": pl.Int64(),
+    }
+    for name, dtype in schema.items():
+        st = _stat_dtype(dtype)
+        if st is not None:
+            out[f"min.{name}"] = out[f"max.{name}"] = dtype
+        out[f"null_count.{name}"] = pl.Int64()
+        if st is not None or isinstance(dtype, (pl.Categorical, pl.Enum)):
+            out[f"distinct.{name}"] = pl.List(literal_dtype(dtype))
+    return pl.Schema(out)
+
+
 @dataclass
 class CacheLoad:
     blocks: list[blk.BlockInfo]
@@ -197,24 +222,32 @@ class CacheLoad:
     listing: frozenset[str] = frozenset()  # the blocks folder as it was listed
 
 
-def _read_cache(path: Path, expected: pl.Schema) -> tuple[pl.DataFrame | None, str]:
+def _read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str]:
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.readline()
+            body = f.read()
     except FileNotFoundError:
         return None, "missing"
     try:
-        head, _, body = raw.partition(b"\n")
         header = json.loads(head)
         if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
             return None, "corrupt"
+        if header.get("schema") != _schema_key(schema):
+            return None, "corrupt"  # written for another table schema: rebuild
         if blk.hash_bytes(body) != header.get("xxh3"):
             return None, "corrupt"
-        frame = pl.read_ipc(io.BytesIO(body))
+        frame = pl.read_ipc_stream(io.BytesIO(body))
     except (ValueError, KeyError, TypeError, AttributeError, OSError, pl.exceptions.PolarsError):
         return None, "corrupt"
-    if frame.schema != expected or frame["block"].null_count():
-        return None, "corrupt"  # written for another schema or by a buggy writer: rebuild
+    if frame.schema != stats_schema(schema) or frame.get_column("block").null_count():
+        return None, "corrupt"  # another layout (a build that forgot to bump CACHE_VERSION?) or a bad writer
     return frame, "fresh"
+
+
+def _schema_key(schema: pl.Schema) -> str:
+    """What a cache was written for: this version's statistics layout of this table schema."""
+    return blk.hash_bytes(schema_to_b64(schema).encode())
 
 
 def merge_stats(previous: pl.DataFrame | None, infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFrame:
@@ -249,45 +282,47 @@ def load_blocks(
         listing = frozenset()
     blocks_dir = table_dir / layout.BLOCKS_DIR
     prefix = os.path.join(os.fspath(blocks_dir), "")
-    cached, state = _read_cache(table_dir / layout.STATS_CACHE, stats_frame([], schema).schema)
-    known: dict[str, tuple[layout.BlockName, int, int]] = {}
+    cached, state = _read_cache(table_dir / layout.STATS_CACHE, schema)
+    known: dict[str, blk.BlockInfo] = {}  # cache rows, in the cache's (LSN) order
+    in_order = True
     if cached is not None:
-        cols = cached.select("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes").get_columns()
+        cols = [cached.get_column(c) for c in ("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes")]
+        prev = (-1, 0)
         for n, first, last, part, nparts, rows, size in zip(*(c.to_list() for c in cols), strict=True):
+            in_order = in_order and (first, part) > prev
+            prev = (first, part)
             # the name is the same string, so it parses to these fields (its digest is in it)
-            known[n] = (layout.BlockName(first, last, part, nparts, n[-24:-8]), rows, size)
-    out: list[blk.BlockInfo | None] = []
-    todo: list[tuple[int, Path]] = []
-    for n in listing:
-        hit = known.get(n)
-        if hit is not None:
-            out.append(blk.BlockInfo(hit[0], prefix + n, hit[1], hit[2], None))
-        elif layout.parse_block_name(n) is not None:
-            todo.append((len(out), blocks_dir / n))
-            out.append(None)
-    if state == "fresh" and len(known) > len(out) - len(todo):  # rows for blocks that are gone
-        state = "stale"
-    if todo:
-        if state == "fresh":
-            state = "stale"
-        it: Iterable[tuple[int, Path]] = progress(todo, len(todo)) if progress is not None else todo
-        for i, path in it:
-            out[i] = blk.read_block_info(path)
-    infos = sorted((b for b in out if b is not None), key=lambda b: (b.name.first_lsn, b.name.part))
-    hits = len(infos) - len(todo)
-    if cached is not None and cached.height != hits and state == "fresh":
-        state = "stale"  # it lists blocks that are gone
-    stats = merge_stats(cached, infos, schema)
+            name = layout.BlockName(first, last, part, nparts, n[-24:-8])
+            known[n] = blk.BlockInfo(name, prefix + n, rows, size, None)
+    hits = [b for n, b in known.items() if n in listing]
+    new = [n for n in listing if n not in known and layout.parse_block_name(n) is not None]
+    if state == "fresh" and (new or len(hits) != cached_rows(cached)):
+        state = "stale"  # blocks the cache does not know, or rows for blocks that are gone
+    footer: list[blk.BlockInfo] = []
+    if new:
+        it: Iterable[str] = progress(new, len(new)) if progress is not None else new
+        footer = [blk.read_block_info(blocks_dir / n) for n in it]
+    if cached is not None and state == "fresh" and in_order:
+        infos, stats = hits, cached  # the usual case: the cache describes exactly the folder
+    else:
+        infos = sorted(hits + footer, key=lambda b: (b.name.first_lsn, b.name.part))
+        stats = merge_stats(cached, infos, schema)
     changed = state != "fresh" or cached is None
     if changed:
-        log.debug("stats cache of %s was %s: %d blocks read from footers", table_dir, state, len(todo))
-    return CacheLoad(infos, stats, hits, len(todo), state, changed, listing)
+        log.debug("stats cache of %s was %s: %d blocks read from footers", table_dir, state, len(footer))
+    return CacheLoad(infos, stats, len(hits), len(footer), state, changed, listing)
 
 
-def write_cache(table_dir: Path, stats: pl.DataFrame) -> None:
+def cached_rows(cached: pl.DataFrame | None) -> int:
+    return 0 if cached is None else cached.height
+
+
+def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None:
     """Write the statistics frame as the cache (not durable: it is only a cache)."""
     buf = io.BytesIO()
-    stats.write_ipc(buf, compression="uncompressed")
+    stats.write_ipc_stream(buf, compression="uncompressed")
     body = buf.getvalue()
-    head = json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "xxh3": blk.hash_bytes(body)}).encode()
+    head = json.dumps(
+        {"format": CACHE_FORMAT, "version": CACHE_VERSION, "schema": _schema_key(schema), "xxh3": blk.hash_bytes(body)}
+    ).encode()
     layout.atomic_write(table_dir / layout.STATS_CACHE, head + b"\n" + body, durable=False)

@@ -115,7 +115,7 @@ def test_cache_missing_a_block_added_behind_its_back_is_stale(tmp_path: Path) ->
 def cache_blocks(root: Path) -> list[str]:
     """The block names the cache on disk has statistics for."""
     _head, _, body = cache_path(root).read_bytes().partition(b"\n")
-    return pl.read_ipc(io.BytesIO(body))["block"].to_list()
+    return pl.read_ipc_stream(io.BytesIO(body))["block"].to_list()
 
 
 def test_cache_naming_a_block_removed_behind_its_back_is_stale(copy: tuple[Path, pl.DataFrame]) -> None:
@@ -146,12 +146,12 @@ def _with_body(raw: bytes, body: bytes) -> bytes:
 
 def _frame_body(frame: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
-    frame.write_ipc(buf)
+    frame.write_ipc_stream(buf)
     return buf.getvalue()
 
 
 def _cached_frame(raw: bytes) -> pl.DataFrame:
-    return pl.read_ipc(io.BytesIO(raw.partition(b"\n")[2]))
+    return pl.read_ipc_stream(io.BytesIO(raw.partition(b"\n")[2]))
 
 
 CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
@@ -209,7 +209,7 @@ def test_read_only_open_never_writes_a_file(tmp_path: Path, situation: str) -> N
         faults.truncate(cache_path(root), 10)
     elif situation == "cache stale":
         first = blk.list_block_files(table_dir / layout.BLOCKS_DIR)[0][1]
-        catalog.write_cache(table_dir, catalog.stats_frame([blk.read_block_info(first)], SCHEMA))
+        catalog.write_cache(table_dir, catalog.stats_frame([blk.read_block_info(first)], SCHEMA), SCHEMA)
     elif situation == "torn WAL tail":
         (seg,) = (table_dir / layout.WAL_DIR).iterdir()
         faults.truncate(seg, 5)
@@ -371,3 +371,9 @@ def test_store_reopens_a_table_of_every_dtype_with_the_exact_schema(tmp_path: Pa
         assert t.time_column == "dt_us_utc"
         assert_frame_equal(t.scan().collect(), df)
         assert store.create_table("all_types", schema, time_column="dt_us_utc") is t  # same schema: opened
+
+
+def test_stats_schema_is_the_schema_stats_frame_builds() -> None:
+    """The cache is checked against stats_schema() (cheap) instead of an empty stats_frame() (slow)."""
+    schema = pl.Schema(EVERY_DTYPE)
+    assert catalog.stats_schema(schema) == catalog.stats_frame([], schema).schema
