@@ -11,7 +11,7 @@ and how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
@@ -219,7 +219,3 @@ class MissingOptionalDependencyError(BtError, ImportError):
             f"{feature} needs {package}, which is not installed. Install it with: pip install 'bt_frames[{extra}]'",
             package=package,
         )
-
-
-def _fmt_mapping(m: Mapping[str, object]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in m.items())

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -342,13 +341,12 @@ def read_block_info(path: Path, *, verify: bool = True) -> BlockInfo:
     return BlockInfo(name, os.fspath(path), rows, path.stat().st_size, cols)
 
 
-def list_block_files(blocks_dir: Path, names: Iterable[str] | None = None) -> list[tuple[layout.BlockName, Path]]:
-    """The blocks in ``blocks_dir`` (or among ``names``, a listing of it), in LSN order."""
-    if names is None:
-        try:
-            names = os.listdir(blocks_dir)
-        except FileNotFoundError:
-            return []
+def list_block_files(blocks_dir: Path) -> list[tuple[layout.BlockName, Path]]:
+    """The blocks in ``blocks_dir``, in LSN order (foreign files ignored)."""
+    try:
+        names = os.listdir(blocks_dir)
+    except FileNotFoundError:
+        return []
     out = []
     for n in names:
         parsed = layout.parse_block_name(n)

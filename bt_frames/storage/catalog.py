@@ -296,7 +296,7 @@ def load_blocks(
             known[n] = blk.BlockInfo(name, prefix + n, rows, size, None)
     hits = [b for n, b in known.items() if n in listing]
     new = [n for n in listing if n not in known and layout.parse_block_name(n) is not None]
-    if state == "fresh" and (new or len(hits) != cached_rows(cached)):
+    if state == "fresh" and (new or cached is None or len(hits) != cached.height):
         state = "stale"  # blocks the cache does not know, or rows for blocks that are gone
     footer: list[blk.BlockInfo] = []
     if new:
@@ -311,10 +311,6 @@ def load_blocks(
     if changed:
         log.debug("stats cache of %s was %s: %d blocks read from footers", table_dir, state, len(footer))
     return CacheLoad(infos, stats, len(hits), len(footer), state, changed, listing)
-
-
-def cached_rows(cached: pl.DataFrame | None) -> int:
-    return 0 if cached is None else cached.height
 
 
 def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None:
