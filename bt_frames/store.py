@@ -364,10 +364,18 @@ def _tqdm() -> Any:
     return tqdm
 
 
+def _in_jupyter_kernel() -> bool:
+    """A Jupyter kernel is running this code (not merely: something imported ipykernel)."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def _interactive() -> bool:
     if os.environ.get("BT_FRAMES_PROGRESS", "").lower() in ("0", "false", "off"):
         return False
-    if "ipykernel" in sys.modules:
+    if _in_jupyter_kernel():
         return True
     try:
         return sys.stderr.isatty()

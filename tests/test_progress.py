@@ -165,3 +165,30 @@ def test_no_bar_when_stderr_is_not_a_terminal(store_path: Path, capfd: pytest.Ca
     assert capfd.readouterr().err == ""
     with bt.BacktraceStore(store_path, read_only=True) as ro:
         assert ro.table("orders").rows == 3_000
+
+
+def test_importing_ipykernel_is_not_being_in_a_notebook(
+    store_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a process that merely imported ipykernel (nbclient does) got bars on a non-terminal."""
+    import ipykernel  # noqa: F401
+
+    monkeypatch.delenv("BT_FRAMES_PROGRESS", raising=False)
+    store, t = _table(store_path, progress=None)
+    try:
+        t.append(make_orders(3_000))
+    finally:
+        store.close()
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.notebook
+def test_a_jupyter_kernel_turns_bars_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("BT_FRAMES_PROGRESS", raising=False)
+    book = nbformat.v4.new_notebook()
+    book.cells.append(nbformat.v4.new_code_cell("from bt_frames.store import _interactive\nprint(_interactive())"))
+    NotebookClient(book, timeout=120, kernel_name="python3").execute(env=dict(os.environ))
+    assert book.cells[0].outputs[0]["text"].strip() == "True"
