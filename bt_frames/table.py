@@ -346,9 +346,12 @@ class Table:
         """Append a frame; return its LSN (``None`` for an empty frame).
 
         Durability: returns only after the WAL record is durable under the
-        store's policy (``"fsync"``: on disk). A frame with at least
-        ``max_block_rows`` rows is written straight to blocks (all parts, then
-        one directory sync) instead of the WAL. Crash: a record that was not
+        store's policy (``"fsync"``: on disk). When the hot rows reach
+        ``max_block_rows`` they are handed to a background block writer and
+        the call returns without waiting for the Parquet write; until the block
+        is durable those rows stay in the WAL and in every scan. A frame with
+        at least ``max_block_rows`` rows is written straight to blocks (all
+        parts, then one directory sync) instead of the WAL. Crash: a record that was not
         acknowledged may leave a torn tail, which the next open cuts off.
         All-or-nothing: a frame that fails validation changes nothing.
         """
