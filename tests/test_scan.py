@@ -242,3 +242,20 @@ def test_streaming_reads_use_bounded_memory(tmp_path: Path) -> None:
     assert growth["full"] > 0.8 * data_bytes, growth  # the baseline really holds the table
     assert growth["iter_batches"] < 0.4 * growth["full"], growth
     assert growth["streaming"] < 0.4 * growth["full"], growth
+
+
+def test_a_pruned_block_is_never_opened(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    """Pruning happens on cached statistics only: a damaged block that a query prunes is not even read."""
+    from bt_frames.storage import blocks as blk
+    from tests.helpers.faults import flip_byte
+
+    t, data = filled
+    last = t.snapshot().blocks[-1]  # rows 9,000-9,999
+    flip_byte(last.path, last.bytes // 2)
+    blk._verified.clear()  # as in a fresh process: nothing verified yet
+    early = pl.col("ts") < T0 + dt.timedelta(seconds=1_000)
+    assert_frame_equal(t.scan().filter(early).collect(), data.filter(early))
+    assert t.last_plan is not None
+    assert last not in t.last_plan.survivors
+    with pytest.raises(bt.CorruptionError, match=last.path.name):
+        t.scan().filter(pl.col("ts") >= T0 + dt.timedelta(seconds=9_500)).collect()
