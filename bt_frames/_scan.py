@@ -48,16 +48,7 @@ def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.
     def source(
         with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
     ) -> Iterator[pl.DataFrame]:
-        snap = table.snapshot()  # one consistent state per collect()
-        report = _prune.plan(snap, schema, predicate if prune else None, table=table.name)
-        stats = ReadStats(
-            with_columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors)
-        )
-        table._record_scan(report, stats)
-        log.debug("%s", report.summary())
-        return _Pinned(
-            table, report.survivors, read(snap, report.survivors, with_columns, predicate, n_rows, batch_size, stats)
-        )
+        return _start(table, predicate, with_columns, n_rows, batch_size, prune=prune)
 
     lf = register_io_source(
         source,
@@ -68,6 +59,24 @@ def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.
     if where_expr is not None:
         lf = lf.filter(where_expr)
     return lf
+
+
+def _start(
+    table: Table,
+    predicate: pl.Expr | None,
+    columns: list[str] | None,
+    n_rows: int | None,
+    batch_size: int | None,
+    *,
+    prune: bool = True,
+) -> _Pinned:
+    """One read: a snapshot (one consistent state), its plan (recorded and logged), its blocks pinned."""
+    snap = table.snapshot()
+    report = _prune.plan(snap, table.schema, predicate if prune else None, table=table.name)
+    stats = ReadStats(columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors))
+    table._record_scan(report, stats)
+    log.debug("%s", report.summary())
+    return _Pinned(table, report.survivors, read(snap, report.survivors, columns, predicate, n_rows, batch_size, stats))
 
 
 class _Pinned(Iterator[pl.DataFrame]):
@@ -189,12 +198,7 @@ def iter_batches(
                 table=table.name,
                 columns=missing,
             )
-    snap = table.snapshot()
-    report = _prune.plan(snap, schema, predicate, table=table.name)
-    stats = ReadStats(cols, None, str(predicate) if predicate is not None else None, len(report.survivors))
-    table._record_scan(report, stats)
-    log.debug("%s", report.summary())
-    pinned = _Pinned(table, report.survivors, read(snap, report.survivors, cols, predicate, None, batch_size, stats))
+    pinned = _start(table, predicate, cols, None, batch_size)
     try:
         for df in pinned:
             for offset in range(0, df.height, batch_size):
