@@ -147,7 +147,6 @@ class Table:
         self._wal_bytes = 0
         self._stats_frame: pl.DataFrame | None = None
         self._stats_key: tuple[blk.BlockInfo, ...] = ()  # the blocks _stats_frame describes
-        self._pending_freeze_error: BaseException | None = None
         self._warned_freeze_error = False  # one warning per run of failed block writes
         # Freezing: hot rows handed to the block writer (a background thread) stay hot -- in the WAL,
         # visible to scans -- until their block is durable. Every observer waits for the writer.
@@ -396,7 +395,7 @@ class Table:
         and durable in the WAL, the failure is reported (a warning) on the next
         freeze, which retries it.
         """
-        err = self._pending_freeze_error
+        err = next((e.error for e in self._frozen if e.error is not None), None)
         if err is not None and not self._warned_freeze_error:
             self._warned_freeze_error = True
             warnings.warn(
@@ -606,7 +605,6 @@ class Table:
                 except BaseException as e:  # the rows stay hot and in the WAL; reported and retried later
                     with self._lock:
                         entry.error = e
-                        self._pending_freeze_error = e
                     log.warning("table %r: writing the block of LSNs %d-%d failed: %s", self.name, entry.first,
                                 entry.last, e)  # fmt: skip
                     return
@@ -624,7 +622,6 @@ class Table:
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
         if not any(e.error is not None for e in self._frozen):
-            self._pending_freeze_error = None
             self._warned_freeze_error = False
         # A segment goes when every record in it is in a block: when the next segment starts at or
         # below the first LSN not yet in a block.
@@ -699,20 +696,23 @@ class Table:
 
     @property
     def rows(self) -> int:
-        return self.cold_rows + self.hot_rows
+        return sum(self._row_counts())
 
     @property
     def hot_rows(self) -> int:
         """Rows not yet in a block (in the WAL and in memory)."""
-        with self._lock:
-            self._wait_frozen()
-            return self._hot_rows + sum(e.rows for e in self._frozen)
+        return self._row_counts()[1]
 
     @property
     def cold_rows(self) -> int:
+        return self._row_counts()[0]
+
+    def _row_counts(self) -> tuple[int, int]:
+        """(rows in blocks, hot rows), both from one state: after the block writer, under one lock."""
         with self._lock:
             self._wait_frozen()
-            return sum(b.rows for b in self._blocks)
+            cold = sum(b.rows for b in self._blocks)
+            return cold, self._hot_rows + sum(e.rows for e in self._frozen)
 
     @property
     def wal_state(self) -> dict[str, Any]:
