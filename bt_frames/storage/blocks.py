@@ -114,13 +114,6 @@ class BlockInfo:
     def last_lsn(self) -> int:
         return self.name.last_lsn
 
-    def stats_json(self) -> dict[str, Any]:
-        return {
-            "version": STATS_VERSION,
-            "rows": self.rows,
-            "columns": {c: s.to_json() for c, s in (self.columns or {}).items()},
-        }
-
 
 def _prunable(dtype: pl.DataType) -> bool:
     return (dtype.is_numeric() and not isinstance(dtype, pl.Decimal)) or isinstance(
