@@ -49,7 +49,7 @@ import polars as pl
 import xxhash
 
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
-from bt_frames.storage import layout
+from bt_frames.storage import fs, layout
 
 BLOCK_FORMAT_VERSION = 1
 STATS_VERSION = 1
@@ -236,14 +236,7 @@ def write_block(
     name = layout.BlockName(first_lsn, last_lsn, part, nparts, hash_bytes(data))
     path = blocks_dir / str(name)
     tmp = layout.tmp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fs.write_file(tmp, data)  # removes the tmp file if the write or fsync fails
     info = BlockInfo(name, os.fspath(path), df.height, len(data), stats)
     if publish:
         publish_block(tmp, path)
@@ -252,7 +245,11 @@ def write_block(
 
 
 def publish_block(tmp: Path, path: Path, *, sync_dir: bool = True) -> None:
-    os.replace(tmp, path)
+    try:
+        fs.replace(tmp, path)
+    except BaseException:
+        fs.unlink(tmp, missing_ok=True)
+        raise
     if sync_dir:
         layout.fsync_dir(path.parent)
 

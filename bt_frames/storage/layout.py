@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bt_frames.errors import InvalidTableNameError
+from bt_frames.storage import fs
 
 LOCK_NAME = "LOCK"
 TABLE_JSON = "table.json"
@@ -104,34 +105,22 @@ def is_tmp(name: str) -> bool:
 
 def fsync_dir(path: Path) -> None:
     """fsync a directory so that creations, renames and unlinks in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fs.fsync_dir(path)
 
 
 def atomic_write(path: Path, data: bytes | memoryview, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory.
 
     A crash at any point leaves either the old file (or none) or the complete
-    new one, plus perhaps a ``*.tmp`` file that the next writer removes.
+    new one, plus perhaps a ``*.tmp`` file that the next writer removes. A
+    failed write (disk full...) leaves the old file and no tmp file behind.
     """
     tmp = tmp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fs.write_file(tmp, data, durable=durable)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:  # a failed write (disk full...) leaves the old file and no tmp behind
-        tmp.unlink(missing_ok=True)
+        fs.replace(tmp, path)
+    except BaseException:
+        fs.unlink(tmp, missing_ok=True)
         raise
-    os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)

@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Literal
 
 from bt_frames.errors import BtError, CorruptionError
-from bt_frames.storage import layout
+from bt_frames.storage import fs, layout
 
 Durability = Literal["fsync", "batch", "none"]
 DURABILITY_MODES: tuple[str, ...] = ("fsync", "batch", "none")
@@ -242,16 +242,26 @@ def scan_wal(wal_dir: Path) -> Iterator[SegmentScan]:
 
 
 class WalWriter:
-    """Appends records to the current (last) segment of one table's WAL."""
+    """Appends records to the current (last) segment of one table's WAL.
+
+    Thread safety: ``append``, ``rotate`` and ``close`` are called under the
+    table's lock; the ``"batch"`` syncer thread only calls ``sync``. Batch
+    durability counts records: ``_written`` grows under ``_fd_lock`` after
+    each record, and a sync makes durable what was written when it started
+    (``_synced``), so a record written during a sync is synced by the next
+    one -- never left unsynced until some later append or close.
+    """
 
     def __init__(self, wal_dir: Path, durability: Durability, current: Path, *, create: bool) -> None:
         self.wal_dir = wal_dir
         self.durability = durability
         self.path = current
         self._fd_lock = threading.Lock()
-        self._dirty = False
+        self._sync_lock = threading.Lock()  # one sync at a time
         self._fd = self._open(current, create=create)
         self._size = os.fstat(self._fd).st_size
+        self._written = 0  # records written (all segments), and how many of them a sync made durable
+        self._synced = 0
         self.records_written = 0
         self.bytes_written = 0
         self._stop = threading.Event()
@@ -263,72 +273,91 @@ class WalWriter:
     @staticmethod
     def _open(path: Path, *, create: bool) -> int:
         if create:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fd = fs.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
             try:
-                os.write(fd, segment_header())
-                os.fsync(fd)
+                fs.write_all(fd, segment_header())
+                fs.fsync(fd)
+                layout.fsync_dir(path.parent)
             except BaseException:
-                os.close(fd)
+                fs.close(fd)
+                fs.unlink(path, missing_ok=True)
                 raise
-            layout.fsync_dir(path.parent)
             return fd
-        return os.open(path, os.O_WRONLY | os.O_APPEND)
+        return fs.open_fd(path, os.O_WRONLY | os.O_APPEND)
 
     @property
     def size(self) -> int:
         return self._size
 
+    @property
+    def unsynced(self) -> int:
+        """Records written but not yet synced ("batch"; 0 in the other modes once they return)."""
+        return self._written - self._synced
+
     def append(self, lsn: int, payload: bytes | memoryview) -> None:
-        """Write one record; return once it is durable under the policy."""
+        """Write one record; return once it is durable under the policy.
+
+        Raises only if the record is not in the WAL: a failed write or sync
+        cuts the file back to its previous size.
+        """
         header = encode_record(lsn, payload)
         want = len(header) + len(payload)
-        try:
-            n = os.writev(self._fd, [header, payload])
-            if n != want:  # short write (disk full): finish it or fail below
-                rest = (header + bytes(payload))[n:]
-                while rest:
-                    k = os.write(self._fd, rest)
-                    rest = rest[k:]
-            if self.durability == "fsync":
-                os.fdatasync(self._fd)
-            elif self.durability == "batch":
-                self._dirty = True
-        except BaseException:
-            # Leave no partial record behind: the append was not acknowledged.
+        with self._fd_lock:
             try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:  # pragma: no cover - nothing better to do
-                pass
-            raise
-        self._size += want
+                fs.writev_all(self._fd, [header, payload])
+                if self.durability == "fsync":
+                    fs.fdatasync(self._fd)
+            except BaseException:
+                # Leave no partial record behind: the append was not acknowledged.
+                try:
+                    fs.ftruncate(self._fd, self._size)
+                except OSError:  # pragma: no cover - nothing better to do
+                    pass
+                raise
+            self._size += want
+            self._written += 1
+            if self.durability != "batch":
+                self._synced = self._written
         self.records_written += 1
         self.bytes_written += want
 
     def sync(self) -> None:
-        with self._fd_lock:
-            if self._fd >= 0:
-                os.fdatasync(self._fd)
-                self._dirty = False
+        """Make every record written so far durable (appends go on meanwhile: the fd lock is not held)."""
+        with self._sync_lock:
+            with self._fd_lock:
+                fd, target = self._fd, self._written
+            if fd < 0 or target == self._synced:
+                return
+            fs.fdatasync(fd)  # a rotate/close in between has synced and closed fd: EBADF, retried next tick
+            with self._fd_lock:
+                self._synced = max(self._synced, target)
 
     def _sync_loop(self) -> None:
         while not self._stop.wait(BATCH_INTERVAL_S):
-            if self._dirty:
+            if self._written != self._synced:
                 try:
                     self.sync()
-                except OSError:  # pragma: no cover - fd closed under us during rotate
+                except OSError:  # retried on the next tick; close() syncs too
                     pass
 
     def rotate(self, next_lsn: int) -> Path:
-        """Make the current segment durable and start ``wal/<next_lsn>.wal``."""
+        """Make the current segment durable and start ``wal/<next_lsn>.wal``.
+
+        If anything fails (disk full) the writer keeps appending to the current
+        segment, as if ``rotate`` had not been called.
+        """
         new_path = self.wal_dir / layout.wal_name(next_lsn)
         with self._fd_lock:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-            self._fd = self._open(new_path, create=True)
-            self._dirty = False
-        self.path = new_path
-        self._size = SEGMENT_HEADER_SIZE
+            fs.fsync(self._fd)
+            self._synced = max(self._synced, self._written)
+            new_fd = self._open(new_path, create=True)
+            old, self._fd = self._fd, new_fd
+            self.path = new_path
+            self._size = SEGMENT_HEADER_SIZE
+        try:
+            fs.close(old)
+        except OSError:  # pragma: no cover - the data is already synced
+            pass
         return new_path
 
     def close(self) -> None:
@@ -338,7 +367,8 @@ class WalWriter:
         with self._fd_lock:
             if self._fd >= 0:
                 try:
-                    os.fsync(self._fd)
+                    fs.fsync(self._fd)
+                    self._synced = max(self._synced, self._written)
                 finally:
-                    os.close(self._fd)
+                    fs.close(self._fd)
                     self._fd = -1

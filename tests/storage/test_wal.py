@@ -8,7 +8,9 @@ naming the file and the byte offset, and nothing is changed.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import shutil
 import tempfile
 import threading
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import bt_frames as bt
-from bt_frames.storage import layout, wal
+from bt_frames.storage import fs, layout, wal
 from tests.helpers import faults
 from tests.helpers.procs import listing
 
@@ -566,9 +568,9 @@ def test_batch_mode_syncs_in_the_background_and_its_thread_stops_on_close(tmp_pa
     assert len(_syncers()) == before + 1
     w.append(1, b"payload")
     deadline = time.monotonic() + 5
-    while w._dirty and time.monotonic() < deadline:
+    while w.unsynced and time.monotonic() < deadline:
         time.sleep(wal.BATCH_INTERVAL_S)
-    assert not w._dirty  # the group sync ran
+    assert w.unsynced == 0  # the group sync ran
     w.close()
     assert not w._syncer.is_alive()
     assert len(_syncers()) == before
@@ -627,3 +629,66 @@ def test_copy_of_a_store_with_a_torn_tail_recovers_identically(tmp_path: Path) -
     for r in (root, copy):
         with bt.open(r) as store:
             assert_frame_equal(store.table("t").scan().collect(), rows.head(4))
+
+
+class _SlowSync(fs.FileSystem):
+    """fdatasync that, the first time, waits until the test has written another record."""
+
+    def __init__(self) -> None:
+        self.in_sync = threading.Event()
+        self.release = threading.Event()
+        self.synced_sizes: list[int] = []
+
+    def fdatasync(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        if not self.in_sync.is_set():
+            self.in_sync.set()
+            assert self.release.wait(10)
+        super().fdatasync(fd)
+        self.synced_sizes.append(size)
+
+
+def test_batch_record_written_during_a_sync_is_synced_without_another_append(tmp_path: Path) -> None:
+    """Regression: the dirty flag was cleared after fdatasync returned, losing a record written meanwhile."""
+    slow = _SlowSync()
+    with fs.use(slow):
+        w = wal.WalWriter(tmp_path, "batch", tmp_path / layout.wal_name(1), create=True)
+        try:
+            w.append(1, b"first")
+            assert slow.in_sync.wait(10)  # the syncer is inside fdatasync (for record 1)
+            w.append(2, b"second")  # an append does not wait for the group sync
+            end = w.size
+            slow.release.set()
+            deadline = time.monotonic() + 5
+            while (not slow.synced_sizes or slow.synced_sizes[-1] < end) and time.monotonic() < deadline:
+                time.sleep(wal.BATCH_INTERVAL_S)
+            assert slow.synced_sizes[-1] == end, "record 2 was never synced"
+            assert w.unsynced == 0
+        finally:
+            slow.release.set()
+            w.close()
+
+
+class _FailCreate(fs.FileSystem):
+    def open(self, path: fs.StrPath, flags: int, mode: int = 0o644) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return super().open(path, flags, mode)
+
+
+def test_failed_rotation_keeps_the_writer_appending_to_the_current_segment(tmp_path: Path) -> None:
+    """Regression: ENOSPC while creating the next segment left the fd at -1: every later append failed."""
+    w = wal.WalWriter(tmp_path, "fsync", tmp_path / layout.wal_name(1), create=True)
+    try:
+        w.append(1, b"one")
+        with fs.use(_FailCreate()), pytest.raises(OSError, match="No space"):
+            w.rotate(2)
+        assert w.path == tmp_path / layout.wal_name(1)
+        assert not (tmp_path / layout.wal_name(2)).exists()
+        w.append(2, b"two")
+        w.rotate(3)
+        w.append(3, b"three")
+    finally:
+        w.close()
+    assert payloads_of(wal.read_segment(tmp_path / layout.wal_name(1), is_last=False)) == [b"one", b"two"]
+    assert payloads_of(read_last(tmp_path / layout.wal_name(3))) == [b"three"]
