@@ -15,7 +15,8 @@ from bt_frames.errors import BtError, SchemaMismatchError
 from bt_frames.storage import blocks as blk
 
 if TYPE_CHECKING:
-    from bt_frames.table import Snapshot, Table
+    from bt_frames.storage.snapshot import Snapshot
+    from bt_frames.table import Table
 
 log = logging.getLogger("bt_frames")
 
@@ -70,9 +71,20 @@ def _start(
     *,
     prune: bool = True,
 ) -> _Pinned:
-    """One read: a snapshot (one consistent state), its plan (recorded and logged), its blocks pinned."""
-    snap = table.snapshot()
-    report = _prune.plan(snap, table.schema, predicate if prune else None, table=table.name)
+    """One read: a snapshot (one consistent state), its plan (recorded and logged), its blocks pinned.
+
+    The snapshot's blocks are pinned before the table's lock is released, so a
+    compaction between the snapshot and the read cannot delete them; the
+    blocks the plan prunes are unpinned at once, the survivors when the read ends.
+    """
+    snap = table._snapshot(pin=True)
+    try:
+        report = _prune.plan(snap, table.schema, predicate if prune else None, table=table.name)
+    except BaseException:
+        table._unpin(snap.blocks)
+        raise
+    survivors = set(map(id, report.survivors))
+    table._unpin([b for b in snap.blocks if id(b) not in survivors])
     stats = ReadStats(columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors))
     table._record_scan(report, stats)
     log.debug("%s", report.summary())
@@ -85,9 +97,8 @@ class _Pinned(Iterator[pl.DataFrame]):
 
     def __init__(self, table: Table, blocks: Sequence[blk.BlockInfo], it: Iterator[pl.DataFrame]) -> None:
         self._table = table
-        self._paths = [b.path for b in blocks]
+        self._blocks = list(blocks)  # pinned by _start
         self._it: Iterator[pl.DataFrame] | None = it
-        table._pin(self._paths)
 
     def __next__(self) -> pl.DataFrame:
         if self._it is None:
@@ -106,7 +117,7 @@ class _Pinned(Iterator[pl.DataFrame]):
                 if close is not None:
                     close()
             finally:
-                self._table._unpin(self._paths)
+                self._table._unpin(self._blocks)
 
     def __del__(self) -> None:
         self.close()

@@ -41,7 +41,7 @@ from bt_frames.storage.catalog import literal_dtype as _literal_dtype
 from bt_frames.storage.catalog import stats_frame
 
 if TYPE_CHECKING:
-    from bt_frames.table import Snapshot
+    from bt_frames.storage.snapshot import Snapshot
 
 log = logging.getLogger("bt_frames")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 import sys
 import threading
-import uuid
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,14 +17,18 @@ import polars as pl
 from bt_frames import _convert
 from bt_frames.errors import (
     BtError,
+    CorruptionError,
     ReadOnlyError,
     SchemaMismatchError,
     StoreClosedError,
+    StoreLockedError,
     TableExistsError,
     TableNotFoundError,
+    UnsupportedFormatError,
 )
-from bt_frames.storage import catalog, layout, wal
+from bt_frames.storage import catalog, fs, layout, wal
 from bt_frames.storage.locking import StoreLock
+from bt_frames.storage.manifest import Manifest
 from bt_frames.table import DEFAULT_MAX_BLOCK_ROWS, DEFAULT_ROW_GROUP_ROWS, Table
 
 if TYPE_CHECKING:
@@ -33,6 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("bt_frames")
 
 Durability = Literal["fsync", "batch", "none"]
+DEFAULT_RETIRED_GRACE_S = 60.0
+STORE_FORMAT = "bt_frames.store"
+STORE_FORMAT_VERSION = 1
+
+# Writers open in this process, by resolved folder (see BacktraceStore.__new__).
+_OPEN: weakref.WeakValueDictionary[str, BacktraceStore] = weakref.WeakValueDictionary()
+_OPEN_LOCK = threading.Lock()
 
 
 class BacktraceStore:
@@ -58,6 +69,16 @@ class BacktraceStore:
         only in an interactive session (a terminal or a notebook).
     """
 
+    def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
+        if not kwargs.get("read_only", False):
+            with _OPEN_LOCK:
+                same = _OPEN.get(_key(path))
+                if same is not None and not same._closed:
+                    same._check_same_options(kwargs)
+                    same._handles += 1  # each close() gives one back; the last one closes the store
+                    return same  # DuckDB-style: one open writer per store folder and process
+        return super().__new__(cls)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -65,31 +86,76 @@ class BacktraceStore:
         read_only: bool = False,
         durability: Durability = "fsync",
         progress: bool | None = None,
+        retired_grace: float = DEFAULT_RETIRED_GRACE_S,
     ) -> None:
+        if getattr(self, "_initialised", False):  # the store this process already had open (see __new__)
+            return
         if durability not in wal.DURABILITY_MODES:
             raise BtError(f"durability must be one of {', '.join(map(repr, wal.DURABILITY_MODES))}, not {durability!r}")
-        self._path = Path(path)
+        if not isinstance(retired_grace, (int, float)) or retired_grace < 0:
+            raise BtError(f"retired_grace must be a number of seconds >= 0, not {retired_grace!r}")
+        self._path = Path(os.path.expanduser(os.fspath(path)))
         self._read_only = read_only
         self._durability: Durability = durability
         self._show_progress = progress
+        self._retired_grace = float(retired_grace)
         self._tables: dict[str, Table] = {}
         self._lock = threading.RLock()
-        self._closed = False
+        self._closed = True  # until the lock is held and the folder checked
         self._store_lock: StoreLock | None = None
+        self.upgraded = False  # opening found a store written before the marker and upgraded it
         if read_only:
-            if not self._path.is_dir():
-                raise BtError(f"store {str(self._path)!r} does not exist (read_only=True cannot create it)")
+            kind = _classify(self._path)
+            if kind in ("missing", "empty"):
+                raise BtError(
+                    f"store {str(self._path)!r} does not exist (read_only=True cannot create it); "
+                    "open it once without read_only to create it"
+                )
+            if kind == "foreign":
+                raise BtError(_foreign_message(self._path))
+            if kind == "file":
+                raise BtError(_file_message(self._path))
+            _check_marker(self._path, kind)
+            self._closed = False
+            self._initialised = True
+            self._handles = 1
             return
-        self._path.mkdir(parents=True, exist_ok=True)
+        kind = _classify(self._path)
+        if kind == "file":
+            raise BtError(_file_message(self._path))
+        if kind == "foreign":
+            raise BtError(_foreign_message(self._path))
+        if kind == "missing":
+            _make_dirs(self._path)
+        _check_marker(self._path, kind)
         self._store_lock = StoreLock(self._path)
         self._store_lock.acquire()
         try:
-            for entry in os.listdir(self._path):  # interrupted create_table / drop_table
-                if entry.startswith(".") and (self._path / entry).is_dir():
-                    shutil.rmtree(self._path / entry, ignore_errors=True)
+            if kind in ("missing", "empty"):
+                _write_marker(self._path)
+            else:
+                _remove_transient_dirs(self._path)
+                if kind == "legacy":  # tables upgrade as they open; the marker says the folder is a store
+                    self.upgraded = True
+                    _write_marker(self._path)
         except BaseException:
             self._store_lock.release()
             raise
+        self._closed = False
+        self._initialised = True
+        self._handles = 1
+        with _OPEN_LOCK:
+            _OPEN[_key(self._path)] = self
+
+    def _check_same_options(self, kwargs: dict[str, Any]) -> None:
+        want = {"durability": self._durability, "retired_grace": self._retired_grace}
+        diff = {k: v for k, v in kwargs.items() if k in want and v != want[k]}
+        if diff:
+            raise StoreLockedError(
+                f"store {str(self._path)!r} is already open as a writer in this process (pid {os.getpid()}) "
+                f"with other options ({', '.join(f'{k}={want[k]!r}' for k in diff)}); "
+                "close it first (store.close()), or open it with read_only=True"
+            )
 
     # -- properties ------------------------------------------------------------
 
@@ -104,6 +170,11 @@ class BacktraceStore:
     @property
     def durability(self) -> Durability:
         return self._durability
+
+    @property
+    def retired_grace(self) -> float:
+        """Seconds a block retired by compaction is kept for readers that may still use it."""
+        return self._retired_grace
 
     @property
     def tables(self) -> list[str]:
@@ -123,9 +194,9 @@ class BacktraceStore:
 
     def table(self, name: str) -> Table:
         """Open (recovering if needed) and return a table."""
-        self._check_open()
         layout.validate_table_name(name)
         with self._lock:
+            self._check_open()  # under the lock: close() cannot run between the check and the open
             t = self._tables.get(name)
             if t is not None:
                 return t
@@ -200,13 +271,19 @@ class BacktraceStore:
             return self.table(name)
 
     def _create_dir(self, meta: catalog.TableMeta) -> None:
-        tmp = self._path / f".create-{meta.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        (tmp / layout.WAL_DIR).mkdir()
-        (tmp / layout.BLOCKS_DIR).mkdir()
-        layout.atomic_write(tmp / layout.TABLE_JSON, meta.to_json().encode())
-        layout.fsync_dir(tmp)
-        os.rename(tmp, self._path / meta.name)
+        """Build the table folder under a temporary name, then rename it into place (the commit point)."""
+        tmp = self._path / layout.transient_dir("create", meta.name)
+        fs.mkdir(tmp)
+        try:
+            fs.mkdir(tmp / layout.WAL_DIR)
+            fs.mkdir(tmp / layout.BLOCKS_DIR)
+            layout.atomic_write(tmp / layout.TABLE_JSON, meta.to_json().encode())
+            Manifest.create(tmp)
+            layout.fsync_dir(tmp)
+            fs.replace(tmp, self._path / meta.name)
+        except BaseException:
+            fs.remove_tree(tmp)
+            raise
         layout.fsync_dir(self._path)
 
     def append(self, name: str, data: object, *, time_column: str | None = None, **options: Any) -> int | None:
@@ -251,10 +328,14 @@ class BacktraceStore:
             t = self._tables.pop(name, None)
             if t is not None:
                 t.close()
-            trash = self._path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
-            os.rename(directory, trash)
-            layout.fsync_dir(self._path)
-            shutil.rmtree(trash, ignore_errors=True)
+                t._dropped = True
+            trash = self._path / layout.transient_dir("dropped", name)
+            fs.replace(directory, trash)
+            layout.fsync_dir(self._path)  # the commit point: the table is gone
+            try:
+                fs.remove_tree(trash)
+            except OSError as e:  # the next writer to open the store removes it
+                log.warning("store %s: could not remove dropped table folder %s (%s)", self._path, trash.name, e)
 
     def _set_pandas_meta(self, table: Table, meta: dict[str, Any]) -> None:
         if self._read_only:
@@ -288,17 +369,39 @@ class BacktraceStore:
         return verify_store(self._path)
 
     def close(self) -> None:
-        """Make everything durable, close all tables and release the writer lock."""
+        """Make everything durable, close all tables and release the writer lock.
+
+        Every table is closed even if closing one fails; the first failure is
+        raised after the lock is released. A store opened more than once in this
+        process (``bt.open`` of the same folder gives the same store) closes when
+        each opener has closed it.
+        """
+        with _OPEN_LOCK:
+            self._handles -= 1
+            if self._handles > 0:
+                return
+        self._close_all()
+
+    def _close_all(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            errors: list[BaseException] = []
             try:
-                for t in self._tables.values():
-                    t.close()
+                for t in list(self._tables.values()):
+                    try:
+                        t.close()
+                    except BaseException as e:
+                        errors.append(e)
             finally:
                 if self._store_lock is not None:
                     self._store_lock.release()
+                with _OPEN_LOCK:
+                    if _OPEN.get(_key(self._path)) is self:
+                        del _OPEN[_key(self._path)]
+            if errors:
+                raise errors[0]
 
     def __enter__(self) -> BacktraceStore:
         return self
@@ -308,8 +411,8 @@ class BacktraceStore:
 
     def __del__(self) -> None:
         try:
-            if not self._closed:
-                self.close()
+            if getattr(self, "_initialised", False) and not self._closed:
+                self._close_all()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 
@@ -415,3 +518,112 @@ def _check_same(t: Table, schema: pl.Schema, time_column: str | None) -> None:
 def open(path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:  # noqa: A001 - mirrors builtins.open
     """Open (or create) a store: same as ``BacktraceStore(path, **kwargs)``."""
     return BacktraceStore(path, **kwargs)
+
+
+# -- the store folder ------------------------------------------------------------
+#
+# A store is a folder holding ``bt_frames.json`` (the marker), written when the
+# store is created: {"format": "bt_frames.store", "format_version": 1}. Opening:
+#   missing folder       -> created (parents too; each new folder's parent fsynced), marker written;
+#   empty folder         -> marker written;
+#   marker present       -> opened (a newer format_version is refused);
+#   no marker, but the layout of a store written before the marker existed (a LOCK
+#   file, tables with table.json, the store's own temporary folders, nothing else)
+#                        -> upgraded: marker written; each table builds its manifest when opened;
+#   anything else        -> refused with BtError; nothing is changed.
+# Start-up cleanup removes only the store's own temporary folders (layout.TRANSIENT_DIR).
+
+
+def _key(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def _classify(path: Path) -> str:
+    """missing / file / empty / store / legacy / foreign."""
+    if not path.exists():
+        return "file" if path.is_symlink() else "missing"
+    if not path.is_dir():
+        return "file"
+    names = os.listdir(path)
+    if not names:
+        return "empty"
+    if layout.STORE_MARKER in names:
+        return "store"
+    legacy = False
+    for n in names:
+        full = path / n
+        if n == layout.LOCK_NAME and full.is_file():
+            legacy = True
+        elif layout.is_transient_dir(n) and full.is_dir():
+            continue
+        elif full.is_dir() and (full / layout.TABLE_JSON).is_file() and _is_table_json(full / layout.TABLE_JSON):
+            legacy = True
+        else:
+            return "foreign"
+    return "legacy" if legacy else "foreign"
+
+
+def _is_table_json(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return f'"format": "{catalog.TABLE_FORMAT}"'.encode() in head
+
+
+def _check_marker(path: Path, kind: str) -> None:
+    if kind != "store":
+        return
+    marker = path / layout.STORE_MARKER
+    try:
+        doc = json.loads(marker.read_text())
+        version = doc["format_version"]
+        if doc.get("format") != STORE_FORMAT or not isinstance(version, int):
+            raise ValueError("not a bt_frames store marker")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptionError.at(
+            marker,
+            None,
+            f"the store marker is unreadable ({e}); if this folder is a bt_frames store, "
+            f'write {{"format": "{STORE_FORMAT}", "format_version": {STORE_FORMAT_VERSION}}} into it',
+        ) from e
+    if version > STORE_FORMAT_VERSION:
+        raise UnsupportedFormatError.newer(marker, version, STORE_FORMAT_VERSION)
+
+
+def _write_marker(path: Path) -> None:
+    doc = {"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION}
+    layout.atomic_write(path / layout.STORE_MARKER, (json.dumps(doc) + "\n").encode())
+
+
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and missing parents, fsyncing each new folder's parent (survives a power loss)."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        fs.mkdir(d, exist_ok=True)
+        layout.fsync_dir(d.parent)
+
+
+def _remove_transient_dirs(path: Path) -> None:
+    """Folders of an interrupted create_table / drop_table: names only the store makes."""
+    for n in os.listdir(path):
+        if layout.is_transient_dir(n) and (path / n).is_dir() and not (path / n).is_symlink():
+            fs.remove_tree(path / n)
+
+
+def _file_message(path: Path) -> str:
+    return f"{str(path)!r} is a file, not a folder: a store is a folder. Fix: choose another path."
+
+
+def _foreign_message(path: Path) -> str:
+    return (
+        f"{str(path)!r} is not a bt_frames store and is not empty (it has no {layout.STORE_MARKER}), so bt_frames "
+        "will not write into it. Fix: choose a new or empty folder, e.g. bt.open(" + repr(str(path / "db")) + ")."
+    )

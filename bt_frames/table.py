@@ -1,27 +1,46 @@
-"""A table: WAL + hot buffer + immutable Parquet blocks, and its queries."""
+"""``Table``: the public face of one table -- append, scan, flush, compact -- over the storage layer.
+
+The moving parts live in ``bt_frames.storage``: ``recovery`` opens a table
+(manifest, blocks, WAL replay), ``manifest`` records which files make it up,
+``wal`` makes appends durable, ``hot`` holds the rows not yet in a block,
+``blocks`` writes and checks Parquet blocks, ``catalog`` caches their
+statistics. This class wires them together under one lock and runs the
+block writer thread.
+
+Commit points (what "acknowledged" means): an append is committed when its
+WAL record is durable; a block, the parts of a large append and a compaction
+when their manifest version is durable. ``append`` returns if and only if
+its record committed; anything that fails after that point (rotating the
+WAL, writing a block, the statistics cache) is logged, kept in
+``table.health`` and retried -- never raised from the call that committed.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import itertools
 import logging
 import math
 import operator
-import os
 import threading
-import warnings
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from bt_frames import _convert, _scan
-from bt_frames.errors import CorruptionError, ReadOnlyError, StoreClosedError
+from bt_frames.errors import BtError, CorruptionError, ReadOnlyError, StoreClosedError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, layout, wal
+from bt_frames.storage import catalog, fs, layout, recovery, wal
+from bt_frames.storage import manifest as mf
+from bt_frames.storage.hot import Frozen, HotBuffer
+from bt_frames.storage.recovery import Recovery
+from bt_frames.storage.snapshot import Snapshot
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,48 +54,10 @@ log = logging.getLogger("bt_frames")
 DEFAULT_MAX_BLOCK_ROWS = 1_000_000
 DEFAULT_ROW_GROUP_ROWS = 16_384  # narrow time windows read only the row groups they touch
 FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from this many footers
+MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
+RETRY_INTERVAL_S = 1.0  # a failed block write or rotation is retried at most this often
 
-
-@dataclass
-class Recovery:
-    """What opening (or refreshing) a table found and did."""
-
-    blocks: int = 0
-    block_rows: int = 0
-    stats_cache: str = "missing"  # fresh / missing / stale / corrupt
-    blocks_from_cache: int = 0
-    blocks_from_footer: int = 0
-    wal_segments: int = 0
-    wal_records: int = 0
-    records_replayed: int = 0
-    rows_replayed: int = 0
-    records_skipped: int = 0  # already held by blocks (crash after a flush)
-    torn_tail_bytes: int = 0
-    incomplete_blocks_removed: int = 0
-    superseded_blocks_removed: int = 0
-    tmp_files_removed: int = 0
-    wal_segments_removed: int = 0
-    read_only: bool = False  # a reader leaves torn tails and leftovers for the next writer to remove
-
-    def summary(self) -> str:
-        removed = "left for the next writer to remove" if self.read_only else "removed"
-        parts = [
-            f"{self.blocks} blocks ({self.block_rows:,} rows; stats cache {self.stats_cache}, "
-            f"{self.blocks_from_footer} footers read)",
-            f"WAL: {self.wal_segments} segment(s), {self.wal_records} record(s), "
-            f"{self.records_replayed} replayed ({self.rows_replayed:,} rows), "
-            f"{self.records_skipped} already in blocks",
-        ]
-        if self.torn_tail_bytes:
-            cut = "ignored (the next writer cuts it off)" if self.read_only else "cut off"
-            parts.append(f"torn tail of {self.torn_tail_bytes} bytes {cut} (an unacknowledged append)")
-        if self.incomplete_blocks_removed:
-            parts.append(f"{self.incomplete_blocks_removed} part(s) of an unfinished multi-block append {removed}")
-        if self.superseded_blocks_removed:
-            parts.append(f"{self.superseded_blocks_removed} block(s) superseded by a compaction {removed}")
-        if self.tmp_files_removed:
-            parts.append(f"{self.tmp_files_removed} temporary file(s) removed")
-        return "; ".join(parts)
+__all__ = ["CompactResult", "Health", "Recovery", "Snapshot", "Table"]
 
 
 @dataclass(frozen=True)
@@ -88,32 +69,24 @@ class CompactResult:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """An immutable view of a table: the blocks and hot chunks as of one instant."""
+class Health:
+    """Failures after a commit point, which ``append`` never raises (``table.health``).
 
-    blocks: tuple[blk.BlockInfo, ...]
-    hot: tuple[pl.DataFrame, ...]
-    stats: pl.DataFrame | None = field(default=None, compare=False)
+    ``ok`` is False while a block write, a WAL rotation or a manifest write
+    keeps failing (a full disk, say). The rows concerned stay durable in the
+    WAL and visible to scans; the work is retried (at most every
+    ``RETRY_INTERVAL_S``) on later appends and on ``flush()``, and the table
+    is healthy again as soon as it succeeds.
+    """
 
-    @property
-    def hot_rows(self) -> int:
-        return sum(c.height for c in self.hot)
+    ok: bool
+    problems: tuple[str, ...] = ()
+    pending_rows: int = 0  # rows waiting for a block write that failed
 
-
-MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
-
-
-@dataclass(eq=False)
-class _Frozen:
-    """Hot rows handed to the block writer. Still hot -- in the WAL, seen by scans -- until their block is durable."""
-
-    first: int
-    last: int
-    chunks: list[pl.DataFrame]
-    rows: int
-    records: int  # WAL records / bytes holding these rows
-    bytes: int
-    error: BaseException | None = None
+    def __str__(self) -> str:
+        if self.ok:
+            return "ok"
+        return "; ".join(self.problems) + f" ({self.pending_rows:,} rows wait in the WAL; retried automatically)"
 
 
 def _ipc_bytes(df: pl.DataFrame) -> bytes:
@@ -134,30 +107,31 @@ class Table:
         self._dir = directory
         self._meta = meta
         self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._closed = False
+        self._dropped = False
         self._read_only = store.read_only
         self._blocks: list[blk.BlockInfo] = []
-        self._hot: list[pl.DataFrame] = []
-        self._hot_rows = 0
-        self._hot_first_lsn = -1
-        self._hot_last_lsn = -1
+        self._stats_frame: pl.DataFrame | None = None
+        self._stats_key: tuple[blk.BlockInfo, ...] = ()  # the blocks _stats_frame describes
+        self._hot = HotBuffer()
         self._next_lsn = 1
         self._wal: wal.WalWriter | None = None
         self._wal_records = 0
         self._wal_bytes = 0
-        self._stats_frame: pl.DataFrame | None = None
-        self._stats_key: tuple[blk.BlockInfo, ...] = ()  # the blocks _stats_frame describes
-        self._warned_freeze_error = False  # one warning per run of failed block writes
         # Freezing: hot rows handed to the block writer (a background thread) stay hot -- in the WAL,
         # visible to scans -- until their block is durable. Every observer waits for the writer.
-        self._frozen: list[_Frozen] = []
-        self._hot_records = 0  # WAL records / bytes of the rows in self._hot
-        self._hot_bytes = 0
-        self._cond = threading.Condition(self._lock)
+        self._frozen: list[Frozen] = []
         self._draining = False
         self._freezer: ThreadPoolExecutor | None = None
-        self._pins: dict[Path, int] = {}
-        self._retired: set[Path] = set()
+        # The manifest: commits are serialised by _manifest_lock (the block writer commits without the table lock).
+        self._manifest: mf.Manifest | None = None
+        self._manifest_lock = threading.Lock()
+        self._pending_forget: list[str] = []  # retired files deleted, to be forgotten by the next version
+        self._pending_wal: list[int] = []  # segments created whose "rotate" version failed to commit
+        self._pins: dict[str, int] = {}  # block file name -> running scans reading it
+        self._problems: dict[str, str] = {}  # what failed after a commit point (see Health)
+        self._last_attempt = 0.0
         self.recovery = Recovery()
         self.last_plan: PruneReport | None = None  # the plan of the last scan's collect()
         self.last_read: ReadStats | None = None  # what that read did: columns, rows, batches
@@ -168,155 +142,86 @@ class Table:
 
     @property
     def name(self) -> str:
+        """The table's name (its folder in the store)."""
         return self._meta.name
 
     @property
     def path(self) -> Path:
+        """The table's folder."""
         return self._dir
 
     @property
     def schema(self) -> pl.Schema:
+        """Column names and Polars dtypes, in order (what every append is coerced to)."""
         return pl.Schema(self._meta.schema)
 
     @property
     def time_column(self) -> str | None:
+        """The column that orders the table in time (``None``: none), used by pruning and ``time_range``."""
         return self._meta.time_column
 
     @property
     def max_block_rows(self) -> int:
+        """Hot rows that trigger a block write; appends of at least this many rows go straight to blocks."""
         return self._meta.max_block_rows
 
     @property
     def store(self) -> BacktraceStore:
         return self._store
 
+    @property
+    def health(self) -> Health:
+        """Failures after a commit point (see :class:`Health`); ``table.health.ok`` is the short answer."""
+        with self._lock:
+            problems = dict(self._problems)
+            for e in self._frozen:
+                if e.error is not None:
+                    problems.setdefault("block", f"writing the block of LSNs {e.first}-{e.last} failed: {e.error}")
+            pending = sum(e.rows for e in self._frozen if e.error is not None)
+        return Health(not problems, tuple(problems.values()), pending)
+
     # -- opening / recovery ----------------------------------------------------
 
     def _load(self) -> None:
-        """Read blocks (via the stats cache) and replay the WAL into the hot buffer."""
-        rec = Recovery(read_only=self._read_only)
-        blocks_dir = self._dir / layout.BLOCKS_DIR
-        wal_dir = self._dir / layout.WAL_DIR
+        """Check the files against the manifest, read block statistics and replay the WAL."""
         writer = not self._read_only
-        if writer:
-            for d in (self._dir, blocks_dir, wal_dir):  # self._dir: .stats.arrow / .table.json tmps
-                for n in os.listdir(d):
-                    if layout.is_tmp(n):
-                        (d / n).unlink(missing_ok=True)
-                        rec.tmp_files_removed += 1
-        for _attempt in range(20):
-            loaded = catalog.load_blocks(
-                self._dir,
-                self._meta.schema,
-                progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
-            )
-            infos, dropped_incomplete, dropped_superseded = _resolve_blocks(loaded.blocks)
-            blocks_max = max((b.last_lsn for b in infos), default=0)
-            try:
-                scans = list(wal.scan_wal(wal_dir))
-            except FileNotFoundError:
-                if writer:
-                    raise
-                continue  # a reader raced a flush that deleted a segment; look again
-            # A reader: a flush may have produced blocks while we read the WAL; look again if so.
-            if not writer and frozenset(os.listdir(blocks_dir)) != loaded.listing:
-                continue
-            break
-        else:  # pragma: no cover - needs a writer flushing continuously
-            raise CorruptionError.at(wal_dir, None, "the WAL kept changing while being read; retry refresh()")
-        if writer:
-            for b in dropped_incomplete + dropped_superseded:
-                b.path.unlink(missing_ok=True)
-            if dropped_incomplete or dropped_superseded:
-                layout.fsync_dir(blocks_dir)
-        rec.incomplete_blocks_removed = len(dropped_incomplete)
-        rec.superseded_blocks_removed = len(dropped_superseded)
-        rec.stats_cache = loaded.cache_state
-        rec.blocks_from_cache = loaded.from_cache
-        rec.blocks_from_footer = loaded.from_footer
-        rec.blocks = len(infos)
-        rec.block_rows = sum(b.rows for b in infos)
-
-        hot: list[pl.DataFrame] = []
-        first = last = -1
-        max_wal_lsn = 0
-        rec.wal_segments = len(scans)
-        records = 0
-        wal_bytes = 0
-        for scan in scans:
-            for r in scan.records:
-                records += 1
-                wal_bytes += wal.RECORD_HEADER_SIZE + len(r.payload)
-                max_wal_lsn = r.lsn
-                if r.lsn <= blocks_max:
-                    rec.records_skipped += 1
-                    continue
-                try:
-                    chunk = _from_ipc(r.payload)
-                except Exception as e:
-                    raise CorruptionError.at(
-                        scan.path, r.offset, f"record {r.lsn} payload is not Arrow IPC ({e})"
-                    ) from e
-                if chunk.schema != self._meta.schema:
-                    raise CorruptionError.at(
-                        scan.path, r.offset, f"record {r.lsn} has schema {chunk.schema}, not the table's"
-                    )
-                hot.append(chunk)
-                if first < 0:
-                    first = r.lsn
-                last = r.lsn
-                rec.records_replayed += 1
-                rec.rows_replayed += chunk.height
-        rec.wal_records = records
-        if scans and scans[-1].torn_bytes:
-            rec.torn_tail_bytes = scans[-1].torn_bytes
-        last_seg_first = scans[-1].first_lsn if scans else 1
-        next_lsn = max(blocks_max, max_wal_lsn, last_seg_first - 1) + 1
-
-        dropped = dropped_incomplete or dropped_superseded
-        stats = catalog.merge_stats(loaded.stats, infos, self._meta.schema) if dropped else loaded.stats
+        got = recovery.recover(
+            self._dir,
+            self._meta.schema,
+            writer=writer,
+            durability=self._store.durability,
+            grace_s=self._store.retired_grace,
+            pinned=lambda n: bool(self._pins.get(n)),
+            progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
+        )
+        hot = HotBuffer()
+        for lsn, chunk, size in got.hot:
+            hot.add(lsn, chunk, size)
         with self._lock:
-            self._blocks = infos
-            self._stats_frame = stats
-            self._stats_key = tuple(infos)
+            self._blocks = got.blocks
+            self._stats_frame = got.stats
+            self._stats_key = tuple(got.blocks)
             self._hot = hot
-            self._hot_rows = sum(c.height for c in hot)
-            self._hot_first_lsn, self._hot_last_lsn = first, last
-            self._next_lsn = next_lsn
-            self._wal_records = records
-            self._wal_bytes = wal_bytes
-            self._hot_records, self._hot_bytes = records, wal_bytes  # freed by the next freeze
-            self.recovery = rec
+            self._next_lsn = got.next_lsn
+            self._wal_records = got.wal_records
+            self._wal_bytes = got.wal_bytes
+            self._manifest = got.manifest
+            self._wal = got.wal_writer
+            self.recovery = got.report
         if not writer:
             return
-        # Writer: make the files match what was just loaded.
-        if scans and scans[-1].torn_bytes:
-            seg = scans[-1]
-            with open(seg.path, "r+b") as f:
-                f.truncate(seg.valid_end)
-                os.fsync(f.fileno())
-            log.info("table %r: cut a torn WAL tail of %d bytes from %s", self.name, seg.torn_bytes, seg.path)
-        covered = [s for s in scans[:-1] if not s.records or s.records[-1].lsn <= blocks_max]
-        for s in covered:
-            s.path.unlink()
-        rec.wal_segments_removed = len(covered)
-        if scans and scans[-1].size >= wal.SEGMENT_HEADER_SIZE and scans[-1].valid_end >= wal.SEGMENT_HEADER_SIZE:
-            self._wal = wal.WalWriter(wal_dir, self._store.durability, scans[-1].path, create=False)
-        else:
-            if scans:  # crash while creating the segment: header incomplete
-                scans[-1].path.unlink()
-            self._wal = wal.WalWriter(wal_dir, self._store.durability, wal_dir / layout.wal_name(next_lsn), create=True)
-        if covered:
-            layout.fsync_dir(wal_dir)
-        if loaded.changed or dropped_incomplete or dropped_superseded:
-            catalog.write_cache(self._dir, stats, self._meta.schema)
-        if self._hot_rows >= self._meta.max_block_rows:
+        if got.stats_changed:
+            self._write_cache()
+        if self._hot.rows >= self._meta.max_block_rows:
             with self._lock:
-                self._freeze()
-        log.debug("opened table %r: %s", self.name, rec.summary())
+                self._freeze_async()  # in the background: opening never fails for want of disk space
+        log.debug("opened table %r: %s", self.name, got.report.summary())
 
     def refresh(self) -> None:
-        """Re-read blocks and the WAL tail (read-only stores): see every append acknowledged so far."""
+        """Re-read the manifest, blocks and WAL tail (read-only stores): see every append acknowledged so far.
+
+        A writer's table is always current; this does nothing there.
+        """
         self._check_open()
         if not self._read_only:
             return
@@ -325,8 +230,16 @@ class Table:
     # -- writing ---------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._dropped:
+            raise StoreClosedError(
+                f"table {self.name!r} was dropped from store {str(self._store.path)!r}; "
+                "create it again with store.create_table() or store.append()"
+            )
         if self._closed:
-            raise StoreClosedError(f"table {self.name!r} of store {str(self._store.path)!r} is closed")
+            raise StoreClosedError(
+                f"table {self.name!r} of store {str(self._store.path)!r} is closed; "
+                "open the store again with bt.open(path)"
+            )
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -345,14 +258,21 @@ class Table:
         """Append a frame; return its LSN (``None`` for an empty frame).
 
         Durability: returns only after the WAL record is durable under the
-        store's policy (``"fsync"``: on disk). When the hot rows reach
-        ``max_block_rows`` they are handed to a background block writer and
-        the call returns without waiting for the Parquet write; until the block
-        is durable those rows stay in the WAL and in every scan. A frame with
-        at least ``max_block_rows`` rows is written straight to blocks (all
-        parts, then one directory sync) instead of the WAL. Crash: a record that was not
-        acknowledged may leave a torn tail, which the next open cuts off.
-        All-or-nothing: a frame that fails validation changes nothing.
+        store's policy (``"fsync"``: on disk). Exactly once: the call returns
+        if and only if the append committed, and raises only if nothing was
+        committed, so retrying a failed append never duplicates rows. Work
+        after the commit point (a WAL rotation, the block write when the hot
+        rows reach ``max_block_rows``, which runs in the background) never
+        raises: a failure is logged, shown in ``table.health`` and retried,
+        and until the block is durable those rows stay in the WAL and in every
+        scan. The table owns the appended data: changing the caller's arrays
+        afterwards changes nothing stored or shown.
+
+        A frame with at least ``max_block_rows`` rows is written straight to
+        blocks (every part, then one manifest version: the commit point).
+        Crash: an append that was not acknowledged may leave a torn tail,
+        which the next open cuts off. A frame that fails validation changes
+        nothing.
         """
         self._check_writable()
         df, pandas_meta = _convert.to_polars(data, table=self.name)
@@ -366,54 +286,52 @@ class Table:
             assert self._wal is not None
             if df.height >= self._meta.max_block_rows:
                 return self._append_blocks(df)
-            if self._hot_rows and self._hot_rows + df.height > self._meta.max_block_rows:
-                self._freeze_async()
+            if self._hot and self._hot.rows + df.height > self._meta.max_block_rows:
+                self._after_commit(self._freeze_async)  # not a commit point, but never worth failing for
             payload = _ipc_bytes(df)
             lsn = self._next_lsn
-            self._wal.append(lsn, payload)  # the commit point
+            self._wal.append(lsn, payload)  # the commit point: nothing below raises
             self._next_lsn = lsn + 1
             size = wal.RECORD_HEADER_SIZE + len(payload)
             self._wal_records += 1
             self._wal_bytes += size
-            self._hot_records += 1
-            self._hot_bytes += size
-            # Polars buffers are immutable, so a shallow clone is safe; other inputs may share
-            # (mutable) numpy/pandas buffers with the caller: keep what replay would rebuild.
-            self._hot.append(df.clone() if isinstance(data, pl.DataFrame) else _from_ipc(payload))
-            self._hot_rows += df.height
-            if self._hot_first_lsn < 0:
-                self._hot_first_lsn = lsn
-            self._hot_last_lsn = lsn
-            if self._hot_rows >= self._meta.max_block_rows:
-                self._freeze_async()
+            # The hot rows are decoded from the record: they share no memory with the caller's arrays.
+            self._hot.add(lsn, _from_ipc(payload), size)
+            if self._hot.rows >= self._meta.max_block_rows:
+                self._after_commit(self._freeze_async)
             return lsn
 
-    def _freeze_async(self) -> None:
-        """Hand the hot rows to the block writer and return; called after an acknowledged append.
+    def _after_commit(self, work: Callable[[], None]) -> None:
+        """Run work that follows a commit point: a failure is logged and kept in ``health``, never raised."""
+        try:
+            work()
+        except Exception as e:
+            self._problems["freeze"] = f"handing the hot rows to the block writer failed: {e}"
+            log.warning("table %r: %s; the rows stay durable in the WAL and it is retried", self.name, e)
 
-        A failed block write must not un-acknowledge anything: the rows stay hot
-        and durable in the WAL, the failure is reported (a warning) on the next
-        freeze, which retries it.
+    def _freeze_async(self) -> None:
+        """Hand the hot rows to the block writer and return (under the lock).
+
+        A failed block write must not un-acknowledge anything: the rows stay
+        hot and durable in the WAL; the failure is in ``health`` and the write
+        is retried here, at most every ``RETRY_INTERVAL_S``.
         """
-        err = next((e.error for e in self._frozen if e.error is not None), None)
-        if err is not None and not self._warned_freeze_error:
-            self._warned_freeze_error = True
-            warnings.warn(
-                f"table {self.name!r}: writing a block failed ({err}); the rows stay durable in the WAL "
-                "and the write is retried now",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        now = time.monotonic()
+        recent = now - self._last_attempt < RETRY_INTERVAL_S
+        if "freeze" in self._problems and recent:  # the last rotation failed: do not hammer a full disk
+            return
+        self._last_attempt = now
         self._hand_over()
-        self._retry()
+        if not (recent and any(e.error is not None for e in self._frozen)):
+            self._retry()
         # Back-pressure: at most MAX_FROZEN blocks' rows wait for the writer.
         while self._draining and len(self._frozen) > MAX_FROZEN:
             self._cond.wait()
 
     def _append_blocks(self, df: pl.DataFrame) -> int:
-        """A large append goes straight to blocks: every part is written, then all are renamed."""
+        """A large append goes straight to blocks: every part is written and renamed, then one manifest version."""
         assert self._wal is not None
-        self._freeze()  # blocks hold every earlier LSN first: replay skips LSNs below a block's
+        self._freeze()  # blocks hold every earlier LSN first: the table's LSNs stay in order
         lsn = self._next_lsn
         size = self._meta.max_block_rows
         nparts = math.ceil(df.height / size)
@@ -433,27 +351,43 @@ class Table:
                         part=i + 1,
                         nparts=nparts,
                         row_group_rows=self._meta.row_group_rows,
-                        publish=False,
                     )
                 )
+            self._commit(mf.Edit("append", add=[mf.entry_of(b) for b in infos]))  # the commit point
         except BaseException:
-            for info in infos:
-                blk.pending_path(info).unlink(missing_ok=True)
+            for info in infos:  # never named by a manifest version: the append did not happen
+                fs.unlink(info.path, missing_ok=True)
             raise
-        for info in infos:  # a crash part-way leaves an incomplete set, removed on open
-            blk.publish_block(blk.pending_path(info), info.path, sync_dir=False)
-        layout.fsync_dir(blocks_dir)  # the commit point
         self._next_lsn = lsn + 1
         self._blocks.extend(infos)
         self._write_cache()
         return lsn
 
+    def _commit(self, edit: mf.Edit) -> mf.State:
+        """Write the next manifest version (with what earlier failed commits left pending)."""
+        assert self._manifest is not None
+        with self._manifest_lock:
+            forget, self._pending_forget = self._pending_forget, []
+            segs, self._pending_wal = self._pending_wal, []
+            edit.forget += forget
+            edit.wal_add += segs
+            try:
+                return self._manifest.commit(edit)
+            except BaseException:
+                self._pending_forget, self._pending_wal = forget + self._pending_forget, segs + self._pending_wal
+                raise
+
     def flush(self) -> int:
-        """Freeze the hot buffer into a block now; return the number of rows written."""
+        """Freeze the hot buffer into a block now; return the number of rows written.
+
+        Durable on return (the block's manifest version is on disk). Unlike an
+        append, a flush raises if the block write fails (the rows stay in the
+        WAL and ``health`` reports it).
+        """
         self._check_writable()
         with self._lock:
             self._wait_frozen()
-            n = self._hot_rows + sum(e.rows for e in self._frozen)
+            n = self._hot.rows + sum(e.rows for e in self._frozen)
             self._freeze()
             return n
 
@@ -464,12 +398,12 @@ class Table:
         has fewer than ``min_rows`` rows (default: half of ``target_rows``).
         Parts of a multi-part append are left alone. Row order is unchanged.
 
-        Crash safety: each merged block, covering the whole LSN range of its
-        inputs, is written and renamed before any input is deleted. A crash in
-        between leaves inputs whose range lies inside the merged block's; the
-        next open recognises them as superseded and removes them, so rows are
-        never duplicated or lost. Inputs that a running scan in this process
-        still reads are deleted when that scan finishes.
+        Crash safety: the merged blocks are written first, then one manifest
+        version replaces the inputs with them (the commit point); a crash
+        before it leaves merged files no version names, which the next open
+        removes. The inputs are retired, not deleted: scans in this process
+        and readers in others that still use them keep them until the store's
+        ``retired_grace`` has passed.
         """
         self._check_writable()
         target = target_rows or self._meta.max_block_rows
@@ -477,70 +411,88 @@ class Table:
         with self._lock:
             self._wait_frozen()
             before = len(self._blocks)
-            runs: list[list[blk.BlockInfo]] = []
-            run: list[blk.BlockInfo] = []
-            run_rows = 0
-            for b in self._blocks:
-                candidate = b.name.nparts == 1 and b.rows < small
-                if candidate and run_rows + b.rows <= target:
-                    run.append(b)
-                    run_rows += b.rows
-                    continue
-                if len(run) > 1:
-                    runs.append(run)
-                run, run_rows = ([b], b.rows) if candidate else ([], 0)
-            if len(run) > 1:
-                runs.append(run)
+            runs = _compaction_runs(self._blocks, target, small)
             bar = self._store._progress(f"compact {self.name}")
             it: Iterable[list[blk.BlockInfo]] = bar(runs, len(runs)) if bar is not None else runs
             rows_rewritten = 0
             blocks_dir = self._dir / layout.BLOCKS_DIR
-            for group in it:
-                for b in group:
-                    blk.verify_block(b.path)
-                df = pl.concat([pl.read_parquet(b.path) for b in group], rechunk=True)
-                merged = blk.write_block(
-                    blocks_dir,
-                    df,
-                    first_lsn=group[0].first_lsn,
-                    last_lsn=group[-1].last_lsn,
-                    row_group_rows=self._meta.row_group_rows,
-                )
+            merged: list[tuple[list[blk.BlockInfo], blk.BlockInfo]] = []
+            try:
+                for group in it:
+                    for b in group:
+                        blk.verify_block(b.path)
+                    df = pl.concat([pl.read_parquet(b.path) for b in group], rechunk=True)
+                    out = blk.write_block(
+                        blocks_dir,
+                        df,
+                        first_lsn=group[0].first_lsn,
+                        last_lsn=group[-1].last_lsn,
+                        row_group_rows=self._meta.row_group_rows,
+                    )
+                    merged.append((group, out))
+                    rows_rewritten += df.height
+                if merged:
+                    self._commit(
+                        mf.Edit(
+                            "compact",
+                            add=[mf.entry_of(out) for _g, out in merged],
+                            remove=[b.filename for g, _o in merged for b in g],
+                        )
+                    )
+            except BaseException:
+                for _g, out in merged:  # not named by any version: the compaction did not happen
+                    fs.unlink(out.path, missing_ok=True)
+                raise
+            for group, out in merged:
                 i = self._blocks.index(group[0])
-                self._blocks[i : i + len(group)] = [merged]
-                for b in group:
-                    self._retire(b.path)
-                rows_rewritten += df.height
-            if runs:
-                layout.fsync_dir(blocks_dir)
+                self._blocks[i : i + len(group)] = [out]
+            if merged:
                 self._write_cache()
-            return CompactResult(before, len(self._blocks), len(runs), rows_rewritten)
+                self._purge_retired()
+            return CompactResult(before, len(self._blocks), len(merged), rows_rewritten)
 
-    # -- pins: blocks a running scan still reads are not deleted under it ----------
+    # -- pins and retired blocks: a running read never loses its files ---------
 
-    def _pin(self, paths: Iterable[Path]) -> None:
+    def _snapshot(self, *, pin: bool) -> Snapshot:
+        """The blocks and hot chunks as of now; with ``pin``, its blocks are pinned under the same lock."""
+        self._check_open()
         with self._lock:
-            for p in paths:
-                self._pins[p] = self._pins.get(p, 0) + 1
+            self._wait_frozen()
+            hot = tuple(c for e in self._frozen for c in e.chunks) + tuple(self._hot.chunks)
+            snap = Snapshot(tuple(self._blocks), hot, self._stats())
+            if pin:
+                for b in snap.blocks:
+                    self._pins[b.filename] = self._pins.get(b.filename, 0) + 1
+            return snap
 
-    def _unpin(self, paths: Iterable[Path]) -> None:
+    def _unpin(self, blocks: Iterable[blk.BlockInfo]) -> None:
         with self._lock:
-            for p in paths:
-                n = self._pins.get(p, 0) - 1
+            for b in blocks:
+                n = self._pins.get(b.filename, 0) - 1
                 if n > 0:
-                    self._pins[p] = n
-                    continue
-                self._pins.pop(p, None)
-                if p in self._retired:
-                    self._retired.discard(p)
-                    p.unlink(missing_ok=True)
+                    self._pins[b.filename] = n
+                else:
+                    self._pins.pop(b.filename, None)
 
-    def _retire(self, path: Path) -> None:
-        """Delete a block that is no longer live, now or when the last scan reading it ends."""
-        if self._pins.get(path):
-            self._retired.add(path)
-        else:
-            path.unlink(missing_ok=True)
+    def _purge_retired(self, *, grace_s: float | None = None) -> None:
+        """Delete retired blocks past the grace period that no scan here pins; the next version forgets them."""
+        if self._manifest is None:
+            return
+        grace = self._store.retired_grace if grace_s is None else grace_s
+        now = dt.datetime.now(dt.UTC)
+        gone = []
+        for r in self._manifest.state.retired:
+            if r.block in self._pending_forget or self._pins.get(r.block) or r.age_s(now) < grace:
+                continue
+            try:
+                fs.unlink(self._dir / layout.BLOCKS_DIR / r.block, missing_ok=True)
+            except OSError as e:  # retried by the next purge
+                log.warning("table %r: could not delete retired block %s (%s)", self.name, r.block, e)
+                continue
+            gone.append(r.block)
+        self._pending_forget += gone
+
+    # -- the block writer ------------------------------------------------------
 
     def _freeze(self) -> None:
         """Hot buffer -> blocks, now: hand over, write (retrying earlier failures), wait; raise on failure."""
@@ -550,21 +502,34 @@ class Table:
         if self._frozen:
             err = self._frozen[0].error
             assert err is not None
-            raise err
+            raise BtError(
+                f"table {self.name!r}: writing the block of LSNs {self._frozen[0].first}-{self._frozen[0].last} "
+                f"failed ({err}); the rows stay durable in the WAL and the write is retried. "
+                "Fix: free disk space (or fix the folder's permissions) and call flush() again."
+            ) from err
 
     def _hand_over(self) -> None:
-        """Move the hot rows to the frozen list and start a new WAL segment after them (under the lock)."""
+        """Move the hot rows to the frozen list and start a new WAL segment after them (under the lock).
+
+        If the rotation fails the rows stay hot, appends go on into the
+        current segment, and the failure is raised to the caller (which, after
+        a commit point, only logs it).
+        """
         if not self._hot:
             return
         assert self._wal is not None
-        first, last = self._hot_first_lsn, self._hot_last_lsn
+        last = self._hot.last_lsn
         new_seg = self._dir / layout.WAL_DIR / layout.wal_name(last + 1)
         if self._wal.path != new_seg:
             self._wal.rotate(last + 1)  # the block's records end where a segment ends
-        self._frozen.append(_Frozen(first, last, self._hot, self._hot_rows, self._hot_records, self._hot_bytes))
-        self._hot = []
-        self._hot_rows = self._hot_records = self._hot_bytes = 0
-        self._hot_first_lsn = self._hot_last_lsn = -1
+            try:
+                self._commit(mf.Edit("rotate", wal_add=[last + 1]))
+            except Exception as e:  # the segment is named by the next version that commits
+                with self._manifest_lock:
+                    self._pending_wal.append(last + 1)
+                log.warning("table %r: recording WAL segment %s failed (%s); retried", self.name, new_seg.name, e)
+        self._problems.pop("freeze", None)
+        self._frozen.append(self._hot.take())
 
     def _retry(self) -> None:
         """Forget earlier block-write failures and start the writer (under the lock)."""
@@ -594,44 +559,64 @@ class Table:
                     if not self._frozen or self._frozen[0].error is not None:
                         return
                     entry = self._frozen[0]
+                    covered = self._covered_segments(entry)
+                info: blk.BlockInfo | None = None
                 try:
                     info = blk.write_block(
                         self._dir / layout.BLOCKS_DIR,
-                        pl.concat(entry.chunks, rechunk=True),
+                        entry.frame(),
                         first_lsn=entry.first,
                         last_lsn=entry.last,
                         row_group_rows=self._meta.row_group_rows,
                     )
+                    self._commit(mf.Edit("publish", add=[mf.entry_of(info)], wal_remove=[f for f, _p in covered]))
                 except BaseException as e:  # the rows stay hot and in the WAL; reported and retried later
+                    if info is not None:  # written but never named by a version: not part of the table
+                        try:
+                            fs.unlink(info.path, missing_ok=True)
+                        except OSError:  # removed by the next open (not in the manifest)
+                            pass
                     with self._lock:
                         entry.error = e
                     log.warning("table %r: writing the block of LSNs %d-%d failed: %s", self.name, entry.first,
                                 entry.last, e)  # fmt: skip
                     return
                 with self._lock:
-                    self._publish(entry, info)
+                    self._publish(entry, info, covered)
         finally:
             with self._lock:
                 self._draining = False
                 self._cond.notify_all()
 
-    def _publish(self, entry: _Frozen, info: blk.BlockInfo) -> None:
-        """A block is durable: its rows leave the hot set, and WAL segments it covers are deleted."""
+    def _covered_segments(self, entry: Frozen) -> list[tuple[int, Path]]:
+        """WAL segments every record of which is in ``entry``'s block or an earlier one (under the lock).
+
+        A segment is covered when the next segment starts at or below the first
+        LSN not yet in a block once ``entry`` is published.
+        """
+        later = [e.first for e in self._frozen if e is not entry]
+        unfrozen = min([*later, self._hot.first_lsn if self._hot else self._next_lsn])
+        segs = wal.list_segments(self._dir / layout.WAL_DIR)
+        return [
+            (first, path)
+            for (first, path), (next_first, _p) in itertools.pairwise(segs)
+            if next_first <= unfrozen and (self._wal is None or path != self._wal.path)
+        ]
+
+    def _publish(self, entry: Frozen, info: blk.BlockInfo, covered: list[tuple[int, Path]]) -> None:
+        """A block's version is durable: its rows leave the hot set; the WAL segments it covers are deleted."""
         self._blocks.append(info)
         self._frozen.remove(entry)
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
-        if not any(e.error is not None for e in self._frozen):
-            self._warned_freeze_error = False
-        # A segment goes when every record in it is in a block: when the next segment starts at or
-        # below the first LSN not yet in a block.
-        unfrozen = min([e.first for e in self._frozen] + [self._hot_first_lsn if self._hot else self._next_lsn])
-        # No directory fsync: a deletion lost in a crash brings back records that replay skips (<= a block).
-        segs = wal.list_segments(self._dir / layout.WAL_DIR)
-        for (_first, path), (next_first, _p) in itertools.pairwise(segs):
-            if next_first <= unfrozen and (self._wal is None or path != self._wal.path):
-                path.unlink(missing_ok=True)
+        # No directory fsync: a deletion lost in a crash leaves a segment that recovery removes again.
+        for _first, path in covered:
+            try:
+                fs.unlink(path, missing_ok=True)
+            except OSError as e:  # removed by the next open: no version names it
+                log.warning("table %r: could not delete WAL segment %s (%s)", self.name, path.name, e)
         self._write_cache()
+        self._purge_retired()
         self._cond.notify_all()
         log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, entry.first, entry.last,
                   info.filename, info.rows)  # fmt: skip
@@ -639,10 +624,15 @@ class Table:
     def _write_cache(self) -> None:
         try:
             catalog.write_cache(self._dir, self._stats(), self._meta.schema)
-        except OSError as e:  # only a cache: rebuilt from footers on the next open
+        except Exception as e:  # only a cache: rebuilt from footers on the next open
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
 
     def close(self) -> None:
+        """Wait for the block writer, record the table's last LSN in the manifest and close the WAL.
+
+        Rows whose block write failed stay durable in the WAL and are replayed
+        on the next open. Closing twice does nothing.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -655,22 +645,25 @@ class Table:
             if self._freezer is not None:
                 self._freezer.shutdown(wait=False)
                 self._freezer = None
-            if self._wal is not None:
-                self._wal.close()
+            try:
+                if self._wal is not None:
+                    self._wal.close()
+            finally:
                 self._wal = None
-            for p in self._retired:  # scans of a closed table cannot continue anyway
-                p.unlink(missing_ok=True)
-            self._retired.clear()
+                if self._manifest is not None:
+                    self._purge_retired()
+                    state = self._manifest.state
+                    if state.next_lsn != self._next_lsn or self._pending_forget or self._pending_wal:
+                        try:  # lets the next open tell a truncated WAL from one that ends here
+                            self._commit(mf.Edit("close", next_lsn=self._next_lsn))
+                        except Exception as e:
+                            log.warning("table %r: could not record the close in the manifest (%s)", self.name, e)
 
     # -- state -----------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         """The blocks and hot chunks as of now (cheap; blocks are immutable)."""
-        self._check_open()
-        with self._lock:
-            self._wait_frozen()
-            hot = tuple(c for e in self._frozen for c in e.chunks) + tuple(self._hot)
-            return Snapshot(tuple(self._blocks), hot, self._stats())
+        return self._snapshot(pin=False)
 
     def _record_scan(self, report: PruneReport, read: ReadStats) -> None:
         self.last_plan = report
@@ -696,6 +689,8 @@ class Table:
 
     @property
     def rows(self) -> int:
+        """Rows in the table: in blocks plus hot (acknowledged, in the WAL, not yet in a block)."""
+        self._check_open()
         return sum(self._row_counts())
 
     @property
@@ -705,6 +700,7 @@ class Table:
 
     @property
     def cold_rows(self) -> int:
+        """Rows in blocks."""
         return self._row_counts()[0]
 
     def _row_counts(self) -> tuple[int, int]:
@@ -712,7 +708,7 @@ class Table:
         with self._lock:
             self._wait_frozen()
             cold = sum(b.rows for b in self._blocks)
-            return cold, self._hot_rows + sum(e.rows for e in self._frozen)
+            return cold, self._hot.rows + sum(e.rows for e in self._frozen)
 
     @property
     def wal_state(self) -> dict[str, Any]:
@@ -761,6 +757,10 @@ class Table:
         )
 
     def time_range(self) -> tuple[Any, Any] | None:
+        """(earliest, latest) value of the time column over blocks and hot rows; ``None`` without one or rows.
+
+        Block bounds come from the cached statistics: no block is read.
+        """
         tc = self._meta.time_column
         if tc is None:
             return None
@@ -809,12 +809,14 @@ class Table:
         return _plot.plot_blocks(self, where, ax=ax)
 
     def read(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """The table (or the rows matching ``where``) as one Polars DataFrame: ``scan(where).select(columns)``."""
         lf = self.scan(where)
         if columns is not None:
             lf = lf.select(columns)
         return lf.collect()
 
     def to_polars(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
+        """Same as :meth:`read` (named like ``to_pandas``)."""
         return self.read(where, columns=columns)
 
     def to_pandas(self, where: Where | None = None, *, columns: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -890,52 +892,23 @@ class Table:
         return _display.table_html(self)
 
 
-def _in_append_order(infos: Sequence[blk.BlockInfo]) -> bool:
-    """Whole sets of parts (1..n, one LSN range each) with disjoint LSN ranges, in order."""
-    i, prev_last, n = 0, -1, len(infos)
-    while i < n:
-        head = infos[i].name
-        if head.first_lsn <= prev_last or head.part != 1 or i + head.nparts > n:
-            return False
-        for j in range(1, head.nparts):
-            c = infos[i + j].name
-            if (c.first_lsn, c.last_lsn, c.nparts, c.part) != (head.first_lsn, head.last_lsn, head.nparts, j + 1):
-                return False
-        prev_last = head.last_lsn
-        i += head.nparts
-    return True
-
-
-def _resolve_blocks(
-    infos: list[blk.BlockInfo],
-) -> tuple[list[blk.BlockInfo], list[blk.BlockInfo], list[blk.BlockInfo]]:
-    """(live blocks, parts of unfinished multi-part appends, blocks superseded by compaction)."""
-    if _in_append_order(infos):  # the usual case, in one pass
-        return list(infos), [], []
-    by_set: dict[tuple[int, int, int], list[blk.BlockInfo]] = {}
-    for b in infos:
-        by_set.setdefault((b.first_lsn, b.last_lsn, b.name.nparts), []).append(b)
-    complete: list[blk.BlockInfo] = []
-    incomplete: list[blk.BlockInfo] = []
-    for (_f, _l, nparts), members in by_set.items():
-        if len({m.name.part for m in members}) == nparts:
-            complete.extend(members)
-        else:
-            incomplete.extend(members)
-    # A compaction writes its output before deleting its inputs: a block whose
-    # range lies inside a wider block's range is superseded.
-    ranges = sorted({(b.first_lsn, b.last_lsn) for b in complete}, key=lambda r: (r[0], -r[1]))
-    keep: set[tuple[int, int]] = set()
-    reach = -1
-    for r in ranges:
-        if r[1] <= reach:
+def _compaction_runs(blocks: Sequence[blk.BlockInfo], target: int, small: int) -> list[list[blk.BlockInfo]]:
+    """Runs of adjacent small single-part blocks to merge, each of at most ``target`` rows (a pure plan)."""
+    runs: list[list[blk.BlockInfo]] = []
+    run: list[blk.BlockInfo] = []
+    run_rows = 0
+    for b in blocks:
+        candidate = b.name.nparts == 1 and b.rows < small
+        if candidate and run_rows + b.rows <= target:
+            run.append(b)
+            run_rows += b.rows
             continue
-        keep.add(r)
-        reach = r[1]
-    live = [b for b in complete if (b.first_lsn, b.last_lsn) in keep]
-    superseded = [b for b in complete if (b.first_lsn, b.last_lsn) not in keep]
-    live.sort(key=lambda b: (b.first_lsn, b.name.part))
-    return live, incomplete, superseded
+        if len(run) > 1:
+            runs.append(run)
+        run, run_rows = ([b], b.rows) if candidate else ([], 0)
+    if len(run) > 1:
+        runs.append(run)
+    return runs
 
 
 ProgressFactory = Callable[[Iterable[Any], int], Iterable[Any]]

@@ -1,4 +1,13 @@
-"""store.verify(): check every WAL record and every block, and report (never raise)."""
+"""store.verify(): check every table's files against its manifest, every WAL record and block, and report.
+
+Never raises and never writes. Per table: ``table.json``; the manifest (every
+version from the last checkpoint intact); every block it names exists, has
+the size and row count the manifest recorded and matches the digest in its
+name; every WAL record's checksum and payload; and, through a read-only
+recovery, the continuity of LSNs across blocks and the WAL. Files the
+manifest does not name are listed as ``leftovers`` (an unfinished operation's
+files; the next writer removes those whose rows are provably elsewhere).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +20,8 @@ import polars as pl
 
 from bt_frames.errors import BtError, CorruptionError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, layout, wal
+from bt_frames.storage import catalog, layout, recovery, wal
+from bt_frames.storage import manifest as mf
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class VerifyReport:
     block_bytes: int = 0
     torn_tails: list[Problem] = field(default_factory=list)  # unacknowledged writes: not errors
     problems: list[Problem] = field(default_factory=list)
+    leftovers: list[Problem] = field(default_factory=list)  # files no manifest version names: not errors
 
     @property
     def ok(self) -> bool:
@@ -47,11 +58,13 @@ class VerifyReport:
             f"segment(s) with {self.wal_records} record(s), {self.blocks} block(s) "
             f"({self.block_bytes:,} bytes) checked"
         )
-        lines = [head + (")" if self.ok and not self.torn_tails else "")]
+        lines = [head + (")" if self.ok and not self.torn_tails and not self.leftovers else "")]
         for p in self.problems:
             lines.append(f"  CORRUPT {p.path}" + (f" @ {p.offset}" if p.offset is not None else "") + f": {p.message}")
         for p in self.torn_tails:
             lines.append(f"  torn tail {p.path} @ {p.offset}: {p.message}")
+        for p in self.leftovers:
+            lines.append(f"  leftover {p.path}: {p.message}")
         if len(lines) > 1:
             lines.append(")")
         return "\n".join(lines)
@@ -70,18 +83,52 @@ def verify_store(root: Path) -> VerifyReport:
             rep.problems.append(Problem(tdir / layout.TABLE_JSON, None, str(e)))
             continue
         _verify_wal(tdir / layout.WAL_DIR, meta.schema, rep)
-        for _name, path in blk.list_block_files(tdir / layout.BLOCKS_DIR):
-            rep.blocks += 1
-            rep.block_bytes += path.stat().st_size
-            try:
-                blk.verify_block(path, force=True)
-                info = blk.read_block_info(path, verify=False)
-                footer_rows = pl.scan_parquet(path).select(pl.len()).collect().item()
-                if footer_rows != info.rows:
-                    raise CorruptionError.at(path, None, f"footer has {footer_rows} rows, statistics say {info.rows}")
-            except BtError as e:
-                rep.problems.append(Problem(path, getattr(e, "offset", None), str(e)))
+        _verify_blocks(tdir, rep)
+        try:  # continuity of LSNs across blocks and WAL, as an open checks it
+            recovery.recover(tdir, meta.schema, writer=False)
+        except BtError as e:
+            path = getattr(e, "path", tdir)
+            if not any(p.path == path for p in rep.problems):
+                rep.problems.append(Problem(Path(path), getattr(e, "offset", None), str(e)))
     return rep
+
+
+def _verify_blocks(tdir: Path, rep: VerifyReport) -> None:
+    blocks_dir = tdir / layout.BLOCKS_DIR
+    on_disk = {p.name: p for _n, p in blk.list_block_files(blocks_dir)}
+    if mf.exists(tdir):
+        try:
+            state = mf.load(tdir)
+        except BtError as e:
+            rep.problems.append(Problem(Path(getattr(e, "path", mf.manifest_dir(tdir))), None, str(e)))
+            return
+        named = {e.block: e for e in state.blocks}
+        retired = {r.block for r in state.retired}
+    else:  # written before manifests existed: every block file counts (the next writer builds the manifest)
+        named = {n: None for n in on_disk}
+        retired = set()
+    for n, p in on_disk.items():
+        if n not in named and n not in retired:
+            rep.leftovers.append(Problem(p, None, "not named by the table's manifest (an unfinished operation's file)"))
+    for n, entry in named.items():
+        path = blocks_dir / n
+        rep.blocks += 1
+        try:
+            if n not in on_disk:
+                raise CorruptionError.at(path, None, "block file named by the manifest is missing")
+            size = path.stat().st_size
+            rep.block_bytes += size
+            if entry is not None and size != entry.bytes:
+                raise CorruptionError.at(path, None, f"is {size} bytes, the manifest recorded {entry.bytes}")
+            blk.verify_block(path, force=True)
+            info = blk.read_block_info(path, verify=False)
+            footer_rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+            if footer_rows != info.rows or (entry is not None and entry.rows != info.rows):
+                raise CorruptionError.at(
+                    path, None, f"footer has {footer_rows} rows, statistics {info.rows}, manifest {entry and entry.rows}"
+                )
+        except BtError as err:
+            rep.problems.append(Problem(path, getattr(err, "offset", None), str(err)))
 
 
 def _verify_wal(wal_dir: Path, schema: pl.Schema, rep: VerifyReport) -> None:

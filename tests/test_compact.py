@@ -9,9 +9,9 @@ import bt_frames as bt
 from tests.conftest import ORDERS_SCHEMA, make_orders
 
 
-def _small_blocks(store_path, n_blocks=8, rows=100):
+def _small_blocks(store_path, n_blocks=8, rows=100, **options):
     frames = [make_orders(rows, start=i * rows) for i in range(n_blocks)]
-    s = bt.open(store_path)
+    s = bt.open(store_path, **options)
     t = s.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000)
     for f in frames:
         t.append(f)
@@ -20,7 +20,7 @@ def _small_blocks(store_path, n_blocks=8, rows=100):
 
 
 def test_compact_merges_small_blocks_and_keeps_order(store_path):
-    s, t, frames = _small_blocks(store_path)
+    s, t, frames = _small_blocks(store_path, retired_grace=0)
     tail = make_orders(50, start=10_000)
     t.append(tail)  # stays hot
     assert t.blocks.height == 8
@@ -47,22 +47,43 @@ def test_compact_respects_target_rows(store_path):
     s.close()
 
 
-def test_crash_between_merge_and_delete_neither_loses_nor_duplicates(store_path, tmp_path):
+def test_crash_before_the_compaction_commits_neither_loses_nor_duplicates(store_path, tmp_path):
     s, t, frames = _small_blocks(store_path, n_blocks=5)
-    blocks_dir = store_path / "orders" / "blocks"
-    saved = tmp_path / "saved"
-    shutil.copytree(blocks_dir, saved)
+    table_dir = store_path / "orders"
+    before = tmp_path / "before"
+    shutil.copytree(table_dir, before)
     t.compact()
+    merged = [p for p in (table_dir / "blocks").glob("*.parquet") if p.name.startswith(f"{1:020d}-{5:020d}")]
     s.close()
-    # The state a crash after the merged block's rename, before any input was deleted, leaves behind:
-    for f in saved.iterdir():
-        shutil.copy2(f, blocks_dir / f.name)
-    assert len(list(blocks_dir.glob("*.parquet"))) == 6
+    assert len(merged) == 1
+    kept = shutil.copy2(merged[0], tmp_path / merged[0].name)
+    # The state a crash leaves after the merged block's rename, before the manifest version that names it:
+    shutil.rmtree(table_dir)
+    shutil.copytree(before, table_dir)
+    shutil.copy2(kept, table_dir / "blocks" / merged[0].name)
+    assert len(list((table_dir / "blocks").glob("*.parquet"))) == 6
     with bt.open(store_path) as s2:
         t2 = s2["orders"]
-        assert t2.recovery.superseded_blocks_removed == 5
+        assert t2.recovery.superseded_blocks_removed == 1  # the merged block: its rows are in the named inputs
+        assert t2.blocks.height == 5
+        assert_frame_equal(t2.scan().collect(), pl.concat(frames))
+    assert len(list((table_dir / "blocks").glob("*.parquet"))) == 5
+
+
+def test_retired_inputs_stay_for_the_grace_period_then_go(store_path):
+    s, t, frames = _small_blocks(store_path, n_blocks=5)  # the default grace: 60 s
+    t.compact()
+    blocks_dir = store_path / "orders" / "blocks"
+    assert len(list(blocks_dir.glob("*.parquet"))) == 6  # 5 retired inputs kept for readers
+    assert t.blocks.height == 1
+    s.close()
+    with bt.open(store_path, retired_grace=0) as s2:
+        t2 = s2["orders"]
+        assert t2.recovery.retired_blocks_removed == 5
         assert_frame_equal(t2.scan().collect(), pl.concat(frames))
     assert len(list(blocks_dir.glob("*.parquet"))) == 1
+    with bt.open(store_path) as s3:
+        assert s3.verify().ok
 
 
 def test_compact_leaves_multi_part_appends_alone(store_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,28 +29,50 @@ def _open_fails_fast(path: Path) -> bt.StoreLockedError:
     return info.value
 
 
-def test_second_writer_in_the_same_process_is_refused_at_once(store_path: Path) -> None:
+def test_opening_an_open_store_again_in_this_process_gives_the_same_store(store_path: Path) -> None:
+    """Regression: re-running a notebook cell ``store = bt.open(p)`` raised StoreLockedError naming its own pid.
+    Like DuckDB's one database instance per file and process, the second open shares the first."""
     first = bt.BacktraceStore(store_path)
     first.create_table("orders", ORDERS_SCHEMA, time_column="ts").append(make_orders(10))
-    err = _open_fails_fast(store_path)
-    msg = str(err)
-    assert str(store_path) in msg
-    assert f"pid={os.getpid()}" in msg, "the message names the process holding the lock"
-    assert "read_only=True" in msg, "the message gives the fix"
-    # The refused store changed nothing: the first one still writes, and reads back everything.
-    first["orders"].append(make_orders(5, start=10))
+    again = bt.open(str(store_path))  # the same folder, spelled differently
+    assert again is first
+    again["orders"].append(make_orders(5, start=10))
     assert first["orders"].rows == 15
-    first.close()
-    with bt.BacktraceStore(store_path) as again:  # close() freed the lock
-        assert again["orders"].rows == 15
+    again.close()  # one opener closes: the other keeps writing
+    first["orders"].append(make_orders(5, start=15))
+    first.close()  # the last opener closes: the lock is free
+    with bt.BacktraceStore(store_path) as fresh:
+        assert fresh is not first
+        assert fresh["orders"].rows == 20
+
+
+def test_opening_an_open_store_with_other_options_says_this_process_holds_it(store_path: Path) -> None:
+    with bt.BacktraceStore(store_path):
+        with pytest.raises(bt.StoreLockedError) as info:
+            bt.BacktraceStore(store_path, durability="none")
+        msg = str(info.value)
+        assert f"already open as a writer in this process (pid {os.getpid()})" in msg
+        assert "durability='fsync'" in msg
+        assert "close it first (store.close())" in msg
 
 
 def test_context_manager_releases_the_lock_even_on_error(store_path: Path) -> None:
     with pytest.raises(ZeroDivisionError), bt.BacktraceStore(store_path):
         1 / 0  # noqa: B018
     with bt.BacktraceStore(store_path):
-        _open_fails_fast(store_path)
-    bt.BacktraceStore(store_path).close()
+        assert _open_in_another_process(store_path) == "StoreLockedError"
+    assert _open_in_another_process(store_path) == "opened"
+
+
+def _open_in_another_process(path: Path) -> str:
+    code = (
+        "import sys, bt_frames as bt\n"
+        "try:\n    bt.BacktraceStore(sys.argv[1]).close(); print('opened')\n"
+        "except bt.BtError as e:\n    print(type(e).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
 
 
 def test_second_writer_in_another_process_is_refused_at_once(store_path: Path) -> None:

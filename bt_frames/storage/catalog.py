@@ -313,6 +313,54 @@ def load_blocks(
     return CacheLoad(infos, stats, len(hits), len(footer), state, changed, listing)
 
 
+def load_named(
+    table_dir: Path,
+    names: Sequence[str],
+    schema: pl.Schema,
+    *,
+    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+) -> CacheLoad:
+    """The blocks the manifest names, in its order: statistics from the cache, else from the footers.
+
+    The caller has checked that every named file exists. A cache row describes
+    exactly the file of that name (the name carries its content digest).
+    """
+    blocks_dir = table_dir / layout.BLOCKS_DIR
+    prefix = os.path.join(os.fspath(blocks_dir), "")
+    cached, state = _read_cache(table_dir / layout.STATS_CACHE, schema)
+    if cached is not None and cached.height == len(names) and cached.get_column("block").to_list() == list(names):
+        cols = [cached.get_column(c) for c in ("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes")]
+        infos = [
+            blk.BlockInfo(layout.BlockName(first, last, part, nparts, n[-24:-8]), prefix + n, rows, size, None)
+            for n, first, last, part, nparts, rows, size in zip(*(c.to_list() for c in cols), strict=True)
+        ]
+        return CacheLoad(infos, cached, len(infos), 0, "fresh", False)
+    if state == "fresh":
+        state = "stale"
+    known = set(cached.get_column("block").to_list()) if cached is not None else set()
+    need = [n for n in names if n not in known]
+    it: Iterable[str] = progress(need, len(need)) if progress is not None and need else need
+    from_footer = {n: blk.read_block_info(blocks_dir / n) for n in it}
+    infos = []
+    for n in names:
+        info = from_footer.get(n)
+        if info is None:
+            parsed = layout.parse_block_name(n)
+            assert parsed is not None
+            info = blk.BlockInfo(parsed, prefix + n, 0, 0, None)  # rows/bytes from the cache row below
+        infos.append(info)
+    stats = merge_stats(cached, infos, schema)
+    if known:  # rows and bytes of the blocks described by the cache
+        rows = dict(zip(stats.get_column("block").to_list(), stats.get_column("rows").to_list(), strict=True))
+        size = dict(zip(stats.get_column("block").to_list(), stats.get_column("bytes").to_list(), strict=True))
+        infos = [
+            b if b.columns is not None else blk.BlockInfo(b.name, b.file, rows[b.filename], size[b.filename], None)
+            for b in infos
+        ]
+    log.debug("stats cache of %s was %s: %d blocks read from footers", table_dir, state, len(from_footer))
+    return CacheLoad(infos, stats, len(names) - len(from_footer), len(from_footer), state, True)
+
+
 def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None:
     """Write the statistics frame as the cache (not durable: it is only a cache)."""
     buf = io.BytesIO()

@@ -1,11 +1,15 @@
 """Every path bt_frames reads or writes is built and parsed here.
 
-Store layout (the filesystem is the source of truth)::
+Store layout (each table's manifest says which of its files make it up)::
 
     <store>/
+      bt_frames.json                         the store marker: format and version (store.py)
       LOCK                                   exclusive writer lock (see locking.py)
+      .create-<table>-<8 hex>/               a table being created (renamed into place)
+      .dropped-<table>-<8 hex>/              a table being dropped (renamed out of place)
       <table>/
         table.json                           format version, schema, options (catalog.py)
+        _manifest/<version>.json             the table's versions: blocks, WAL segments (manifest.py)
         stats.arrow                          cache of block statistics (catalog.py, transient)
         wal/<first-lsn>.wal                  WAL segments (wal.py)
         blocks/<first>-<last>.<part>of<n>.<xxh3>.parquet   immutable blocks (blocks.py)
@@ -18,8 +22,11 @@ Names:
   width of the count, ``02of12``, so that a listing sorts in append order)
   and the xxh3-64 digest (16 hex digits) of the whole file: the checksum
   lives outside the file.
-- Temporary files end in ``.tmp`` and temporary/dropped table folders start
-  with ``.``; both are removed when a writer opens the store.
+- Temporary files are ``.<name>.<pid>.tmp`` beside their target; a writer
+  removes them when it opens a table. Temporary and dropped table folders
+  match ``TRANSIENT_DIR`` exactly; a writer removes those when it opens a
+  store that has the marker -- and no other name: a folder that is not a
+  store is never cleaned.
 
 ``parse_*`` functions return ``None`` for names that are not ours, so stray
 files are ignored rather than fatal.
@@ -36,6 +43,7 @@ from bt_frames.errors import InvalidTableNameError
 from bt_frames.storage import fs
 
 LOCK_NAME = "LOCK"
+STORE_MARKER = "bt_frames.json"
 TABLE_JSON = "table.json"
 STATS_CACHE = "stats.arrow"
 WAL_DIR = "wal"
@@ -43,6 +51,8 @@ BLOCKS_DIR = "blocks"
 TMP_SUFFIX = ".tmp"
 LSN_DIGITS = 20
 
+TRANSIENT_DIR = re.compile(r"\.(create|dropped)-([A-Za-z0-9_][A-Za-z0-9_.-]*)-([0-9a-f]{8})")
+_TMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _WAL_NAME = re.compile(r"(\d{20})\.wal")
 _BLOCK_NAME = re.compile(r"(\d{20})-(\d{20})\.(\d+)of(\d+)\.([0-9a-f]{16})\.parquet")
@@ -100,7 +110,17 @@ def tmp_path(path: Path) -> Path:
 
 
 def is_tmp(name: str) -> bool:
-    return name.endswith(TMP_SUFFIX)
+    """A temporary file name made by ``tmp_path`` (and nothing else)."""
+    return _TMP_NAME.fullmatch(name) is not None
+
+
+def transient_dir(kind: str, table: str) -> str:
+    """``.create-<table>-<8 hex>`` / ``.dropped-<table>-<8 hex>``: a folder name only the store makes."""
+    return f".{kind}-{table}-{os.urandom(4).hex()}"
+
+
+def is_transient_dir(name: str) -> bool:
+    return TRANSIENT_DIR.fullmatch(name) is not None
 
 
 def fsync_dir(path: Path) -> None:

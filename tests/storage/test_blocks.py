@@ -209,12 +209,17 @@ def test_block_renamed_to_another_digest_is_corruption(copy: tuple[Path, pl.Data
         blk.verify_block(renamed)
     assert exc.value.path == renamed
     assert "does not match 0123456789abcdef recorded in the file name" in str(exc.value)
-    for kwargs in ({"read_only": True}, {}):  # not in the stats cache: its footer is read, after the check
+    for kwargs in ({"read_only": True}, {}):  # the manifest names the original file: it is missing
         with bt.open(root, **kwargs) as store, pytest.raises(bt.CorruptionError) as exc:
             store.table("orders")
-        assert exc.value.path == renamed
+        assert exc.value.path == victim
+        assert "block file named by manifest version" in str(exc.value)
+        assert "LSN 2 (40 rows) are lost unless it is restored" in str(exc.value)
+    assert renamed.exists()  # a file the manifest does not name, whose rows are not elsewhere: never deleted
     with bt.open(root, read_only=True) as store:
-        assert [p.path for p in store.verify().problems] == [renamed]
+        report = store.verify()
+        assert [p.path for p in report.problems] == [victim]
+        assert [p.path for p in report.leftovers] == [renamed]
 
 
 def test_verify_block_refuses_foreign_and_missing_files(tmp_path: Path) -> None:
@@ -262,8 +267,13 @@ def test_newer_block_format_version_is_refused(copy: tuple[Path, pl.DataFrame]) 
     assert str(path) in msg
     assert f"format {blk.BLOCK_FORMAT_VERSION + 1}; this build reads formats <= {blk.BLOCK_FORMAT_VERSION}" in msg
     assert "Upgrade bt_frames" in msg
-    with bt.open(root) as store, pytest.raises(bt.UnsupportedFormatError):
-        store.table("orders")
+    # A file no manifest version names, whose LSNs are neither in a block nor in the WAL nor the next one:
+    # not read, not deleted (the store cannot prove it redundant), listed in the report.
+    with bt.open(root) as store:
+        t = store.table("orders")
+        assert t.recovery.kept_unknown == [path.name]
+        assert_frame_equal(t.scan().collect(), _data)
+    assert path.exists()
 
 
 @pytest.mark.parametrize(

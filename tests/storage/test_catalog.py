@@ -118,13 +118,20 @@ def cache_blocks(root: Path) -> list[str]:
     return pl.read_ipc_stream(io.BytesIO(body))["block"].to_list()
 
 
-def test_cache_naming_a_block_removed_behind_its_back_is_stale(copy: tuple[Path, pl.DataFrame]) -> None:
-    root, data = copy
+def test_a_named_block_removed_behind_the_stores_back_is_corruption_not_fewer_rows(
+    copy: tuple[Path, pl.DataFrame],
+) -> None:
+    """Regression: the cache was called stale and the table silently lost the block's rows."""
+    root, _data = copy
     last = blk.list_block_files(root / "orders" / layout.BLOCKS_DIR)[-1][1]
-    last.unlink()  # (the rows of that block are gone: only the cache is under test here)
-    rec = open_and_check(root, state="stale", from_footer=0, data=data.head(60))
-    assert rec.blocks == 2
-    assert cache_blocks(root) == [p.name for _n, p in blk.list_block_files(root / "orders" / layout.BLOCKS_DIR)]
+    last.unlink()
+    before = sorted(p.name for p in (root / "orders").rglob("*"))
+    for kwargs in ({"read_only": True}, {}):
+        with bt.open(root, **kwargs) as store, pytest.raises(bt.CorruptionError) as exc:
+            store.table("orders")
+        assert exc.value.path == last
+        assert "LSN 3 (30 rows) are lost unless it is restored" in str(exc.value)
+    assert sorted(p.name for p in (root / "orders").rglob("*")) == before  # nothing deleted or rewritten
 
 
 def test_cache_from_before_a_compaction_is_stale(copy: tuple[Path, pl.DataFrame]) -> None:

@@ -1,0 +1,357 @@
+"""The table manifest: which blocks and WAL segments make up a table, as a sequence of versions.
+
+A table's files are checked against its manifest, never inferred from a
+folder listing: a block the manifest names that is missing or damaged is
+corruption, and a file it does not name is the leftover of an operation that
+never committed. The design follows LevelDB's MANIFEST (a log of
+``VersionEdit``s) and Delta Lake's ``_delta_log`` (one JSON file per version
+with ``add``/``remove`` actions), so that a later Delta log can be derived
+from it version for version.
+
+Layout::
+
+    <table>/_manifest/<version>.json     version = 20 zero-padded digits, from 1
+
+Each file is one JSON object, written once with ``layout.atomic_write``
+(tmp file, fsync, rename, fsync of ``_manifest/``) and never changed::
+
+    {"format": "bt_frames.manifest", "format_version": 1,
+     "version": N, "time": "2026-11-28T21:00:00.000000Z", "operation": "publish",
+     "add": [{"block": "<block file name>", "rows": int, "bytes": int}, ...],
+     "remove": ["<block file name>", ...],        # retired: kept for readers, see below
+     "forget": ["<block file name>", ...],        # retired files that were deleted
+     "wal_add": [first_lsn, ...],                 # WAL segments created (rotation)
+     "wal_remove": [first_lsn, ...],              # WAL segments whose records all are in blocks
+     "next_lsn": int | null,                      # "close": every LSN below it is committed
+     "state": null | {checkpoint, below},
+     "xxh3": "<xxh3-64 of the canonical JSON of every other key>"}
+
+Operations: ``create``, ``upgrade`` (built from a store written before
+manifests existed), ``publish`` (a frozen block), ``append`` (the parts of a
+large append), ``compact``, ``rotate`` (a new WAL segment), ``close`` and
+``purge``.
+
+Checkpoints: version 1 and every version divisible by ``CHECKPOINT_EVERY``
+carry the whole state in ``state`` (``{"blocks": [...add entries...],
+"retired": [{"block", "version", "time"}], "wal": [...], "next_lsn": int}``)
+after applying their own edit, so loading reads the last checkpoint and the
+versions after it. Loading checks every version from the checkpoint to the
+newest is present and intact (``CorruptionError`` naming the file otherwise).
+
+The commit point of every operation is the rename of its version file (made
+durable by the directory fsync before the operation returns). Order of work:
+
+- publish: block written and renamed -> version -> covered WAL segments deleted;
+- append of parts: all parts written and renamed -> version;
+- compact: merged block -> version (inputs retired) -> nothing deleted yet;
+- rotate: new segment created and synced -> version -> appends go to it;
+- retired files are deleted when no in-process scan pins them and their
+  ``remove`` is older than the store's grace period (so readers in other
+  processes that loaded an older version can finish), then forgotten by the
+  next version.
+
+A crash between two steps leaves files the newest version does not name;
+recovery (``recovery.py``) removes them only when their rows are provably
+elsewhere (the WAL, the named blocks) or were never acknowledged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bt_frames.errors import CorruptionError, UnsupportedFormatError
+from bt_frames.storage import blocks as blk
+from bt_frames.storage import fs, layout
+
+MANIFEST_DIR = "_manifest"
+FORMAT = "bt_frames.manifest"
+FORMAT_VERSION = 1
+CHECKPOINT_EVERY = 64
+VERSION_DIGITS = 20
+
+
+def version_name(version: int) -> str:
+    return f"{version:0{VERSION_DIGITS}d}.json"
+
+
+def parse_version_name(name: str) -> int | None:
+    stem, dot, ext = name.partition(".")
+    if ext != "json" or not dot or len(stem) != VERSION_DIGITS or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+def is_checkpoint(version: int) -> bool:
+    return version == 1 or version % CHECKPOINT_EVERY == 0
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    """A live block as the manifest knows it."""
+
+    block: str  # file name in blocks/
+    rows: int
+    bytes: int
+
+    @property
+    def name(self) -> layout.BlockName:
+        parsed = layout.parse_block_name(self.block)
+        assert parsed is not None
+        return parsed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"block": self.block, "rows": self.rows, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A block no longer part of the table, kept for readers until the grace period passes."""
+
+    block: str
+    version: int
+    time: str  # ISO 8601 UTC, when it was retired
+
+    def age_s(self, now: dt.datetime | None = None) -> float:
+        now = now or dt.datetime.now(dt.UTC)
+        return (now - dt.datetime.fromisoformat(self.time)).total_seconds()
+
+
+@dataclass
+class Edit:
+    """One version's change (LevelDB's VersionEdit)."""
+
+    operation: str
+    add: list[BlockEntry] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    wal_add: list[int] = field(default_factory=list)
+    wal_remove: list[int] = field(default_factory=list)
+    next_lsn: int | None = None
+
+
+@dataclass
+class State:
+    """What a version says the table is."""
+
+    version: int = 0
+    blocks: list[BlockEntry] = field(default_factory=list)  # in LSN order (first LSN, then part)
+    retired: list[Retired] = field(default_factory=list)
+    wal: list[int] = field(default_factory=list)  # first LSNs of the WAL segments the table needs
+    next_lsn: int = 1  # at the last clean close: every LSN below it is committed
+    time: str = ""
+
+    @property
+    def block_lsn(self) -> int:
+        """The highest LSN held by a block (0: none)."""
+        return max((b.name.last_lsn for b in self.blocks), default=0)
+
+    def copy(self) -> State:
+        return State(self.version, list(self.blocks), list(self.retired), list(self.wal), self.next_lsn, self.time)
+
+    def apply(self, edit: Edit, version: int, time: str) -> State:
+        out = self.copy()
+        out.version, out.time = version, time
+        gone = set(edit.remove)
+        if gone:
+            missing = gone - {b.block for b in out.blocks}
+            if missing:
+                raise ValueError(f"version {version} removes blocks that are not live: {sorted(missing)}")
+            out.blocks = [b for b in out.blocks if b.block not in gone]
+            out.retired += [Retired(n, version, time) for n in edit.remove]
+        if edit.forget:
+            forget = set(edit.forget)
+            out.retired = [r for r in out.retired if r.block not in forget]
+        if edit.add:
+            out.blocks = sorted([*out.blocks, *edit.add], key=lambda b: (b.name.first_lsn, b.name.part))
+        if edit.wal_add or edit.wal_remove:
+            out.wal = sorted((set(out.wal) | set(edit.wal_add)) - set(edit.wal_remove))
+        if edit.next_lsn is not None:
+            out.next_lsn = edit.next_lsn
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "blocks": [b.to_json() for b in self.blocks],
+            "retired": [{"block": r.block, "version": r.version, "time": r.time} for r in self.retired],
+            "wal": self.wal,
+            "next_lsn": self.next_lsn,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], version: int, time: str) -> State:
+        return cls(
+            version,
+            [_entry(d) for d in doc["blocks"]],
+            [Retired(str(r["block"]), int(r["version"]), str(r["time"])) for r in doc["retired"]],
+            [int(x) for x in doc["wal"]],
+            int(doc["next_lsn"]),
+            time,
+        )
+
+
+def _entry(d: dict[str, Any]) -> BlockEntry:
+    name = str(d["block"])
+    if layout.parse_block_name(name) is None:
+        raise ValueError(f"{name!r} is not a block file name")
+    return BlockEntry(name, int(d["rows"]), int(d["bytes"]))
+
+
+def entry_of(info: blk.BlockInfo) -> BlockEntry:
+    return BlockEntry(info.filename, info.rows, info.bytes)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode(version: int, edit: Edit, time: str, state: State | None) -> bytes:
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "time": time,
+        "operation": edit.operation,
+        "add": [b.to_json() for b in edit.add],
+        "remove": edit.remove,
+        "forget": edit.forget,
+        "wal_add": edit.wal_add,
+        "wal_remove": edit.wal_remove,
+        "next_lsn": edit.next_lsn,
+        "state": state.to_json() if state is not None else None,
+    }
+    doc["xxh3"] = blk.hash_bytes(_canonical(doc))
+    return json.dumps(doc, indent=1).encode() + b"\n"
+
+
+def decode(path: Path, data: bytes, version: int) -> tuple[Edit, str, dict[str, Any] | None]:
+    """(edit, time, checkpoint state or None) of one version file; CorruptionError if it is damaged."""
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError("not a bt_frames manifest version")
+        fv = doc.get("format_version")
+        if isinstance(fv, int) and fv > FORMAT_VERSION:
+            raise UnsupportedFormatError.newer(path, fv, FORMAT_VERSION)
+        digest = doc.pop("xxh3", None)
+        if digest != blk.hash_bytes(_canonical(doc)):
+            raise ValueError("checksum mismatch")
+        if doc["version"] != version:
+            raise ValueError(f"holds version {doc['version']}, its name says {version}")
+        edit = Edit(
+            str(doc["operation"]),
+            [_entry(d) for d in doc["add"]],
+            [str(x) for x in doc["remove"]],
+            [str(x) for x in doc["forget"]],
+            [int(x) for x in doc["wal_add"]],
+            [int(x) for x in doc["wal_remove"]],
+            None if doc["next_lsn"] is None else int(doc["next_lsn"]),
+        )
+        return edit, str(doc["time"]), doc["state"]
+    except UnsupportedFormatError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptionError.at(
+            path, None, f"manifest version {version} is damaged ({e}); the table cannot be opened without it"
+        ) from e
+
+
+def manifest_dir(table_dir: Path) -> Path:
+    return table_dir / MANIFEST_DIR
+
+
+def exists(table_dir: Path) -> bool:
+    return manifest_dir(table_dir).is_dir()
+
+
+def list_versions(table_dir: Path) -> list[int]:
+    try:
+        names = os.listdir(manifest_dir(table_dir))
+    except FileNotFoundError:
+        return []
+    return sorted(v for v in map(parse_version_name, names) if v is not None)
+
+
+def load(table_dir: Path) -> State:
+    """The newest state: the last checkpoint, then every version after it (all must be intact)."""
+    mdir = manifest_dir(table_dir)
+    versions = list_versions(table_dir)
+    if not versions:
+        raise CorruptionError.at(
+            mdir, None, "the table's manifest has no versions: its block list is lost (restore from a backup)"
+        )
+    newest = versions[-1]
+    start = max(v for v in (1, (newest // CHECKPOINT_EVERY) * CHECKPOINT_EVERY) if v <= newest)
+    present = set(versions)
+    state: State | None = None
+    for v in range(start, newest + 1):
+        path = mdir / version_name(v)
+        if v not in present:
+            raise CorruptionError.at(path, None, f"manifest version {v} of {newest} is missing")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptionError.at(path, None, f"manifest version {v} of {newest} is missing") from None
+        edit, time, snap = decode(path, data, v)
+        try:
+            if v == start:
+                if snap is None:
+                    raise ValueError("a checkpoint version carries no state")
+                state = State.from_json(snap, v, time)
+            else:
+                assert state is not None
+                state = state.apply(edit, v, time)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptionError.at(path, None, f"manifest version {v} does not apply ({e})") from e
+    assert state is not None
+    return state
+
+
+class Manifest:
+    """The writer's handle: the current state and ``commit(edit)`` of the next version."""
+
+    def __init__(self, table_dir: Path, state: State) -> None:
+        self.table_dir = table_dir
+        self.state = state
+
+    @classmethod
+    def create(
+        cls, table_dir: Path, state: State | None = None, *, operation: str = "create", into: Path | None = None
+    ) -> Manifest:
+        """Write version 1, a checkpoint of ``state`` (empty by default), into ``into``
+        (default: a new ``<table_dir>/_manifest/``; an upgrade writes a temporary folder and renames it)."""
+        directory = into if into is not None else manifest_dir(table_dir)
+        fs.mkdir(directory, exist_ok=True)
+        layout.fsync_dir(directory.parent)
+        base = state or State()
+        edit = Edit(operation, add=list(base.blocks), wal_add=list(base.wal), next_lsn=base.next_lsn)
+        time = _now()
+        first = State().apply(edit, 1, time)
+        layout.atomic_write(directory / version_name(1), encode(1, edit, time, first))
+        return cls(table_dir, first)
+
+    def commit(self, edit: Edit) -> State:
+        """Write the next version; durable when this returns (the commit point of ``edit``)."""
+        v = self.state.version + 1
+        time = _now()
+        new = self.state.apply(edit, v, time)
+        path = manifest_dir(self.table_dir) / version_name(v)
+        if path.exists():  # put-if-absent: one writer per table
+            raise CorruptionError.at(path, None, f"manifest version {v} already exists: another writer?")
+        layout.atomic_write(path, encode(v, edit, time, new if is_checkpoint(v) else None))
+        self.state = new
+        return new
+
+
+def legacy_state(blocks: Sequence[blk.BlockInfo], wal_segments: Iterable[int], next_lsn: int) -> State:
+    """The state of a table written before manifests existed (its live blocks, as resolved by recovery)."""
+    return State(0, [entry_of(b) for b in blocks], [], sorted(wal_segments), next_lsn)

@@ -1,0 +1,480 @@
+"""Opening a table: check its files against the manifest, load block statistics, replay the WAL.
+
+``recover(table_dir, schema, writer=...)`` returns a ``Recovered``: the live
+blocks and their statistics frame, the hot rows replayed from the WAL, the
+next LSN and a ``Recovery`` report. It never returns fewer rows than were
+committed: every check below either passes or raises ``CorruptionError``
+naming the file and the LSN range at stake.
+
+1. Manifest (``manifest.py``). A table without ``_manifest/`` was written
+   before manifests existed: its live blocks are resolved from the folder as
+   that version did (whole sets of parts; a block whose LSN range lies
+   inside a wider block's was superseded by a compaction) and, for a writer,
+   version 1 is written with operation ``upgrade`` (``Recovery.upgraded``).
+   An incomplete set of parts followed by later LSNs is a lost part
+   (corruption); the last one is an append that never finished and is left
+   out.
+2. Every block the manifest names exists (missing: ``CorruptionError``
+   naming it and its LSNs; a read-only reader first retries: it may be
+   behind a writer that retired the file). Block LSN ranges are contiguous
+   from 1, parts complete. A named file that is truncated or damaged fails
+   its digest check before its first read, naming the file.
+3. WAL: every segment the manifest names exists; records above the blocks'
+   highest LSN are consecutive, starting right after it; and at least up to
+   the ``next_lsn`` recorded by the last clean close. A gap is
+   ``CorruptionError`` naming the LSNs and the segment.
+4. Leftovers, removed by a writer only when their rows are provably
+   elsewhere: a block file the manifest does not name whose LSNs all lie in
+   named blocks (superseded) or above them (an unfinished publish, whose
+   records the WAL still holds, or an append that never committed); a WAL
+   segment whose records all are in blocks; an empty segment after the
+   last one named (an unfinished rotation); ``*.tmp`` files. Retired blocks
+   past the grace period are deleted unless pinned. Anything else is kept.
+5. A torn tail of the last segment (an append never acknowledged) is cut off
+   by a writer; a reader ignores it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from bt_frames.errors import CorruptionError
+from bt_frames.storage import blocks as blk
+from bt_frames.storage import catalog, fs, layout, wal
+from bt_frames.storage import manifest as mf
+
+log = logging.getLogger("bt_frames")
+
+Progress = Callable[[Iterable[Any], int], Iterable[Any]]
+READER_ATTEMPTS = 20
+
+
+@dataclass
+class Recovery:
+    """What opening (or refreshing) a table found and did."""
+
+    blocks: int = 0
+    block_rows: int = 0
+    manifest_version: int = 0
+    upgraded: bool = False  # built the manifest of a store written before manifests existed
+    stats_cache: str = "missing"  # fresh / missing / stale / corrupt
+    blocks_from_cache: int = 0
+    blocks_from_footer: int = 0
+    wal_segments: int = 0
+    wal_records: int = 0
+    records_replayed: int = 0
+    rows_replayed: int = 0
+    records_skipped: int = 0  # already held by blocks (crash after a flush)
+    torn_tail_bytes: int = 0
+    incomplete_blocks_removed: int = 0  # parts of an append that never committed
+    superseded_blocks_removed: int = 0  # inputs of a compaction, leftovers of a publish
+    retired_blocks_removed: int = 0
+    tmp_files_removed: int = 0
+    wal_segments_removed: int = 0
+    kept_unknown: list[str] = field(default_factory=list)  # files we cannot prove redundant: left alone
+    read_only: bool = False  # a reader leaves torn tails and leftovers for the next writer to remove
+
+    def summary(self) -> str:
+        removed = "left for the next writer to remove" if self.read_only else "removed"
+        parts = [
+            f"{self.blocks} blocks ({self.block_rows:,} rows; manifest version {self.manifest_version}; "
+            f"stats cache {self.stats_cache}, {self.blocks_from_footer} footers read)",
+            f"WAL: {self.wal_segments} segment(s), {self.wal_records} record(s), "
+            f"{self.records_replayed} replayed ({self.rows_replayed:,} rows), "
+            f"{self.records_skipped} already in blocks",
+        ]
+        if self.upgraded:
+            parts.append("upgraded: manifest built from the files of a store written before manifests existed")
+        if self.torn_tail_bytes:
+            cut = "ignored (the next writer cuts it off)" if self.read_only else "cut off"
+            parts.append(f"torn tail of {self.torn_tail_bytes} bytes {cut} (an unacknowledged append)")
+        if self.incomplete_blocks_removed:
+            parts.append(f"{self.incomplete_blocks_removed} part(s) of an append that never committed {removed}")
+        if self.superseded_blocks_removed:
+            parts.append(f"{self.superseded_blocks_removed} block(s) whose rows are in other files {removed}")
+        if self.retired_blocks_removed:
+            parts.append(f"{self.retired_blocks_removed} retired block(s) past the grace period removed")
+        if self.tmp_files_removed:
+            parts.append(f"{self.tmp_files_removed} temporary file(s) removed")
+        if self.kept_unknown:
+            parts.append(f"kept {len(self.kept_unknown)} file(s) not in the manifest: {', '.join(self.kept_unknown)}")
+        return "; ".join(parts)
+
+
+@dataclass
+class Recovered:
+    state: mf.State
+    manifest: mf.Manifest | None  # the writer's handle
+    blocks: list[blk.BlockInfo]
+    stats: pl.DataFrame
+    hot: list[tuple[int, pl.DataFrame, int]]  # (lsn, rows, record bytes) replayed from the WAL
+    next_lsn: int
+    wal_records: int  # records in the WAL now (incl. those already in blocks)
+    wal_bytes: int
+    stats_changed: bool  # the stats cache should be rewritten
+    wal_writer: wal.WalWriter | None
+    report: Recovery
+
+
+def decode_payload(path: Path, record: wal.Record, schema: pl.Schema) -> pl.DataFrame:
+    try:
+        chunk = pl.read_ipc_stream(io.BytesIO(record.payload))
+    except Exception as e:
+        raise CorruptionError.at(path, record.offset, f"record {record.lsn} payload is not Arrow IPC ({e})") from e
+    if chunk.schema != schema:
+        raise CorruptionError.at(path, record.offset, f"record {record.lsn} has schema {chunk.schema}, not the table's")
+    return chunk
+
+
+def _lsns(first: int, last: int) -> str:
+    return f"LSN {first}" if first == last else f"LSNs {first}-{last}"
+
+
+def recover(
+    table_dir: Path,
+    schema: pl.Schema,
+    *,
+    writer: bool,
+    durability: wal.Durability = "fsync",
+    grace_s: float = 60.0,
+    pinned: Callable[[str], bool] = lambda _n: False,
+    progress: Progress | None = None,
+) -> Recovered:
+    rep = Recovery(read_only=not writer)
+    if writer:
+        _remove_tmp_files(table_dir, rep)
+    attempts = 1 if writer else READER_ATTEMPTS
+    for attempt in range(attempts):
+        try:
+            return _recover_once(table_dir, schema, rep, writer, durability, grace_s, pinned, progress)
+        except (CorruptionError, FileNotFoundError):
+            if attempt == attempts - 1:
+                raise
+            # a reader raced the writer (a publish deleted a segment, a purge a retired block): look again
+            rep = Recovery(read_only=True)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _remove_tmp_files(table_dir: Path, rep: Recovery) -> None:
+    for d in (table_dir, table_dir / layout.BLOCKS_DIR, table_dir / layout.WAL_DIR, mf.manifest_dir(table_dir)):
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        for n in names:
+            if layout.is_tmp(n):
+                fs.unlink(d / n, missing_ok=True)
+                rep.tmp_files_removed += 1
+    upgrade_tmp = table_dir / UPGRADE_TMP
+    if upgrade_tmp.is_dir():
+        fs.remove_tree(upgrade_tmp)
+
+
+UPGRADE_TMP = f"{mf.MANIFEST_DIR}.upgrade.tmp"
+
+
+def _recover_once(
+    table_dir: Path,
+    schema: pl.Schema,
+    rep: Recovery,
+    writer: bool,
+    durability: wal.Durability,
+    grace_s: float,
+    pinned: Callable[[str], bool],
+    progress: Progress | None,
+) -> Recovered:
+    blocks_dir = table_dir / layout.BLOCKS_DIR
+    wal_dir = table_dir / layout.WAL_DIR
+    listing = set(os.listdir(blocks_dir)) if blocks_dir.is_dir() else set()
+    manifest: mf.Manifest | None = None
+    if mf.exists(table_dir):
+        state = mf.load(table_dir)
+    else:
+        state = _legacy_state(table_dir, schema, listing, progress)
+        rep.upgraded = True
+        if writer:
+            manifest = _write_upgrade(table_dir, state)
+            state = manifest.state
+    if writer and manifest is None:
+        manifest = mf.Manifest(table_dir, state)
+    rep.manifest_version = state.version
+
+    # 2. named blocks exist and chain
+    for e in state.blocks:
+        if e.block not in listing:
+            bn = e.name
+            raise CorruptionError.at(
+                blocks_dir / e.block,
+                None,
+                f"block file named by manifest version {state.version} is missing: the table's "
+                f"{_lsns(bn.first_lsn, bn.last_lsn)} ({e.rows:,} rows) are lost unless it is restored",
+            )
+    _check_block_chain(blocks_dir, state)
+    loaded = catalog.load_named(table_dir, [e.block for e in state.blocks], schema, progress=progress)
+    infos = loaded.blocks
+    for info, e in zip(infos, state.blocks, strict=True):
+        if info.rows != e.rows:
+            raise CorruptionError.at(
+                info.path, None, f"holds {info.rows} rows, manifest version {state.version} says {e.rows}"
+            )
+    rep.stats_cache = loaded.cache_state
+    rep.blocks_from_cache = loaded.from_cache
+    rep.blocks_from_footer = loaded.from_footer
+    rep.blocks = len(infos)
+    rep.block_rows = sum(b.rows for b in infos)
+    block_lsn = state.block_lsn
+
+    # 3. WAL
+    scans = list(wal.scan_wal(wal_dir))
+    on_disk = {s.first_lsn for s in scans}
+    for i, first in enumerate(state.wal):
+        if first not in on_disk:
+            nxt = state.wal[i + 1] - 1 if i + 1 < len(state.wal) else None
+            span = f"LSNs {first}-{nxt}" if nxt is not None else f"LSNs from {first} on"
+            raise CorruptionError.at(
+                wal_dir / layout.wal_name(first),
+                None,
+                f"WAL segment named by manifest version {state.version} is missing: the acknowledged "
+                f"appends it held ({span}) are lost unless it is restored",
+            )
+    hot: list[tuple[int, pl.DataFrame, int]] = []
+    wal_first: int | None = None  # the first LSN above the blocks that the WAL holds
+    expect = block_lsn + 1
+    records = wal_bytes = 0
+    last_lsn = 0
+    for scan in scans:
+        for r in scan.records:
+            records += 1
+            size = wal.RECORD_HEADER_SIZE + len(r.payload)
+            wal_bytes += size
+            last_lsn = r.lsn
+            if r.lsn <= block_lsn:
+                rep.records_skipped += 1
+                continue
+            if r.lsn != expect:
+                raise CorruptionError.at(
+                    scan.path,
+                    r.offset,
+                    f"{_lsns(expect, r.lsn - 1)} are in no block and no WAL record before record {r.lsn}: "
+                    "a WAL segment or block is missing",
+                )
+            expect = r.lsn + 1
+            if wal_first is None:
+                wal_first = r.lsn
+            chunk = decode_payload(scan.path, r, schema)
+            hot.append((r.lsn, chunk, size))
+            rep.records_replayed += 1
+            rep.rows_replayed += chunk.height
+    rep.wal_segments = len(scans)
+    rep.wal_records = records
+    last_seg_first = scans[-1].first_lsn if scans else 1
+    next_lsn = max(block_lsn, last_lsn, last_seg_first - 1) + 1
+    if next_lsn < state.next_lsn:
+        where = scans[-1].path if scans else wal_dir
+        raise CorruptionError.at(
+            where,
+            None,
+            f"{_lsns(next_lsn, state.next_lsn - 1)}, committed before the table was last closed, are in no "
+            "block and no WAL record: the end of the WAL was truncated or removed",
+        )
+    if scans and scans[-1].torn_bytes:
+        rep.torn_tail_bytes = scans[-1].torn_bytes
+
+    if not writer:
+        return Recovered(state, None, infos, loaded.stats, hot, next_lsn, records, wal_bytes, False, None, rep)
+    assert manifest is not None
+    # 4./5. a writer makes the files match the manifest
+    edit = mf.Edit("recover")
+    named = {e.block for e in state.blocks}
+    retired = {r.block: r for r in state.retired}
+    removed_any = False
+    for n in sorted(listing):
+        parsed = layout.parse_block_name(n)
+        if parsed is None or n in named:
+            continue
+        gone = retired.get(n)
+        if gone is not None:
+            if gone.age_s() >= grace_s and not pinned(n):
+                fs.unlink(blocks_dir / n, missing_ok=True)
+                edit.forget.append(n)
+                rep.retired_blocks_removed += 1
+                removed_any = True
+            continue
+        in_wal = wal_first is not None and wal_first <= parsed.first_lsn and parsed.last_lsn < next_lsn
+        if parsed.last_lsn <= block_lsn or (parsed.first_lsn > block_lsn and in_wal):
+            rep.superseded_blocks_removed += 1  # its rows are in named blocks, or still in the WAL
+        elif parsed.first_lsn == parsed.last_lsn == next_lsn:
+            rep.incomplete_blocks_removed += 1  # the next LSN: an append that never committed
+        else:
+            rep.kept_unknown.append(n)
+            continue
+        fs.unlink(blocks_dir / n, missing_ok=True)
+        removed_any = True
+    edit.forget += [n for n in retired if n not in listing]
+    if removed_any:
+        layout.fsync_dir(blocks_dir)
+
+    if scans and scans[-1].torn_bytes:
+        seg = scans[-1]
+        fd = fs.open_fd(seg.path, os.O_WRONLY)
+        try:
+            fs.ftruncate(fd, seg.valid_end)
+            fs.fsync(fd)
+        finally:
+            fs.close(fd)
+        log.info("%s: cut a torn WAL tail of %d bytes from %s", table_dir.name, seg.torn_bytes, seg.path)
+    named_wal = set(state.wal)
+    keep: list[wal.SegmentScan] = []
+    for i, s in enumerate(scans):
+        is_last = i == len(scans) - 1
+        covered = not s.records or s.records[-1].lsn <= block_lsn
+        if (covered and not is_last) or (is_last and not s.records and s.first_lsn not in named_wal and keep):
+            fs.unlink(s.path)
+            rep.wal_segments_removed += 1
+            if s.first_lsn in named_wal:
+                edit.wal_remove.append(s.first_lsn)
+            continue
+        keep.append(s)
+        if s.first_lsn not in named_wal:
+            edit.wal_add.append(s.first_lsn)
+    if rep.wal_segments_removed:
+        layout.fsync_dir(wal_dir)
+    last = keep[-1] if keep else None
+    if last is not None and last.size >= wal.SEGMENT_HEADER_SIZE and last.valid_end >= wal.SEGMENT_HEADER_SIZE:
+        writer_ = wal.WalWriter(wal_dir, durability, last.path, create=False)
+    else:
+        if last is not None:  # a crash while creating the segment: header incomplete
+            fs.unlink(last.path)
+            if last.first_lsn in named_wal:
+                edit.wal_remove.append(last.first_lsn)
+            else:
+                edit.wal_add = [x for x in edit.wal_add if x != last.first_lsn]
+        path = wal_dir / layout.wal_name(next_lsn)
+        writer_ = wal.WalWriter(wal_dir, durability, path, create=True)
+        edit.wal_add.append(next_lsn)
+    if edit.forget or edit.wal_add or edit.wal_remove:
+        try:
+            manifest.commit(edit)
+        except BaseException:
+            writer_.close()
+            raise
+    return Recovered(
+        manifest.state,
+        manifest,
+        infos,
+        loaded.stats,
+        hot,
+        next_lsn,
+        sum(len(s.records) for s in keep),
+        sum(wal.RECORD_HEADER_SIZE + len(r.payload) for s in keep for r in s.records),
+        loaded.changed,
+        writer_,
+        rep,
+    )
+
+
+def _check_block_chain(blocks_dir: Path, state: mf.State) -> None:
+    """Block sets are whole (parts 1..n of one LSN range) and their ranges chain from LSN 1."""
+    prev_last = 0
+    i, entries = 0, state.blocks
+    while i < len(entries):
+        head = entries[i].name
+        if head.first_lsn != prev_last + 1:
+            raise CorruptionError.at(
+                blocks_dir / entries[i].block,
+                None,
+                f"manifest version {state.version}: {_lsns(prev_last + 1, head.first_lsn - 1)} are in no block "
+                f"before this one",
+            )
+        for j in range(head.nparts):
+            if i + j >= len(entries) or (entries[i + j].name.first_lsn, entries[i + j].name.part) != (
+                head.first_lsn,
+                j + 1,
+            ):
+                raise CorruptionError.at(
+                    blocks_dir / entries[i].block,
+                    None,
+                    f"manifest version {state.version}: part {j + 1} of {head.nparts} of "
+                    f"{_lsns(head.first_lsn, head.last_lsn)} is not named",
+                )
+        prev_last = head.last_lsn
+        i += head.nparts
+
+
+# -- stores written before manifests existed -------------------------------------
+
+
+def _legacy_state(table_dir: Path, schema: pl.Schema, listing: set[str], progress: Progress | None) -> mf.State:
+    """Resolve the live blocks from the folder, as bt_frames did before the manifest."""
+    loaded = catalog.load_blocks(table_dir, schema, progress=progress)
+    live, incomplete, _superseded = resolve_legacy(loaded.blocks)
+    segs = wal.list_segments(table_dir / layout.WAL_DIR)
+    later_lsn = max([b.last_lsn for b in live] + [first for first, _p in segs[1:]] + [_last_wal_lsn(segs)], default=0)
+    for b in incomplete:
+        if b.last_lsn < later_lsn:  # later appends were acknowledged after it: a part was lost
+            raise CorruptionError.at(
+                b.path,
+                None,
+                f"a part of the {b.name.nparts}-part append of {_lsns(b.first_lsn, b.last_lsn)} is missing, and "
+                "later appends exist: its rows are lost unless the missing part is restored",
+            )
+    return mf.legacy_state(live, [first for first, _p in segs], 1)
+
+
+def _last_wal_lsn(segs: Sequence[tuple[int, Path]]) -> int:
+    if not segs:
+        return 0
+    try:
+        scan = wal.read_segment(segs[-1][1], is_last=True)
+    except CorruptionError:
+        return segs[-1][0]
+    return scan.records[-1].lsn if scan.records else 0
+
+
+def _write_upgrade(table_dir: Path, state: mf.State) -> mf.Manifest:
+    """Write version 1 in a temporary folder, then rename it into place: the upgrade happens once, or not."""
+    tmp = table_dir / UPGRADE_TMP
+    if tmp.exists():
+        fs.remove_tree(tmp)
+    m = mf.Manifest.create(table_dir, state, operation="upgrade", into=tmp)
+    fs.replace(tmp, mf.manifest_dir(table_dir))
+    layout.fsync_dir(table_dir)
+    return m
+
+
+def resolve_legacy(
+    infos: list[blk.BlockInfo],
+) -> tuple[list[blk.BlockInfo], list[blk.BlockInfo], list[blk.BlockInfo]]:
+    """(live blocks, parts of unfinished multi-part appends, blocks superseded by compaction)."""
+    by_set: dict[tuple[int, int, int], list[blk.BlockInfo]] = {}
+    for b in infos:
+        by_set.setdefault((b.first_lsn, b.last_lsn, b.name.nparts), []).append(b)
+    complete: list[blk.BlockInfo] = []
+    incomplete: list[blk.BlockInfo] = []
+    for (_f, _l, nparts), members in by_set.items():
+        if len({m.name.part for m in members}) == nparts:
+            complete.extend(members)
+        else:
+            incomplete.extend(members)
+    # A compaction wrote its output before deleting its inputs: a block whose
+    # range lies inside a wider block's range is superseded.
+    ranges = sorted({(b.first_lsn, b.last_lsn) for b in complete}, key=lambda r: (r[0], -r[1]))
+    keep: set[tuple[int, int]] = set()
+    reach = -1
+    for r in ranges:
+        if r[1] <= reach:
+            continue
+        keep.add(r)
+        reach = r[1]
+    live = [b for b in complete if (b.first_lsn, b.last_lsn) in keep]
+    superseded = [b for b in complete if (b.first_lsn, b.last_lsn) not in keep]
+    live.sort(key=lambda b: (b.first_lsn, b.name.part))
+    return live, incomplete, superseded

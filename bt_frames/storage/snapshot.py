@@ -1,0 +1,26 @@
+"""``Snapshot``: an immutable view of a table -- its blocks and hot chunks as of one instant.
+
+A scan plans and reads one snapshot, so one ``collect()`` sees one
+consistent state. Its blocks are pinned by the table while the scan runs
+(``Table._snapshot(pin=True)``), so a compaction in the same process retires
+them without deleting the files under the read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from bt_frames.storage import blocks as blk
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    blocks: tuple[blk.BlockInfo, ...]
+    hot: tuple[pl.DataFrame, ...]
+    stats: pl.DataFrame | None = field(default=None, compare=False)
+
+    @property
+    def hot_rows(self) -> int:
+        return sum(c.height for c in self.hot)
