@@ -65,10 +65,10 @@ class UsageError(BtError, ValueError):
 
 
 def looks_like_store(path: Path) -> bool:
-    """A folder bt_frames wrote: it has the ``LOCK`` file or at least one table folder."""
+    """A folder bt_frames wrote: it has the store marker, the ``LOCK`` file or at least one table folder."""
     if not path.is_dir():
         return False
-    if (path / layout.LOCK_NAME).is_file():
+    if (path / layout.STORE_MARKER).is_file() or (path / layout.LOCK_NAME).is_file():
         return True
     return any((p / layout.TABLE_JSON).is_file() for p in path.iterdir() if p.is_dir())
 
@@ -309,8 +309,8 @@ def _demo_store_problem(path: Path) -> str | None:
     foreign = sorted(
         e.name
         for e in path.iterdir()
-        if e.name != layout.LOCK_NAME
-        and not e.name.startswith(".")
+        if e.name not in (layout.LOCK_NAME, layout.STORE_MARKER)
+        and not layout.is_transient_dir(e.name)
         and not (e.name == DEMO_TABLE and (e / layout.TABLE_JSON).is_file())
     )
     if foreign:

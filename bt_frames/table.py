@@ -467,12 +467,15 @@ class Table:
 
     def _unpin(self, blocks: Iterable[blk.BlockInfo]) -> None:
         with self._lock:
+            released = False
             for b in blocks:
                 n = self._pins.get(b.filename, 0) - 1
                 if n > 0:
                     self._pins[b.filename] = n
                 else:
-                    self._pins.pop(b.filename, None)
+                    released = self._pins.pop(b.filename, None) is not None or released
+            if released and not self._closed and self._manifest is not None and self._manifest.state.retired:
+                self._purge_retired()
 
     def _purge_retired(self, *, grace_s: float | None = None) -> None:
         """Delete retired blocks past the grace period that no scan here pins; the next version forgets them."""

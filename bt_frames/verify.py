@@ -102,7 +102,7 @@ def _verify_blocks(tdir: Path, rep: VerifyReport) -> None:
         except BtError as e:
             rep.problems.append(Problem(Path(getattr(e, "path", mf.manifest_dir(tdir))), None, str(e)))
             return
-        named = {e.block: e for e in state.blocks}
+        named: dict[str, mf.BlockEntry | None] = {e.block: e for e in state.blocks}
         retired = {r.block for r in state.retired}
     else:  # written before manifests existed: every block file counts (the next writer builds the manifest)
         named = {n: None for n in on_disk}
@@ -125,7 +125,9 @@ def _verify_blocks(tdir: Path, rep: VerifyReport) -> None:
             footer_rows = pl.scan_parquet(path).select(pl.len()).collect().item()
             if footer_rows != info.rows or (entry is not None and entry.rows != info.rows):
                 raise CorruptionError.at(
-                    path, None, f"footer has {footer_rows} rows, statistics {info.rows}, manifest {entry and entry.rows}"
+                    path,
+                    None,
+                    f"footer has {footer_rows} rows, statistics {info.rows}, manifest {entry and entry.rows}",
                 )
         except BtError as err:
             rep.problems.append(Problem(path, getattr(err, "offset", None), str(err)))

@@ -289,7 +289,7 @@ def test_unsupported_input_does_not_create_a_table(store: bt.BacktraceStore) -> 
     with pytest.raises(bt.UnsupportedInputError):
         store.append("new_table", [{"ts": 1}])
     assert store.tables == []
-    assert sorted(p.name for p in store.path.iterdir()) == ["LOCK"]
+    assert sorted(p.name for p in store.path.iterdir()) == ["LOCK", "bt_frames.json"]
 
 
 # -- table names -------------------------------------------------------------------------------------------------------
@@ -328,12 +328,15 @@ def test_invalid_table_names_are_refused_everywhere_before_touching_disk(
 def test_appending_to_a_closed_store_is_refused(filled: tuple[bt.Table, pl.DataFrame]) -> None:
     t, data = filled
     store = t.store
+    store.close()  # (records the table's last LSN in its manifest)
     files = listing(store.path)
-    store.close()
     with pytest.raises(bt.StoreClosedError) as exc:
         t.append(good_frame())
     assert isinstance(exc.value, bt.BtError)
-    assert str(exc.value) == f"table 'orders' of store {str(store.path)!r} is closed"
+    assert (
+        str(exc.value)
+        == f"table 'orders' of store {str(store.path)!r} is closed; open the store again with bt.open(path)"
+    )
     with pytest.raises(bt.StoreClosedError, match=r"is closed; open it again with bt.open\(path\)"):
         store.append("orders", good_frame())
     with pytest.raises(bt.StoreClosedError):
@@ -436,7 +439,7 @@ def test_bad_create_table_arguments_create_nothing(
     assert "table 't'" in str(exc.value)
     assert text in str(exc.value)
     assert store.tables == []
-    assert sorted(p.name for p in store.path.iterdir()) == ["LOCK"]
+    assert sorted(p.name for p in store.path.iterdir()) == ["LOCK", "bt_frames.json"]
 
 
 # -- empty frames ------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -141,8 +142,21 @@ def test_concurrent_appends_are_seen_whole_or_not_at_all(orders: bt.Table) -> No
     thread.join()
 
 
-def test_compaction_does_not_delete_blocks_under_a_running_read(filled: tuple[bt.Table, pl.DataFrame]) -> None:
-    t, data = filled
+@pytest.fixture
+def filled_no_grace(store_path: Path) -> Iterator[tuple[bt.Table, pl.DataFrame]]:
+    """As ``filled``, in a store that deletes retired blocks as soon as no scan here reads them."""
+    with bt.open(store_path, retired_grace=0) as store:
+        t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000)
+        data = make_orders(ROWS)
+        for start in range(0, ROWS, 500):
+            t.append(data.slice(start, 500))
+        yield t, data
+
+
+def test_compaction_does_not_delete_blocks_under_a_running_read(
+    filled_no_grace: tuple[bt.Table, pl.DataFrame],
+) -> None:
+    t, data = filled_no_grace
     it = t.iter_batches(batch_size=100)
     first = next(it)
     old = [b.path for b in t.snapshot().blocks]
@@ -155,8 +169,8 @@ def test_compaction_does_not_delete_blocks_under_a_running_read(filled: tuple[bt
     assert_frame_equal(t.scan().collect(), data)
 
 
-def test_abandoned_read_releases_its_blocks(filled: tuple[bt.Table, pl.DataFrame]) -> None:
-    t, _ = filled
+def test_abandoned_read_releases_its_blocks(filled_no_grace: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, _ = filled_no_grace
     it = t.iter_batches(batch_size=100)
     next(it)
     old = [b.path for b in t.snapshot().blocks]

@@ -330,11 +330,17 @@ SMALL = {"ts": pl.Int64}
 
 
 def small_store(root: Path, n: int) -> tuple[Path, pl.DataFrame]:
-    """A store whose table 't' holds ``n`` one-row appends, all in the WAL; returns (segment, rows)."""
-    with bt.open(root, durability="none") as store:
+    """A store whose table 't' holds ``n`` one-row appends, all in the WAL; returns (segment, rows).
+
+    The files are those of a writer killed after its last append (copied while it is open): a clean close
+    records the last LSN in the manifest, after which a cut-off record is a truncated WAL, not a torn tail.
+    """
+    live = root.with_name(root.name + ".live")
+    with bt.open(live, durability="none") as store:
         t = store.create_table("t", SMALL, time_column="ts")
         for i in range(n):
             t.append(pl.DataFrame({"ts": [i]}))
+        shutil.copytree(live, root, ignore=shutil.ignore_patterns(layout.LOCK_NAME))
     (path,) = (root / "t" / layout.WAL_DIR).iterdir()
     return path, pl.DataFrame({"ts": list(range(n))})
 
