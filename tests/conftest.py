@@ -86,3 +86,13 @@ FRAME_CONSTRUCTORS: dict[str, Callable[[pl.DataFrame], Any]] = {
 def frame_constructor(request: pytest.FixtureRequest) -> Callable[[pl.DataFrame], Any]:
     """Turns a Polars frame into each input kind bt_frames accepts (Narwhals' `constructor` idea)."""
     return FRAME_CONSTRUCTORS[request.param]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Counts of the power-loss and I/O-error tests (crash states, fault points), so CI logs show them."""
+    from tests.helpers import workloads
+
+    if workloads.REPORT:
+        terminalreporter.section("power loss / I/O errors")
+        for line in workloads.REPORT:
+            terminalreporter.write_line(line)
