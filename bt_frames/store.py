@@ -128,16 +128,15 @@ class BacktraceStore:
         if kind == "missing":
             _make_dirs(self._path)
         _check_marker(self._path, kind)
+        if kind in ("missing", "empty"):
+            _write_marker(self._path)  # first: a crash leaves an empty folder or a store, never a LOCK alone
         self._store_lock = StoreLock(self._path)
         self._store_lock.acquire()
         try:
-            if kind in ("missing", "empty"):
+            _remove_transient_dirs(self._path)
+            if kind == "legacy":  # tables upgrade as they open; the marker says the folder is a store
+                self.upgraded = True
                 _write_marker(self._path)
-            else:
-                _remove_transient_dirs(self._path)
-                if kind == "legacy":  # tables upgrade as they open; the marker says the folder is a store
-                    self.upgraded = True
-                    _write_marker(self._path)
         except BaseException:
             self._store_lock.release()
             raise
@@ -539,28 +538,32 @@ def _key(path: str | os.PathLike[str]) -> str:
 
 
 def _classify(path: Path) -> str:
-    """missing / file / empty / store / legacy / foreign."""
+    """missing / file / empty / store / legacy / foreign (the store's own temporary names do not count)."""
     if not path.exists():
         return "file" if path.is_symlink() else "missing"
     if not path.is_dir():
         return "file"
-    names = os.listdir(path)
+    names = [n for n in os.listdir(path) if not _store_temporary(path, n)]
     if not names:
         return "empty"
     if layout.STORE_MARKER in names:
         return "store"
-    legacy = False
-    for n in names:
-        full = path / n
-        if n == layout.LOCK_NAME and full.is_file():
-            legacy = True
-        elif layout.is_transient_dir(n) and full.is_dir():
-            continue
-        elif full.is_dir() and (full / layout.TABLE_JSON).is_file() and _is_table_json(full / layout.TABLE_JSON):
-            legacy = True
-        else:
-            return "foreign"
-    return "legacy" if legacy else "foreign"
+    # a store written before the marker existed: its LOCK file and table folders, nothing else
+    return "legacy" if all(_legacy_entry(path / n) for n in names) else "foreign"
+
+
+def _legacy_entry(full: Path) -> bool:
+    if full.name == layout.LOCK_NAME:
+        return full.is_file()
+    return full.is_dir() and (full / layout.TABLE_JSON).is_file() and _is_table_json(full / layout.TABLE_JSON)
+
+
+def _store_temporary(path: Path, name: str) -> bool:
+    """A temporary file (the marker's, mid-write) or table folder only the store makes."""
+    full = path / name
+    if full.is_symlink():
+        return False
+    return (layout.is_tmp(name) and full.is_file()) or (layout.is_transient_dir(name) and full.is_dir())
 
 
 def _is_table_json(path: Path) -> bool:
@@ -612,10 +615,13 @@ def _make_dirs(path: Path) -> None:
 
 
 def _remove_transient_dirs(path: Path) -> None:
-    """Folders of an interrupted create_table / drop_table: names only the store makes."""
+    """Leftovers of an interrupted create_table / drop_table / marker write: names only the store makes."""
     for n in os.listdir(path):
-        if layout.is_transient_dir(n) and (path / n).is_dir() and not (path / n).is_symlink():
-            fs.remove_tree(path / n)
+        if _store_temporary(path, n):
+            if layout.is_tmp(n):
+                fs.unlink(path / n, missing_ok=True)
+            else:
+                fs.remove_tree(path / n)
 
 
 def _file_message(path: Path) -> str:
