@@ -30,6 +30,9 @@ class ReadStats:
     ``columns`` and ``n_rows`` are what Polars pushed down (None: all
     columns / no limit); the counters grow while the read runs, so a
     ``head()`` that stops early shows fewer rows read than the table holds.
+    The row counters count rows the reader produced: after the predicate,
+    except under ``head(n).filter(p)``, where they count the ``n`` rows the
+    predicate then narrows.
     """
 
     columns: list[str] | None
@@ -72,7 +75,10 @@ def _start(
 ) -> _Pinned:
     """One read: a snapshot (one consistent state), its plan (recorded and logged), its blocks pinned."""
     snap = table.snapshot()
-    report = _prune.plan(snap, table.schema, predicate if prune else None, table=table.name)
+    # with a limit, the predicate applies to the limited rows (see read()): pruning by it would drop rows
+    # that count toward the limit
+    prune_by = predicate if prune and n_rows is None else None
+    report = _prune.plan(snap, table.schema, prune_by, table=table.name)
     stats = ReadStats(columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors))
     table._record_scan(report, stats)
     log.debug("%s", report.summary())
@@ -121,11 +127,41 @@ def read(
     batch_size: int | None,
     stats: ReadStats | None = None,
 ) -> Iterator[pl.DataFrame]:
-    """Blocks in LSN order (read by Polars), then the hot rows."""
+    """Blocks in LSN order (read by Polars), then the hot rows: the first ``n_rows`` rows, then the predicate.
+
+    Polars pushes a limit into the source only from below every filter: ``head(n).filter(p)`` arrives as
+    ``n_rows=n, predicate=p`` (n source rows, then filtered), while ``filter(p).head(n)`` arrives as
+    ``predicate=p`` alone with Polars applying the head itself. So when both arrive the limit counts the
+    rows *before* the predicate, and ``survivors`` must not have been pruned by it.
+    """
     stats = stats if stats is not None else ReadStats(with_columns, n_rows, None, len(survivors))
-    remaining = n_rows
-    if remaining is not None and remaining <= 0:
+    if n_rows is not None and n_rows <= 0:
         return
+    if predicate is None or n_rows is None:
+        yield from _read(snap, survivors, with_columns, predicate, n_rows, batch_size, stats)
+        return
+    columns = None
+    if with_columns is not None:  # the predicate may need columns the projection drops
+        columns = list(dict.fromkeys([*with_columns, *predicate.meta.root_names()]))
+    for df in _read(snap, survivors, columns, None, n_rows, batch_size, stats):
+        df = df.filter(predicate)
+        if with_columns is not None:
+            df = df.select(with_columns)
+        if df.height:
+            yield df
+
+
+def _read(
+    snap: Snapshot,
+    survivors: Sequence[blk.BlockInfo],
+    with_columns: list[str] | None,
+    predicate: pl.Expr | None,
+    n_rows: int | None,
+    batch_size: int | None,
+    stats: ReadStats | None,
+) -> Iterator[pl.DataFrame]:
+    """The rows matching ``predicate``, at most ``n_rows`` of them, counting into ``stats``, if given."""
+    remaining = n_rows
     eager = sum(b.rows for b in survivors) <= EAGER_ROWS
     for group in _groups(survivors, GROUP_ROWS):
         for b in group:  # verified just before their first read, not all up front: head() stops early
@@ -141,16 +177,18 @@ def read(
                 if df.height > remaining:
                     df = df.head(remaining)
                 remaining -= df.height
-            stats.block_rows += df.height
-            stats.batches += 1
+            if stats is not None:
+                stats.block_rows += df.height
+                stats.batches += 1
             yield df
             if remaining is not None and remaining <= 0:
                 return
     if snap.hot:
         hot = _apply(pl.concat([c.lazy() for c in snap.hot]), predicate, with_columns, remaining).collect()
         if hot.height:
-            stats.hot_rows += hot.height
-            stats.batches += 1
+            if stats is not None:
+                stats.hot_rows += hot.height
+                stats.batches += 1
             yield hot
 
 
