@@ -82,7 +82,25 @@ def _start(
     stats = ReadStats(columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors))
     table._record_scan(report, stats)
     log.debug("%s", report.summary())
-    return _Pinned(table, report.survivors, read(snap, report.survivors, columns, predicate, n_rows, batch_size, stats))
+    if columns is not None and not columns:
+        # Polars wants the rows but no column (e.g. with_row_index().select("index")); a zero-width select
+        # loses the row count, so read one column and drop it, keeping the height
+        one = [table.time_column or table.schema.names()[0]]
+        frames = _heights(read(snap, report.survivors, one, predicate, n_rows, batch_size, stats))
+    else:
+        frames = read(snap, report.survivors, columns, predicate, n_rows, batch_size, stats)
+    return _Pinned(table, report.survivors, frames)
+
+
+def _heights(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """Zero-width frames as tall as ``frames``' (closing ``frames`` when closed)."""
+    try:
+        for df in frames:
+            yield pl.DataFrame(height=df.height)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
 
 
 class _Pinned(Iterator[pl.DataFrame]):

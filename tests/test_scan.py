@@ -84,6 +84,21 @@ def test_head_before_filter_limits_first(filled: tuple[bt.Table, pl.DataFrame]) 
     assert_frame_equal(t.scan().head(10_100).filter(eth).collect(), data.head(10_100).filter(eth))
 
 
+def test_a_read_of_no_columns_keeps_the_row_count(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    """with_row_index().select("index") pushes an empty projection: the source must still say how many rows."""
+    t, data = filled
+    got = t.scan().with_row_index().select("index").collect()
+    assert t.last_read is not None
+    assert t.last_read.columns == []
+    assert_frame_equal(got, data.with_row_index().select("index"))
+    eth = pl.col("symbol") == "ETH"
+    got = t.scan().filter(eth).with_row_index().select(pl.col("index").max()).collect(engine="streaming")
+    assert got.item() == data.filter(eth).height - 1
+    batches = list(t.iter_batches(columns=[], batch_size=4_000))
+    assert [b.width for b in batches] == [0] * len(batches)
+    assert sum(b.height for b in batches) == ROWS
+
+
 def test_head_reaching_into_hot_rows(filled: tuple[bt.Table, pl.DataFrame]) -> None:
     t, data = filled
     got = t.scan().filter(pl.col("ts") >= T0 + dt.timedelta(seconds=9_990)).head(20).collect()
