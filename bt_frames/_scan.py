@@ -1,4 +1,17 @@
-"""scan(): a Polars IO source that plans with the pruner and reads survivors with Polars."""
+"""scan(): a Polars IO source that plans with the pruner and reads survivors with Polars.
+
+What the source promises Polars, for the arguments Polars 2.1 pushes down:
+
+- ``with_columns``: exactly those columns, in that order; an empty list still
+  yields (zero-width) frames of the right heights, since row counts matter.
+- ``predicate`` alone: only matching rows; blocks are pruned by it first.
+- ``n_rows`` alone: the first ``n_rows`` rows of the table, then stop.
+- both: Polars only pushes a limit from *below* a filter (``head(n).filter(p)``),
+  so the first ``n_rows`` rows are taken and *then* filtered; the pruner is not
+  given the predicate then (a pruned block would shift which rows are first).
+
+Rows come in table order: blocks in LSN order, then the hot rows.
+"""
 
 from __future__ import annotations
 
@@ -176,9 +189,9 @@ def _read(
     predicate: pl.Expr | None,
     n_rows: int | None,
     batch_size: int | None,
-    stats: ReadStats | None,
+    stats: ReadStats,
 ) -> Iterator[pl.DataFrame]:
-    """The rows matching ``predicate``, at most ``n_rows`` of them, counting into ``stats``, if given."""
+    """The first ``n_rows`` rows matching ``predicate`` (filter, then limit), counted into ``stats``."""
     remaining = n_rows
     eager = sum(b.rows for b in survivors) <= EAGER_ROWS
     for group in _groups(survivors, GROUP_ROWS):
@@ -195,18 +208,16 @@ def _read(
                 if df.height > remaining:
                     df = df.head(remaining)
                 remaining -= df.height
-            if stats is not None:
-                stats.block_rows += df.height
-                stats.batches += 1
+            stats.block_rows += df.height
+            stats.batches += 1
             yield df
             if remaining is not None and remaining <= 0:
                 return
     if snap.hot:
         hot = _apply(pl.concat([c.lazy() for c in snap.hot]), predicate, with_columns, remaining).collect()
         if hot.height:
-            if stats is not None:
-                stats.hot_rows += hot.height
-                stats.batches += 1
+            stats.hot_rows += hot.height
+            stats.batches += 1
             yield hot
 
 
