@@ -1,4 +1,17 @@
-"""scan(): a Polars IO source that plans with the pruner and reads survivors with Polars."""
+"""scan(): a Polars IO source that plans with the pruner and reads survivors with Polars.
+
+What the source promises Polars, for the arguments Polars 2.1 pushes down:
+
+- ``with_columns``: exactly those columns, in that order; an empty list still
+  yields (zero-width) frames of the right heights, since row counts matter.
+- ``predicate`` alone: only matching rows; blocks are pruned by it first.
+- ``n_rows`` alone: the first ``n_rows`` rows of the table, then stop.
+- both: Polars only pushes a limit from *below* a filter (``head(n).filter(p)``),
+  so the first ``n_rows`` rows are taken and *then* filtered; the pruner is not
+  given the predicate then (a pruned block would shift which rows are first).
+
+Rows come in table order: blocks in LSN order, then the hot rows.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +44,9 @@ class ReadStats:
     ``columns`` and ``n_rows`` are what Polars pushed down (None: all
     columns / no limit); the counters grow while the read runs, so a
     ``head()`` that stops early shows fewer rows read than the table holds.
+    The row counters count rows the reader produced: after the predicate,
+    except under ``head(n).filter(p)``, where they count the ``n`` rows the
+    predicate then narrows.
     """
 
     columns: list[str] | None
@@ -78,8 +94,11 @@ def _start(
     blocks the plan prunes are unpinned at once, the survivors when the read ends.
     """
     snap = table._snapshot(pin=True)
+    # with a limit, the predicate applies to the limited rows (see read()): pruning by it would drop rows
+    # that count toward the limit
+    prune_by = predicate if prune and n_rows is None else None
     try:
-        report = _prune.plan(snap, table.schema, predicate if prune else None, table=table.name)
+        report = _prune.plan(snap, table.schema, prune_by, table=table.name)
     except BaseException:
         table._unpin(snap.blocks)
         raise
@@ -88,7 +107,25 @@ def _start(
     stats = ReadStats(columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors))
     table._record_scan(report, stats)
     log.debug("%s", report.summary())
-    return _Pinned(table, report.survivors, read(snap, report.survivors, columns, predicate, n_rows, batch_size, stats))
+    if columns is not None and not columns:
+        # Polars wants the rows but no column (e.g. with_row_index().select("index")); a zero-width select
+        # loses the row count, so read one column and drop it, keeping the height
+        one = [table.time_column or table.schema.names()[0]]
+        frames = _heights(read(snap, report.survivors, one, predicate, n_rows, batch_size, stats))
+    else:
+        frames = read(snap, report.survivors, columns, predicate, n_rows, batch_size, stats)
+    return _Pinned(table, report.survivors, frames)
+
+
+def _heights(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """Zero-width frames as tall as ``frames``' (closing ``frames`` when closed)."""
+    try:
+        for df in frames:
+            yield pl.DataFrame(height=df.height)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
 
 
 class _Pinned(Iterator[pl.DataFrame]):
@@ -132,11 +169,41 @@ def read(
     batch_size: int | None,
     stats: ReadStats | None = None,
 ) -> Iterator[pl.DataFrame]:
-    """Blocks in LSN order (read by Polars), then the hot rows."""
+    """Blocks in LSN order (read by Polars), then the hot rows: the first ``n_rows`` rows, then the predicate.
+
+    Polars pushes a limit into the source only from below every filter: ``head(n).filter(p)`` arrives as
+    ``n_rows=n, predicate=p`` (n source rows, then filtered), while ``filter(p).head(n)`` arrives as
+    ``predicate=p`` alone with Polars applying the head itself. So when both arrive the limit counts the
+    rows *before* the predicate, and ``survivors`` must not have been pruned by it.
+    """
     stats = stats if stats is not None else ReadStats(with_columns, n_rows, None, len(survivors))
-    remaining = n_rows
-    if remaining is not None and remaining <= 0:
+    if n_rows is not None and n_rows <= 0:
         return
+    if predicate is None or n_rows is None:
+        yield from _read(snap, survivors, with_columns, predicate, n_rows, batch_size, stats)
+        return
+    columns = None
+    if with_columns is not None:  # the predicate may need columns the projection drops
+        columns = list(dict.fromkeys([*with_columns, *predicate.meta.root_names()]))
+    for df in _read(snap, survivors, columns, None, n_rows, batch_size, stats):
+        df = df.filter(predicate)
+        if with_columns is not None:
+            df = df.select(with_columns)
+        if df.height:
+            yield df
+
+
+def _read(
+    snap: Snapshot,
+    survivors: Sequence[blk.BlockInfo],
+    with_columns: list[str] | None,
+    predicate: pl.Expr | None,
+    n_rows: int | None,
+    batch_size: int | None,
+    stats: ReadStats,
+) -> Iterator[pl.DataFrame]:
+    """The first ``n_rows`` rows matching ``predicate`` (filter, then limit), counted into ``stats``."""
+    remaining = n_rows
     eager = sum(b.rows for b in survivors) <= EAGER_ROWS
     for group in _groups(survivors, GROUP_ROWS):
         for b in group:  # verified just before their first read, not all up front: head() stops early

@@ -62,6 +62,44 @@ def test_head_after_filter_reads_until_enough_rows(filled: tuple[bt.Table, pl.Da
     assert_frame_equal(got, data.filter(pred).head(3))
 
 
+def test_head_before_filter_limits_first(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    """Polars hands the source both n_rows and the predicate only for head-then-filter: the limit counts
+    source rows, and no block may be pruned by a predicate that applies after it."""
+    t, data = filled
+    eth = pl.col("symbol") == "ETH"
+    got = t.scan().head(50).filter(eth).collect()
+    assert_frame_equal(got, data.head(50).filter(eth))
+    assert 0 < got.height < 50
+    assert t.last_read is not None
+    assert (t.last_read.n_rows, t.last_read.predicate) == (50, str(eth))
+    # the limit ends inside block 2; the predicate matches only rows after it: nothing, not block 2's rows
+    late = pl.col("ts") >= T0 + dt.timedelta(seconds=1_500)
+    for engine in ("in-memory", "streaming"):
+        got = t.scan().head(1_200).filter(late).collect(engine=engine)  # type: ignore[arg-type]
+        assert got.height == 0, engine
+        assert t.last_plan is not None
+        assert t.last_plan.blocks_pruned == 0, "pruned by a predicate that applies after the limit"
+        got = t.scan().head(1_200).filter(~late).select("qty").collect(engine=engine)  # type: ignore[arg-type]
+        assert_frame_equal(got, data.head(1_200).select("qty"))
+    # through the hot rows: the limit reaches past every block
+    assert_frame_equal(t.scan().head(10_100).filter(eth).collect(), data.head(10_100).filter(eth))
+
+
+def test_a_read_of_no_columns_keeps_the_row_count(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    """with_row_index().select("index") pushes an empty projection: the source must still say how many rows."""
+    t, data = filled
+    got = t.scan().with_row_index().select("index").collect()
+    assert t.last_read is not None
+    assert t.last_read.columns == []
+    assert_frame_equal(got, data.with_row_index().select("index"))
+    eth = pl.col("symbol") == "ETH"
+    got = t.scan().filter(eth).with_row_index().select(pl.col("index").max()).collect(engine="streaming")
+    assert got.item() == data.filter(eth).height - 1
+    batches = list(t.iter_batches(columns=[], batch_size=4_000))
+    assert [b.width for b in batches] == [0] * len(batches)
+    assert sum(b.height for b in batches) == ROWS
+
+
 def test_head_reaching_into_hot_rows(filled: tuple[bt.Table, pl.DataFrame]) -> None:
     t, data = filled
     got = t.scan().filter(pl.col("ts") >= T0 + dt.timedelta(seconds=9_990)).head(20).collect()
