@@ -1,0 +1,175 @@
+"""Usability: inputs people actually pass, and the errors they get when something is off.
+
+Every error here is a ``bt.BtError`` whose message names the table/column/file and
+says what to do; the tests pin that text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+import bt_frames as bt
+from bt_frames.__main__ import UsageError, filter_where
+
+UTC = dt.UTC
+T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
+
+
+# -- 1. time literals in where= ------------------------------------------------------
+
+
+@pytest.fixture
+def times(store: bt.BacktraceStore) -> bt.Table:
+    """10 rows a minute apart from 2024-01-01 00:00 UTC; two blocks of 5 (so pruning is exercised)."""
+    t = store.create_table(
+        "times",
+        {"ts": pl.Datetime("us", "UTC"), "ny": pl.Datetime("ns", "America/New_York"), "d": pl.Date, "x": pl.Int64},
+        time_column="ts",
+        max_block_rows=5,
+    )
+    ts = pl.datetime_range(T0, T0 + dt.timedelta(minutes=9), "1m", eager=True, time_zone="UTC")
+    t.append(
+        pl.DataFrame(
+            {
+                "ts": ts,
+                "ny": ts.dt.convert_time_zone("America/New_York").dt.cast_time_unit("ns"),
+                "d": [dt.date(2024, 1, 1)] * 5 + [dt.date(2024, 1, 2)] * 5,
+                "x": range(10),
+            }
+        )
+    )
+    t.flush()
+    return t
+
+
+# The same instant, 2024-01-01 00:05 UTC, written every way people write it.
+SAME_INSTANT = [
+    pytest.param(dt.datetime(2024, 1, 1, 0, 5), id="naive-datetime"),
+    pytest.param(dt.datetime(2024, 1, 1, 0, 5, tzinfo=UTC), id="utc-datetime"),
+    pytest.param(dt.datetime(2024, 1, 1, 1, 5, tzinfo=ZoneInfo("Europe/Paris")), id="paris-datetime"),
+    pytest.param(pd.Timestamp("2024-01-01 00:05"), id="naive-timestamp"),
+    pytest.param(pd.Timestamp("2023-12-31 19:05", tz="America/New_York"), id="ny-timestamp"),
+    pytest.param(np.datetime64("2024-01-01T00:05"), id="datetime64"),
+    pytest.param(np.datetime64("2024-01-01T00:05:00.000000000"), id="datetime64-ns"),
+    pytest.param("2024-01-01T00:05", id="iso-naive"),
+    pytest.param("2024-01-01 00:05:00", id="iso-space"),
+    pytest.param("2024-01-01T00:05:00Z", id="iso-z"),
+    pytest.param("2024-01-01T01:05:00+01:00", id="iso-offset"),
+]
+
+
+@pytest.mark.parametrize("value", SAME_INSTANT)
+def test_where_tuple_time_literals_on_a_utc_column(times: bt.Table, value: Any) -> None:
+    assert times.read([("ts", ">=", value)])["x"].to_list() == [5, 6, 7, 8, 9]
+    assert times.read([("ts", "==", value)])["x"].to_list() == [5]
+    assert times.read([("ts", "in", [value, T0])])["x"].to_list() == [0, 5]
+    assert times.read([("ts", "not in", [value])]).height == 9
+    # the statistics understood the literal: the first block (00:00-00:04) is never read
+    assert times.prune([("ts", ">=", value)]).blocks_pruned == 1
+
+
+def test_where_naive_values_are_wall_clock_time_in_the_columns_zone(times: bt.Table) -> None:
+    # 19:05 in New York on Dec 31 is 00:05 UTC
+    assert times.read([("ny", ">=", dt.datetime(2023, 12, 31, 19, 5))])["x"].to_list() == [5, 6, 7, 8, 9]
+    assert times.read([("ny", "==", "2023-12-31 19:05")])["x"].to_list() == [5]
+    assert times.read([("ny", "==", T0 + dt.timedelta(minutes=5))])["x"].to_list() == [5]
+    assert times.read([("ny", "in", [np.datetime64("2023-12-31T19:05")])])["x"].to_list() == [5]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(dt.date(2024, 1, 2), id="date"),
+        pytest.param(dt.datetime(2024, 1, 2), id="datetime-midnight"),
+        pytest.param(pd.Timestamp("2024-01-02"), id="timestamp-midnight"),
+        pytest.param(np.datetime64("2024-01-02"), id="datetime64-day"),
+        pytest.param("2024-01-02", id="iso-date"),
+        pytest.param("2024-01-02T00:00:00", id="iso-midnight"),
+    ],
+)
+def test_where_tuple_date_literals(times: bt.Table, value: Any) -> None:
+    assert times.read([("d", "==", value)])["x"].to_list() == [5, 6, 7, 8, 9]
+    assert times.read([("d", "in", [value])]).height == 5
+    assert times.prune([("d", ">=", value)]).blocks_pruned == 1
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "needles"),
+    [
+        pytest.param("ts", "soon", ["not an ISO 8601 date/time", "'2024-01-02T13:45:00+00:00'"], id="bad-string"),
+        pytest.param("ts", 5, ["(int): not a date or time"], id="int"),
+        pytest.param("ts", pd.NaT, ["NaT is not a time", "'is_null'"], id="nat"),
+        pytest.param("d", "2024-01-02 12:00", ["it is not at midnight", "a datetime.date"], id="date-noon"),
+        pytest.param("d", dt.datetime(2024, 1, 2, tzinfo=UTC), ["a Date column holds no time zone"], id="date-aware"),
+        pytest.param(
+            "ny", "2024-03-10 02:30", ["ambiguous or does not exist in America/New_York"], id="nonexistent-wall-time"
+        ),
+    ],
+)
+def test_where_tuple_uninterpretable_time_raises_a_bt_error(
+    times: bt.Table, column: str, value: Any, needles: list[str]
+) -> None:
+    with pytest.raises(bt.SchemaMismatchError) as e:
+        times.read([(column, ">=", value)])
+    msg = str(e.value)
+    assert msg.startswith(f"table 'times', column {column!r} (")
+    assert "Pass " in msg
+    for n in needles:
+        assert n in msg, msg
+    assert e.value.columns == (column,)
+    with pytest.raises(bt.SchemaMismatchError, match="cannot compare with"):
+        times.read([(column, "in", [value])])
+
+
+def test_where_tuple_aware_value_on_a_naive_column_says_what_to_pass(store: bt.BacktraceStore) -> None:
+    t = store.create_table("naive", {"ts": pl.Datetime("us"), "x": pl.Int64}, time_column="ts")
+    t.append(pl.DataFrame({"ts": [dt.datetime(2024, 1, 1)], "x": [1]}))
+    assert t.read([("ts", "==", "2024-01-01")]).height == 1
+    assert t.read([("ts", "==", np.datetime64("2024-01-01"))]).height == 1
+    with pytest.raises(bt.SchemaMismatchError) as e:
+        t.read([("ts", "==", T0)])
+    assert "it has a time zone and the column has none" in str(e.value)
+    assert "use .replace(tzinfo=None) or .tz_localize(None)" in str(e.value)
+
+
+def test_where_expression_with_a_mismatched_literal_is_a_bt_error_before_reading(times: bt.Table) -> None:
+    with pytest.raises(bt.SchemaMismatchError) as e:
+        times.scan(pl.col("ts") >= dt.datetime(2024, 1, 1, 0, 5))
+    msg = str(e.value)
+    assert msg.startswith("table 'times': where= expression")
+    assert "cannot be applied to the table's columns" in msg
+    assert "datetime(2024, 1, 2, tzinfo=ZoneInfo('UTC'))" in msg
+    assert "where=[('ts', '>=', '2024-01-02')]" in msg
+    with pytest.raises(bt.SchemaMismatchError, match="fix the column name"):
+        times.read(pl.col("nope") > 1)
+    # a correct expression is untouched
+    assert times.read(pl.col("ts") >= dt.datetime(2024, 1, 1, 0, 5, tzinfo=UTC)).height == 5
+
+
+def test_cli_where_parses_times_like_where_tuples(times: bt.Table) -> None:
+    schema = times.schema
+    for text, value in [
+        ("2024-01-01T00:05", "2024-01-01T00:05"),
+        ("2024-01-01 01:05+01:00", "2024-01-01 01:05+01:00"),
+        ("2024-01-01T00:05:00Z", "2024-01-01T00:05:00Z"),
+    ]:
+        cli = filter_where(times.scan(), f"ts >= '{text}'", schema, table="times").collect()
+        api = times.read([("ts", ">=", value)])
+        assert cli["x"].to_list() == api["x"].to_list() == [5, 6, 7, 8, 9]
+    ny = filter_where(times.scan(), "'2023-12-31 19:05' = ny", schema, table="times").collect()
+    assert ny["x"].to_list() == [5]
+    between = filter_where(times.scan(), "ts between '2024-01-01 00:02' and '2024-01-01T00:04Z'", schema, table="times")
+    assert between.collect()["x"].to_list() == [2, 3, 4]
+    dates = filter_where(times.scan(), "d in ('2024-01-02T00:00', '2023-01-01')", schema, table="times")
+    assert dates.collect().height == 5
+    with pytest.raises(UsageError) as e:
+        filter_where(times.scan(), "d = '2024-01-02 12:00'", schema, table="times")
+    assert "cannot be applied to table 'times'" in str(e.value)
+    assert "column 'd' (Date): cannot compare with '2024-01-02 12:00' (str): it is not at midnight" in str(e.value)
