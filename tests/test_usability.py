@@ -7,6 +7,7 @@ says what to do; the tests pin that text.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -173,3 +174,55 @@ def test_cli_where_parses_times_like_where_tuples(times: bt.Table) -> None:
         filter_where(times.scan(), "d = '2024-01-02 12:00'", schema, table="times")
     assert "cannot be applied to table 'times'" in str(e.value)
     assert "column 'd' (Date): cannot compare with '2024-01-02 12:00' (str): it is not at midnight" in str(e.value)
+
+
+# -- 3. create_table / append options on an existing table ------------------------------
+
+SCHEMA = {"ts": pl.Datetime("us", "UTC"), "x": pl.Int64}
+
+
+def test_create_table_with_a_different_max_block_rows_is_refused(store: bt.BacktraceStore) -> None:
+    store.create_table("t", SCHEMA, time_column="ts", max_block_rows=1_000)
+    # omitted or equal: opens the table as it is
+    assert store.create_table("t", SCHEMA, time_column="ts").max_block_rows == 1_000
+    assert store.create_table("t", SCHEMA, time_column="ts", max_block_rows=1_000).max_block_rows == 1_000
+    with pytest.raises(bt.SchemaMismatchError) as e:
+        store.create_table("t", SCHEMA, time_column="ts", max_block_rows=5_000)
+    msg = str(e.value)
+    assert msg.splitlines()[0] == (
+        "table 't': exists with a different max_block_rows (table = existing, frame = requested)"
+    )
+    assert re.search(r"\(max_block_rows\) +1,000 +5,000 +different max_block_rows", msg), msg
+    assert msg.splitlines()[-1] == (
+        "Fix: leave out max_block_rows to use the table's own (see store['t']), drop the table first "
+        "(store.drop_table), or use another name."
+    )
+    with pytest.raises(bt.SchemaMismatchError, match="different row_group_rows"):
+        store.create_table("t", SCHEMA, time_column="ts", row_group_rows=7)
+
+
+def test_create_table_with_the_default_max_block_rows_on_a_table_created_otherwise(
+    store: bt.BacktraceStore,
+) -> None:
+    from bt_frames.table import DEFAULT_MAX_BLOCK_ROWS
+
+    store.create_table("t", SCHEMA, time_column="ts", max_block_rows=10)
+    with pytest.raises(bt.SchemaMismatchError, match="different max_block_rows"):
+        store.create_table("t", SCHEMA, time_column="ts", max_block_rows=DEFAULT_MAX_BLOCK_ROWS)
+    assert store.create_table("u", SCHEMA, time_column="ts").max_block_rows == DEFAULT_MAX_BLOCK_ROWS
+
+
+def test_append_with_a_different_time_column_than_the_existing_tables_is_refused(store: bt.BacktraceStore) -> None:
+    df = pl.DataFrame({"ts": [T0], "t2": [T0], "x": [1]})
+    store.append("t", df, time_column="ts")
+    assert store.append("t", df, time_column="ts") is not None  # the same: fine
+    assert store.append("t", df) is not None  # omitted: fine
+    with pytest.raises(bt.SchemaMismatchError) as e:
+        store.append("t", df, time_column="t2")
+    msg = str(e.value)
+    assert msg.splitlines()[0] == "table 't': exists with a different time_column (table = existing, frame = requested)"
+    assert re.search(r"\(time_column\) +ts +t2 +different time column", msg), msg
+    assert "Fix: leave out time_column to use the table's own" in msg
+    with pytest.raises(bt.SchemaMismatchError, match="different max_block_rows"):
+        store.append("t", df, max_block_rows=3)
+    assert store["t"].rows == 3  # the refused appends wrote nothing
