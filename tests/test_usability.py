@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -226,3 +227,134 @@ def test_append_with_a_different_time_column_than_the_existing_tables_is_refused
     with pytest.raises(bt.SchemaMismatchError, match="different max_block_rows"):
         store.append("t", df, max_block_rows=3)
     assert store["t"].rows == 3  # the refused appends wrote nothing
+
+
+# -- 4. raw errors that leaked ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "instead"),
+    [
+        (pl.Categorical, "Write pl.Categorical() instead."),
+        (pl.Datetime, 'Write pl.Datetime("us", "UTC") (or pl.Datetime("us") for naive times) instead.'),
+        (pl.Decimal, "Write pl.Decimal(precision, scale), e.g. pl.Decimal(18, 4) instead."),
+        (pl.List, "Write pl.List(pl.Int64) (its element type) instead."),
+    ],
+)
+def test_schema_with_a_bare_dtype_class_says_what_to_write(
+    store: bt.BacktraceStore, dtype: type[pl.DataType], instead: str
+) -> None:
+    with pytest.raises(bt.SchemaMismatchError) as e:
+        store.create_table("t", {"ts": pl.Datetime("us", "UTC"), "c": dtype}, time_column="ts")
+    assert str(e.value) == (
+        f"table 't', column 'c': pl.{dtype.__name__} is a dtype class, not a dtype; Polars wants it called "
+        f"with its parameters. {instead}"
+    )
+    assert e.value.columns == ("c",)
+    assert "t" not in store.tables
+    # classes that need no parameters keep working
+    assert store.create_table("ok", {"a": pl.Int64, "b": pl.String, "d": pl.Date}).schema["a"] == pl.Int64
+
+
+def test_pyarrow_table_with_duplicate_column_names_names_them(store: bt.BacktraceStore) -> None:
+    import pyarrow as pa
+
+    data = pa.table([[1], [2], [3], [4]], names=["a", "b", "a", "a"])
+    for obj, what in [(data, "pyarrow Table"), (data.to_batches()[0], "pyarrow RecordBatch")]:
+        with pytest.raises(bt.SchemaMismatchError) as e:
+            store.append("t", obj)
+        assert str(e.value) == (
+            f"table 't': the {what} has duplicate column names: 'a' (3 times). A table's columns must have "
+            "unique names. Fix: rename them first, e.g. data.rename_columns([...]) with distinct names."
+        )
+        assert e.value.columns == ("a",)
+    assert "t" not in store.tables
+
+
+def _stats_dir_store(path: Path) -> None:
+    with bt.open(path) as s:
+        t = s.create_table("t", {"ts": pl.Datetime("us", "UTC"), "x": pl.Int64}, time_column="ts", max_block_rows=2)
+        t.append(pl.DataFrame({"ts": [T0, T0, T0], "x": [1, 2, 3]}, schema=t.schema))
+        t.flush()
+    cache = path / "t" / "stats.arrow"
+    cache.unlink()
+    cache.mkdir()
+
+
+def test_stats_cache_that_is_a_directory_never_fails_an_open(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _stats_dir_store(store_path)
+    with caplog.at_level("WARNING", logger="bt_frames"):
+        with bt.open(store_path, read_only=True) as ro:
+            assert ro["t"].read()["x"].to_list() == [1, 2, 3]
+            assert ro["t"].recovery.stats_cache == "corrupt"
+        with bt.open(store_path) as s:
+            t = s["t"]  # a writer rewrites a corrupt cache on open: that fails too, and is only logged
+            assert t.read()["x"].to_list() == [1, 2, 3]
+            t.append(pl.DataFrame({"ts": [T0, T0], "x": [4, 5]}, schema=t.schema))
+            t.flush()
+            assert t.rows == 5
+    text = caplog.text
+    assert "stats.arrow cannot be read" in text
+    assert "treating it as corrupt and reading block footers" in text
+    assert "stats.arrow cannot be written" in text
+    assert (store_path / "t" / "stats.arrow").is_dir()
+
+
+def _table_json(store_path: Path) -> Path:
+    with bt.open(store_path) as s:
+        s.create_table("t", {"ts": pl.Datetime("us", "UTC"), "x": pl.Int64}, time_column="ts", max_block_rows=10)
+    return store_path / "t" / "table.json"
+
+
+def test_table_json_has_a_checksum_and_an_edit_is_corruption_naming_the_file(store_path: Path) -> None:
+    import json
+
+    path = _table_json(store_path)
+    doc = json.loads(path.read_text())
+    assert isinstance(doc["checksum"], str)
+    doc["max_block_rows"] = 11  # parses, and is plausible: only the checksum can tell
+    path.write_text(json.dumps(doc))
+    with bt.open(store_path) as s, pytest.raises(bt.CorruptionError) as e:
+        s["t"]
+    msg = str(e.value)
+    assert e.value.path == path
+    assert msg.startswith(f"corrupt table metadata {path}: its checksum ")
+    assert "does not match its content" in msg
+    assert "Restore table.json from a backup" in msg
+    assert f"run `python -m bt_frames verify {store_path}`" in msg
+
+
+def test_table_json_without_a_checksum_is_accepted(store_path: Path) -> None:
+    import json
+
+    path = _table_json(store_path)
+    doc = json.loads(path.read_text())
+    del doc["checksum"]  # as written by older versions (tests/fixtures/legacy_store_* has none either)
+    path.write_text(json.dumps(doc, indent=2))
+    with bt.open(store_path) as s:
+        assert s["t"].max_block_rows == 10
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda d: d.__setitem__("time_column", "nope"), "time_column 'nope' is not a column of the schema"),
+        (lambda d: d.__setitem__("max_block_rows", 0), "max_block_rows is 0, not a positive integer"),
+        (lambda d: d.__setitem__("row_group_rows", "7"), "row_group_rows is '7', not a positive integer"),
+        (lambda d: d.__setitem__("pandas", [1]), "pandas is a list, not an object"),
+        (lambda d: d.__setitem__("name", None), "name is None, not a table name"),
+    ],
+)
+def test_table_json_with_impossible_fields_is_corruption(store_path: Path, edit: Any, why: str) -> None:
+    import json
+
+    path = _table_json(store_path)
+    doc = json.loads(path.read_text())
+    edit(doc)
+    del doc["checksum"]  # even without a checksum to catch it
+    path.write_text(json.dumps(doc))
+    with bt.open(store_path) as s, pytest.raises(bt.CorruptionError) as e:
+        s["t"]
+    assert str(e.value).startswith(f"corrupt table metadata {path}: bad table metadata ({why}). Nothing was changed")
