@@ -267,6 +267,7 @@ class BacktraceStore:
             t = self._tables.pop(name, None)
             if t is not None:
                 t.close()
+                t._dropped = True  # its methods now say "dropped", not "closed"
             trash = self._path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
             os.rename(directory, trash)
             layout.fsync_dir(self._path)

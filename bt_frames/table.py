@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from bt_frames import _convert, _scan
-from bt_frames.errors import CorruptionError, ReadOnlyError, StoreClosedError
+from bt_frames.errors import CorruptionError, ReadOnlyError, StoreClosedError, TableDroppedError
 from bt_frames.storage import blocks as blk
 from bt_frames.storage import catalog, layout, wal
 
@@ -135,6 +135,7 @@ class Table:
         self._meta = meta
         self._lock = threading.RLock()
         self._closed = False
+        self._dropped = False  # set by BacktraceStore.drop_table (after close())
         self._read_only = store.read_only
         self._blocks: list[blk.BlockInfo] = []
         self._hot: list[pl.DataFrame] = []
@@ -325,6 +326,8 @@ class Table:
     # -- writing ---------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._dropped:
+            raise TableDroppedError(self.name, self._store.path)
         if self._closed:
             raise StoreClosedError(f"table {self.name!r} of store {str(self._store.path)!r} is closed")
 
@@ -709,6 +712,8 @@ class Table:
 
     def _row_counts(self) -> tuple[int, int]:
         """(rows in blocks, hot rows), both from one state: after the block writer, under one lock."""
+        if self._dropped:
+            self._check_open()
         with self._lock:
             self._wait_frozen()
             cold = sum(b.rows for b in self._blocks)

@@ -358,3 +358,54 @@ def test_table_json_with_impossible_fields_is_corruption(store_path: Path, edit:
     with bt.open(store_path) as s, pytest.raises(bt.CorruptionError) as e:
         s["t"]
     assert str(e.value).startswith(f"corrupt table metadata {path}: bad table metadata ({why}). Nothing was changed")
+
+
+# -- 5. a dropped table, a read-only store -------------------------------------------------
+
+
+def test_a_table_object_after_drop_table_says_dropped(store: bt.BacktraceStore) -> None:
+    t = store.create_table("t", {"ts": pl.Datetime("us", "UTC"), "x": pl.Int64}, time_column="ts")
+    t.append(pl.DataFrame({"ts": [T0], "x": [1]}, schema=t.schema))
+    store.drop_table("t")
+    want = (
+        f"table 't' was dropped from store {str(store.path)!r} (store.drop_table); this Table object has no data "
+        "any more. If you meant to keep using a table of that name, create it again (store.create_table('t', ...) "
+        "or store.append('t', df)) and use the Table that returns."
+    )
+    for use in (lambda: t.rows, lambda: len(t), lambda: t.hot_rows, lambda: t.scan(), lambda: t.read(), t.snapshot):
+        with pytest.raises(bt.TableDroppedError) as e:
+            use()
+        assert str(e.value) == want
+        assert isinstance(e.value, bt.StoreClosedError)  # handlers of "closed" keep working
+    with pytest.raises(bt.TableDroppedError):
+        t.append(pl.DataFrame({"ts": [T0], "x": [2]}, schema=t.schema))
+    assert repr(t) == "<bt_frames.Table 't' (dropped)>"
+    # a closed (not dropped) table still says closed
+    u = store.create_table("u", {"x": pl.Int64})
+    store.close()
+    with pytest.raises(bt.StoreClosedError, match="is closed") as e2:
+        u.scan()
+    assert not isinstance(e2.value, bt.TableDroppedError)
+
+
+def test_table_not_found_on_a_read_only_store_does_not_suggest_create_table(store_path: Path) -> None:
+    with bt.open(store_path) as s:
+        s.create_table("orders", {"x": pl.Int64})
+    with bt.open(store_path, read_only=True) as ro, pytest.raises(bt.TableNotFoundError) as e:
+        ro["order"]
+    msg = str(e.value)
+    assert msg.startswith(f"store {str(store_path)!r} has no table 'order' (tables: 'orders'). Check the name")
+    assert "on a store opened for writing (not read_only=True)" in msg
+    assert "Create it with store.create_table" not in msg
+
+
+def test_table_not_found_message_follows_the_store_mode() -> None:
+    ro = bt.TableNotFoundError("db", "x", ["a"], read_only=True)
+    assert str(ro) == (
+        "store 'db' has no table 'x' (tables: 'a'). Check the name. This store was opened with read_only=True and "
+        "cannot create tables: create it through a writer (bt.open(path)); a read-only store sees it once it exists."
+    )
+    rw = bt.TableNotFoundError("db", "x", [], read_only=False)
+    assert str(rw) == (
+        "store 'db' has no table 'x' (tables: none). Create it with store.create_table(...) or store.append(name, df)."
+    )
