@@ -409,3 +409,15 @@ def test_table_not_found_message_follows_the_store_mode() -> None:
     assert str(rw) == (
         "store 'db' has no table 'x' (tables: none). Create it with store.create_table(...) or store.append(name, df)."
     )
+
+
+# -- 6. the README links only to files the repository has -----------------------------------
+
+
+def test_readme_references_only_files_that_exist() -> None:
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    names = set(re.findall(r"`([\w./-]+\.(?:md|py))`", text)) | set(re.findall(r"\]\(([\w./-]+\.(?:md|py))\)", text))
+    assert "DESIGN.md" not in text
+    missing = sorted(n for n in names if not (root / n).exists())
+    assert missing == [], f"README.md names files that do not exist: {missing}"
