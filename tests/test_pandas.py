@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 
 import bt_frames as bt
 from bt_frames._pandas import from_pandas
+from bt_frames.storage import catalog
 from tests.conftest import make_orders
 
 N = 6
@@ -539,9 +540,10 @@ def test_metadata_that_cannot_be_applied_falls_back_to_polars_conversion(
     s.append("t", pd.DataFrame({"s": ["a", None], "n": [1, 2]}))
     path = s["t"].path / "table.json"
     s.close()
-    doc = json.loads(path.read_text())
-    doc["pandas"]["columns"][0]["dtype"] = {"kind": "string", "storage": "from-the-future", "na_value": "NA"}
-    path.write_text(json.dumps(doc))
+    meta = catalog.TableMeta.load(path)  # rewritten as a writer would (table.json carries a checksum)
+    assert meta.pandas is not None
+    meta.pandas["columns"][0]["dtype"] = {"kind": "string", "storage": "from-the-future", "na_value": "NA"}
+    path.write_text(meta.to_json())
     with caplog.at_level("WARNING", logger="bt_frames"):
         out = open_store()["t"].to_pandas()
     assert out["s"].tolist()[0] == "a"
