@@ -136,7 +136,7 @@ def filter_where(lf: pl.LazyFrame, where: str, schema: pl.Schema, *, table: str)
     import polars as pl
 
     parse_where(where, schema, table=table)
-    query = f"SELECT * FROM {_SQL_TABLE} WHERE {where}"
+    query = f"SELECT * FROM {_SQL_TABLE} WHERE {_times_as_sql(where, schema, table=table)}"
 
     def run(frame: pl.LazyFrame) -> pl.LazyFrame:
         return pl.SQLContext(frames={_SQL_TABLE: frame}).execute(query, eager=False)
@@ -149,6 +149,60 @@ def filter_where(lf: pl.LazyFrame, where: str, schema: pl.Schema, *, table: str)
             hint = " (write times as '2024-01-02' or '2024-01-02 13:45:00')"
         raise UsageError(f"--where {where!r} cannot be applied to table {table!r}: {_first_line(e)}{hint}") from None
     return run(lf)
+
+
+_SQL_KEYWORDS = frozenset({"and", "or", "not", "in", "between", "is", "null", "like", "ilike", "true", "false"})
+
+
+def _times_as_sql(where: str, schema: pl.Schema, *, table: str) -> str:
+    """``where`` with each quoted time next to a Date/Datetime column rewritten by the parser ``where=`` uses.
+
+    A quoted string belongs to the nearest column name before it (after it, when
+    none precedes: ``'2024-01-02' <= ts``). When that column is a Date or Datetime,
+    the string is parsed by :func:`bt_frames.prune.time_literal` (ISO 8601, naive =
+    the column's zone, offsets converted) and written back in a form Polars' SQL
+    reads exactly, so ``--where "ts >= '...'"`` and ``where=[("ts", ">=", "...")]``
+    agree. Anything else is left to Polars' SQL.
+    """
+    import polars as pl
+
+    from bt_frames.prune import time_literal
+
+    tokens = _TOKEN.findall(where)
+
+    def column(tok: str) -> str | None:
+        if tok.startswith('"') and len(tok) >= 2:
+            name = tok[1:-1].replace('""', '"')
+        elif tok[:1].isalpha() or tok[:1] == "_":
+            if tok.lower() in _SQL_KEYWORDS:
+                return None
+            name = tok
+        else:
+            return None
+        return name if name in schema else None
+
+    cols = [column(t) for t in tokens]
+    out = list(tokens)
+    last: str | None = None
+    for i, tok in enumerate(tokens):
+        if cols[i] is not None:
+            last = cols[i]
+            continue
+        if not (tok.startswith("'") and len(tok) >= 2):
+            continue
+        subject = last if last is not None else next((c for c in cols[i + 1 :] if c is not None), None)
+        if subject is None or not isinstance(schema[subject], (pl.Datetime, pl.Date)):
+            continue
+        try:
+            lit = time_literal(tok[1:-1].replace("''", "'"), schema[subject], table=table, column=subject)
+        except BtError as e:
+            raise UsageError(f"--where {where!r} cannot be applied to table {table!r}: {e}") from None
+        value = pl.select(lit.alias("v")).to_series()
+        fmt = "%Y-%m-%d" if value.dtype == pl.Date else "%Y-%m-%d %H:%M:%S%.f"
+        if getattr(value.dtype, "time_zone", None):
+            fmt += "%:z"
+        out[i] = f"'{value.dt.to_string(fmt).item()}'"
+    return "".join(out)
 
 
 def _first_line(e: BaseException) -> str:

@@ -54,12 +54,19 @@ def to_polars(obj: object, *, table: str) -> tuple[pl.DataFrame, dict[str, Any] 
         return _pandas.from_pandas(obj, table=table)  # type: ignore[arg-type]
     pa = sys.modules.get("pyarrow")
     if pa is not None and isinstance(obj, (pa.Table, pa.RecordBatch)):
+        _check_unique(list(obj.schema.names), table=table, what=f"pyarrow {type(obj).__name__}")
         out = pl.from_arrow(obj)
         assert isinstance(out, pl.DataFrame)
         return out, None
     if hasattr(obj, "__arrow_c_stream__") or hasattr(obj, "__arrow_c_array__"):
         try:
             return pl.DataFrame(obj), None  # type: ignore[arg-type]
+        except pl.exceptions.DuplicateError as e:
+            raise SchemaMismatchError(
+                f"table {table!r}: the {type(obj).__qualname__}'s Arrow data has duplicate column names ({e}). "
+                "Fix: rename the columns so each name appears once.",
+                table=table,
+            ) from None
         except (pl.exceptions.PolarsError, TypeError, ValueError) as e:  # e.g. a pandas Series: not a table
             reason = f" (its Arrow data is not a table: {e})"
     else:
@@ -70,7 +77,52 @@ def to_polars(obj: object, *, table: str) -> tuple[pl.DataFrame, dict[str, Any] 
     )
 
 
+def _check_unique(names: list[str], *, table: str, what: str) -> None:
+    dups = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if dups:
+        shown = ", ".join(f"{n!r} ({names.count(n)} times)" for n in dups)
+        raise SchemaMismatchError(
+            f"table {table!r}: the {what} has duplicate column names: {shown}. A table's columns must have "
+            "unique names. Fix: rename them first, e.g. data.rename_columns([...]) with distinct names.",
+            table=table,
+            columns=dups,
+        )
+
+
 _UNSUPPORTED = (pl.Object, pl.Null)
+
+# dtype classes that need parameters: what to write instead of the bare class
+_NEEDS_ARGS: dict[type[pl.DataType], str] = {
+    pl.Categorical: "pl.Categorical()",
+    pl.Datetime: 'pl.Datetime("us", "UTC") (or pl.Datetime("us") for naive times)',
+    pl.Decimal: "pl.Decimal(precision, scale), e.g. pl.Decimal(18, 4)",
+    pl.Duration: 'pl.Duration("us")',
+    pl.Enum: 'pl.Enum(["buy", "sell"]) (its categories)',
+    pl.List: "pl.List(pl.Int64) (its element type)",
+    pl.Array: "pl.Array(pl.Float64, 3) (its element type and width)",
+    pl.Struct: 'pl.Struct({"a": pl.Int64}) (its fields)',
+}
+
+
+def _bare_dtype_classes(items: Any, *, table: str) -> None:
+    """Refuse ``{"c": pl.Datetime}`` (a class; Polars wants ``pl.Datetime(...)``), saying what to write."""
+    for name, dtype in items:
+        if isinstance(dtype, type) and issubclass(dtype, pl.DataType):
+            try:
+                dtype()
+            except TypeError:
+                needs_args = True
+            else:
+                needs_args = False
+            hint = next((h for cls, h in _NEEDS_ARGS.items() if dtype is cls), None)
+            if hint is not None or needs_args:
+                instead = hint or f"pl.{dtype.__name__}(...)"
+                raise SchemaMismatchError(
+                    f"table {table!r}, column {name!r}: pl.{dtype.__name__} is a dtype class, not a dtype; "
+                    f"Polars wants it called with its parameters. Write {instead} instead.",
+                    table=table,
+                    columns=[name],
+                )
 
 
 def normalize_schema(schema: object, *, table: str) -> pl.Schema:
@@ -79,6 +131,7 @@ def normalize_schema(schema: object, *, table: str) -> pl.Schema:
     if pa is not None and isinstance(schema, pa.Schema):
         out = pl.DataFrame(schema.empty_table()).schema
     elif isinstance(schema, (pl.Schema, Mapping)):
+        _bare_dtype_classes(schema.items(), table=table)
         try:
             out = pl.Schema(schema)
         except (TypeError, ValueError) as e:

@@ -56,7 +56,7 @@ def _schema_text(t: Table) -> str:
 
 def table_repr(t: Table) -> str:
     if t._closed:
-        return f"<bt_frames.Table {t.name!r} (closed)>"
+        return f"<bt_frames.Table {t.name!r} ({'dropped' if t._dropped else 'closed'})>"
     f = table_facts(t)
     return "\n".join(
         [
@@ -92,7 +92,7 @@ def table_report(t: Table) -> str:
 def table_html(t: Table) -> str:
     name = html.escape(t.name)
     if t._closed:
-        return f"<b>bt_frames.Table</b> <code>{name}</code> (closed)"
+        return f"<b>bt_frames.Table</b> <code>{name}</code> ({'dropped' if t._dropped else 'closed'})"
     f = table_facts(t)
     facts = [
         ("rows", f"{f['rows']:,}"),

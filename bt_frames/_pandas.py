@@ -37,8 +37,13 @@ ignore_index=True)`` (so a table whose first append was ``df.iloc[5:]``
 starts at 0). Any other index (named ``RangeIndex``, ``DatetimeIndex``,
 ``MultiIndex``, unnamed ``Index``, ...) is stored as ordinary column(s) named
 after its level(s) (``"index"`` / ``"level_<i>"`` when unnamed, as
-``reset_index`` does) and restored as the index. A ``DatetimeIndex`` comes
-back with ``freq=None`` (as after ``pd.concat``).
+``reset_index`` does) and restored as the index. The ``freq`` of a
+single-level ``DatetimeIndex``/``TimedeltaIndex`` (``pd.date_range``'s ``"D"``,
+``"h"``, ``"5min"``, ``"B"``...) is kept in its level's ``"freq"`` and given
+back whenever the index read still follows it (the whole table, a later append
+that continues the range, a contiguous filtered read); an index that does not
+(a filter that leaves gaps, appends that skip or overlap) gets ``freq=None``,
+as pandas does after ``pd.concat``.
 
 Column labels must be unique strings or numbers (``int``/``float``/``bool``,
 stored under their ``str()`` and restored as the original number); tuples,
@@ -249,7 +254,11 @@ def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str
             else:
                 name, json_name = _storage_name(level_name, table=table, what="index")
             values = idx.get_level_values(i).to_series(index=pd.RangeIndex(len(idx)))
-            levels.append({**add(name, level_name, values, "index level"), "name": json_name})
+            level = {**add(name, level_name, values, "index level"), "name": json_name}
+            freq = getattr(idx, "freqstr", None) if not multi else None
+            if isinstance(freq, str):
+                level["freq"] = freq
+            levels.append(level)
         index_doc = {"kind": "columns", "levels": levels}
     for pos, label in enumerate(df.columns):
         name, json_label = _storage_name(label, table=table, what="column")
@@ -467,7 +476,7 @@ def to_pandas(df: pl.DataFrame, meta: dict[str, Any] | None, *, columns: Sequenc
         arrays = [_decode(df.get_column(lv["column"]), lv["dtype"]) for lv in levels]
         names = [lv.get("name") for lv in levels]
         if len(arrays) == 1:
-            index = pd.Index(arrays[0], name=names[0], copy=False)
+            index = _with_freq(pd.Index(arrays[0], name=names[0], copy=False), levels[0].get("freq"))
         else:
             index = pd.MultiIndex.from_arrays(arrays, names=names)
     else:
@@ -488,6 +497,18 @@ def to_pandas(df: pl.DataFrame, meta: dict[str, Any] | None, *, columns: Sequenc
     out = pd.DataFrame(data, index=index, copy=False)
     out.columns = _columns_index(labels, meta.get("columns_index") or {})
     return out
+
+
+def _with_freq(index: pd.Index, freq: object) -> pd.Index:
+    """``index`` with the ``freq`` recorded at append, when its values still follow it (pandas checks)."""
+    if not isinstance(freq, str) or not isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+        return index
+    try:
+        if isinstance(index, pd.DatetimeIndex):
+            return pd.DatetimeIndex(index, freq=freq)
+        return pd.TimedeltaIndex(index, freq=freq)
+    except (ValueError, TypeError):  # the values left the grid (or a freq this pandas cannot parse): None
+        return index
 
 
 def _columns_index(labels: list[Any], doc: dict[str, Any]) -> pd.Index:

@@ -57,7 +57,7 @@ def plot_blocks(table: Table, where: Where | None = None, *, ax: Any = None) -> 
 
     schema = table.schema
     snap = table.snapshot()
-    report = _prune.plan(snap, schema, _prune.to_expr(where, schema), table=table.name)
+    report = _prune.plan(snap, schema, _prune.to_expr(where, schema, table=table.name), table=table.name)
     details = report.to_frame()
     tc = table.time_column
     stats = snap.stats if snap.stats is not None else _prune.stats_frame(snap.blocks, schema)

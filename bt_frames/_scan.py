@@ -60,7 +60,7 @@ class ReadStats:
 
 def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.LazyFrame:
     schema = table.schema
-    where_expr = _prune.to_expr(where, schema)
+    where_expr = _prune.to_expr(where, schema, table=table.name)
 
     def source(
         with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
@@ -266,7 +266,7 @@ def iter_batches(
     if batch_size < 1:
         raise BtError(f"table {table.name!r}: batch_size must be >= 1, got {batch_size}")
     schema = table.schema
-    predicate = _prune.to_expr(where, schema)
+    predicate = _prune.to_expr(where, schema, table=table.name)
     cols = list(columns) if columns is not None else None
     if cols is not None:
         missing = [c for c in cols if c not in schema]

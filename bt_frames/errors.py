@@ -23,6 +23,7 @@ __all__ = [
     "SchemaMismatchError",
     "StoreClosedError",
     "StoreLockedError",
+    "TableDroppedError",
     "TableExistsError",
     "TableNotFoundError",
     "UnsupportedFormatError",
@@ -136,6 +137,25 @@ class StoreClosedError(BtError):
     """
 
 
+class TableDroppedError(StoreClosedError):
+    """A :class:`~bt_frames.Table` object was used after ``store.drop_table`` deleted its table.
+
+    A ``StoreClosedError`` too (the object is closed), so existing handlers keep working.
+
+    >>> orders = store["orders"]; store.drop_table("orders"); orders.rows   # doctest: +SKIP
+    TableDroppedError: table 'orders' was dropped from store 'trading_db' (store.drop_table); this Table
+    object has no data any more. If you meant to keep using a table of that name, create it again ...
+    """
+
+    def __init__(self, name: str, store: Path | str) -> None:
+        super().__init__(
+            f"table {name!r} was dropped from store {str(store)!r} (store.drop_table); this Table object "
+            "has no data any more. If you meant to keep using a table of that name, create it again "
+            f"(store.create_table({name!r}, ...) or store.append({name!r}, df)) and use the Table that returns."
+        )
+        self.name = name
+
+
 class ReadOnlyError(BtError):
     """A write was attempted through a store opened with ``read_only=True``.
 
@@ -150,15 +170,30 @@ class TableNotFoundError(BtError, KeyError):
     >>> store.table("order")                                     # doctest: +SKIP
     TableNotFoundError: store 'trading_db' has no table 'order' (tables: 'orders'). Create it with
     store.create_table(...) or store.append(name, df).
+
+    ``read_only``: whether the store was opened read-only, which decides the
+    advice (a read-only store cannot create tables); ``None`` (not known) gives
+    advice that holds either way.
     """
 
-    def __init__(self, store: Path | str, name: str, available: Iterable[str]) -> None:
+    def __init__(
+        self, store: Path | str, name: str, available: Iterable[str], *, read_only: bool | None = None
+    ) -> None:
         names = sorted(available)
         shown = ", ".join(repr(n) for n in names) if names else "none"
-        msg = (
-            f"store {str(store)!r} has no table {name!r} (tables: {shown}). "
-            "Create it with store.create_table(...) or store.append(name, df)."
-        )
+        if read_only is None:
+            fix = (
+                "Check the name; to create the table, call store.create_table(...) or store.append(name, df) "
+                "on a store opened for writing (not read_only=True)."
+            )
+        elif read_only:
+            fix = (
+                "Check the name. This store was opened with read_only=True and cannot create tables: create it "
+                "through a writer (bt.open(path)); a read-only store sees it once it exists."
+            )
+        else:
+            fix = "Create it with store.create_table(...) or store.append(name, df)."
+        msg = f"store {str(store)!r} has no table {name!r} (tables: {shown}). {fix}"
         super().__init__(msg)
         self.message = msg
         self.name = name

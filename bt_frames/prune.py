@@ -29,10 +29,12 @@ from __future__ import annotations
 import html
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+import numpy as np
 import polars as pl
 
 from bt_frames.errors import BtError, SchemaMismatchError
@@ -60,60 +62,122 @@ _OPS = ("==", "=", "!=", "<", "<=", ">", ">=", "in", "not in", "is_null", "is_no
 # -- where= --------------------------------------------------------------------
 
 
-def to_expr(where: Where | None, schema: pl.Schema) -> pl.Expr | None:
-    """A Polars expression from ``where=`` (an Expr, or DNF tuples as in pyarrow/pandas ``filters=``)."""
+def to_expr(where: Where | None, schema: pl.Schema, *, table: str | None = None) -> pl.Expr | None:
+    """A Polars expression from ``where=`` (an Expr, or DNF tuples as in pyarrow/pandas ``filters=``).
+
+    Values compared with a ``Datetime`` or ``Date`` column in tuples are
+    converted by :func:`time_literal`: a naive ``datetime``/``pd.Timestamp``/
+    ``np.datetime64`` is taken as wall-clock time **in the column's time zone**
+    (UTC for a UTC column), a value in another zone is converted to the same
+    instant, and a string is parsed as ISO 8601 (``"2024-01-02"``,
+    ``"2024-01-02T13:45:00+01:00"``). The CLI's ``--where`` parses its quoted
+    times with the same function.
+
+    A Polars expression is used as written; it is checked against the
+    table's columns first (on an empty frame, nothing is read), so a literal
+    Polars cannot compare with a column (a naive datetime against a UTC
+    column, a string against a date) raises :class:`SchemaMismatchError` here
+    rather than a Polars error at ``collect()``.
+    """
     if where is None:
         return None
     if isinstance(where, pl.Expr):
+        _check_expr(where, schema, table)
         return where
     if isinstance(where, (list, tuple)):
         if len(where) == 0:
             return None
         if all(isinstance(t, tuple) for t in where):
-            return _conjunction(where, schema)
+            return _conjunction(where, schema, table)
         if all(isinstance(t, list) for t in where):
-            ors = [_conjunction(c, schema) for c in where]
+            ors = [_conjunction(c, schema, table) for c in where]
             out = ors[0]
             for e in ors[1:]:
                 out = out | e
             return out
     raise BtError(
-        "where= must be a polars expression, a list of (column, op, value) tuples (AND), "
+        f"{_where_prefix(table)}where= must be a polars expression, a list of (column, op, value) tuples (AND), "
         f"or a list of such lists (OR of ANDs); got {where!r}"
     )
 
 
-def _conjunction(items: Sequence[tuple[Any, ...]], schema: pl.Schema) -> pl.Expr:
-    exprs = [_predicate(t, schema) for t in items]
+def _where_prefix(table: str | None) -> str:
+    return f"table {table!r}: " if table is not None else ""
+
+
+def _check_expr(expr: pl.Expr, schema: pl.Schema, table: str | None) -> None:
+    """Resolve ``expr`` against an empty frame of ``schema``: type errors surface now, as a BtError."""
+    try:
+        pl.LazyFrame(schema=schema).filter(expr).collect()
+    except pl.exceptions.PolarsError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        try:
+            roots = expr.meta.root_names()
+        except pl.exceptions.PolarsError:  # pragma: no cover - an expression without roots
+            roots = []
+        missing = [c for c in roots if c not in schema]
+        temporal = [c for c in roots if c in schema and isinstance(schema[c], (pl.Datetime, pl.Date))]
+        if missing:
+            fix = f"fix the column name (columns: {', '.join(schema.names())})"
+        elif temporal:
+            c = temporal[0]
+            tz = getattr(schema[c], "time_zone", None)
+            fix = (
+                f"compare column {c!r} ({schema[c]}) with values of its own type"
+                + (f", e.g. datetime(2024, 1, 2, tzinfo=ZoneInfo({tz!r}))" if tz else "")
+                + f", or pass where=[({c!r}, '>=', '2024-01-02')]: tuples accept naive and other-zone "
+                "datetimes, pd.Timestamp, np.datetime64 and ISO 8601 strings"
+            )
+        else:
+            fix = "compare each column with a value of its type"
+        raise SchemaMismatchError(
+            f"{_where_prefix(table)}where= expression {expr} cannot be applied to the table's columns "
+            f"({first}). Fix: {fix}.",
+            table=table,
+            columns=missing or temporal,
+        ) from None
+
+
+def _conjunction(items: Sequence[tuple[Any, ...]], schema: pl.Schema, table: str | None) -> pl.Expr:
+    exprs = [_predicate(t, schema, table) for t in items]
     out = exprs[0]
     for e in exprs[1:]:
         out = out & e
     return out
 
 
-def _predicate(t: tuple[Any, ...], schema: pl.Schema) -> pl.Expr:
+def _predicate(t: tuple[Any, ...], schema: pl.Schema, table: str | None = None) -> pl.Expr:
+    where = _where_prefix(table)
     if len(t) not in (2, 3) or not isinstance(t[0], str) or not isinstance(t[1], str):
-        raise BtError(f"filter {t!r}: expected (column, op, value) or (column, 'is_null'/'is_not_null')")
+        raise BtError(f"{where}filter {t!r}: expected (column, op, value) or (column, 'is_null'/'is_not_null')")
     col, op = t[0], t[1].lower()
     if col not in schema:
         raise SchemaMismatchError(
-            f"filter {t!r}: no column {col!r} (columns: {', '.join(schema.names())})", columns=[col]
+            f"{where}filter {t!r}: no column {col!r} (columns: {', '.join(schema.names())})",
+            table=table,
+            columns=[col],
         )
     if op not in _OPS:
-        raise BtError(f"filter {t!r}: unknown operator {t[1]!r}; valid: {', '.join(_OPS)}")
+        raise BtError(f"{where}filter {t!r}: unknown operator {t[1]!r}; valid: {', '.join(_OPS)}")
     c = pl.col(col)
     if op in ("is_null", "is_not_null"):
         return c.is_null() if op == "is_null" else c.is_not_null()
     if len(t) != 3:
-        raise BtError(f"filter {t!r}: operator {op!r} needs a value")
+        raise BtError(f"{where}filter {t!r}: operator {op!r} needs a value")
     value = t[2]
     dtype = schema[col]
+    temporal = isinstance(dtype, (pl.Datetime, pl.Date))
     if op in ("in", "not in"):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise BtError(f"{where}filter {t!r}: operator {op!r} needs a list of values, e.g. ({col!r}, {op!r}, [...])")
         values = list(value)
-        lit = pl.Series(values, dtype=_literal_dtype(dtype), strict=False) if values else pl.Series([], dtype=dtype)
+        if temporal:
+            lit = _time_series(values, dtype, table=table, column=col)
+        else:
+            lit = pl.Series(values, dtype=_literal_dtype(dtype), strict=False) if values else pl.Series([], dtype=dtype)
         e = c.is_in(lit.implode())
         return e if op == "in" else ~e
-    v = pl.lit(value)
+    v = time_literal(value, dtype, table=table, column=col) if temporal else pl.lit(value)
     return {
         "==": c == v,
         "=": c == v,
@@ -123,6 +187,141 @@ def _predicate(t: tuple[Any, ...], schema: pl.Schema) -> pl.Expr:
         ">": c > v,
         ">=": c >= v,
     }[op]
+
+
+# -- time literals ---------------------------------------------------------------
+
+_DAY_US = 86_400_000_000
+
+
+def _time_error(value: object, dtype: pl.DataType, table: str | None, column: str, why: str) -> SchemaMismatchError:
+    where = f"table {table!r}, column {column!r}" if table is not None else f"column {column!r}"
+    if isinstance(dtype, pl.Date):
+        what = (
+            "a datetime.date, a naive datetime/pd.Timestamp at midnight, or an ISO 8601 date string "
+            "such as '2024-01-02'"
+        )
+    else:
+        tz = getattr(dtype, "time_zone", None)
+        zone = f"the column's zone, {tz}" if tz else "the column has no time zone"
+        what = (
+            f"a datetime, pd.Timestamp or np.datetime64 (naive values are read in {zone}), "
+            "or an ISO 8601 string such as '2024-01-02' or '2024-01-02T13:45:00+00:00'"
+        )
+        if not tz:
+            what += "; the values must be naive (use .replace(tzinfo=None) or .tz_localize(None))"
+    return SchemaMismatchError(
+        f"{where} ({dtype}): cannot compare with {value!r} ({type(value).__name__}): {why}. Pass {what}.",
+        table=table,
+        columns=[column],
+    )
+
+
+def _ticks(value: object) -> tuple[int, str, bool] | str:
+    """(ticks since the epoch, unit "us"/"ns", tz-aware?) or why ``value`` is no time.
+
+    Aware values count from the UTC epoch, naive ones are wall-clock ticks.
+    """
+    import datetime as dt
+
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return "not an ISO 8601 date/time"
+    pd = sys.modules.get("pandas")
+    if pd is not None and value is pd.NaT:
+        return "NaT is not a time; use (column, 'is_null') for missing values"
+    if pd is not None and isinstance(value, pd.Timestamp):
+        return int(value.as_unit("ns").value), "ns", value.tzinfo is not None
+    if isinstance(value, np.datetime64):
+        if np.isnat(value):
+            return "NaT is not a time; use (column, 'is_null') for missing values"
+        unit = "ns" if np.datetime_data(value)[0] in ("ns", "ps", "fs", "as") else "us"
+        return int(value.astype(f"datetime64[{unit}]").astype(np.int64)), unit, False
+    if isinstance(value, dt.datetime):
+        aware = value.tzinfo is not None and value.utcoffset() is not None
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) if aware else dt.datetime(1970, 1, 1)
+        return (value - epoch) // dt.timedelta(microseconds=1), "us", aware
+    if isinstance(value, dt.date):
+        return (value - dt.date(1970, 1, 1)).days * _DAY_US, "us", False
+    return "not a date or time"
+
+
+def time_literal(value: Any, dtype: pl.DataType, *, table: str | None = None, column: str) -> Any:
+    """``value`` as a Polars literal of ``dtype`` (a ``Datetime`` or ``Date`` column), for comparisons.
+
+    - a naive ``datetime``, ``pd.Timestamp`` or ``np.datetime64`` is wall-clock
+      time in the column's zone (for a ``Datetime(time_zone='UTC')`` column:
+      UTC); a value with another zone is converted to the same instant;
+    - a string is parsed as ISO 8601 (``datetime.fromisoformat``):
+      ``"2024-01-02"``, ``"2024-01-02 13:45"``, ``"2024-01-02T13:45:00Z"``;
+    - a ``Date`` column takes dates, naive datetimes at midnight and date strings;
+    - ``None`` and Polars expressions are passed through unchanged.
+
+    Anything else raises :class:`SchemaMismatchError` naming the table, the
+    column and what to pass. ``where=`` tuples and the CLI's ``--where`` both
+    use this function, so they read the same text the same way.
+    """
+    if value is None or isinstance(value, pl.Expr):
+        return value if isinstance(value, pl.Expr) else pl.lit(None, dtype=dtype)
+    s = _time_series([value], dtype, table=table, column=column, exact=True)
+    if isinstance(dtype, pl.Date):
+        return pl.lit(s.item(), dtype=pl.Date)
+    if s.dtype.time_unit == "ns" and int(s.dt.nanosecond().item()) % 1000:  # type: ignore[attr-defined]
+        return pl.lit(int(s.to_physical().item()), dtype=pl.Int64).cast(s.dtype)  # a python datetime has no ns
+    return pl.lit(s.item(), dtype=s.dtype)
+
+
+def _time_series(
+    values: Sequence[Any], dtype: pl.DataType, *, table: str | None, column: str, exact: bool = False
+) -> pl.Series:
+    """``values`` (see :func:`time_literal`) as one Series for a ``Datetime``/``Date`` column.
+
+    ``exact``: keep sub-unit precision (a scalar comparison); otherwise the Series
+    has the column's dtype and values it cannot hold exactly (which equal no row) are left out.
+    """
+    parts: list[pl.Series] = []
+    tz = dtype.time_zone if isinstance(dtype, pl.Datetime) else None
+    for value in values:
+        if value is None:
+            parts.append(pl.Series([None], dtype=dtype))
+            continue
+        t = _ticks(value)
+        if isinstance(t, str):
+            raise _time_error(value, dtype, table, column, t)
+        ticks, unit, aware = t
+        if isinstance(dtype, pl.Date):
+            if aware:
+                raise _time_error(value, dtype, table, column, "a Date column holds no time zone")
+            per_day = _DAY_US * (1000 if unit == "ns" else 1)
+            if ticks % per_day:
+                raise _time_error(value, dtype, table, column, "it is not at midnight")
+            parts.append(pl.Series([ticks // per_day], dtype=pl.Int32).cast(pl.Date))
+            continue
+        assert isinstance(dtype, pl.Datetime)
+        s = pl.Series([ticks], dtype=pl.Int64).cast(pl.Datetime(unit))  # type: ignore[arg-type]
+        if aware:
+            if tz is None:
+                raise _time_error(value, dtype, table, column, "it has a time zone and the column has none")
+            s = s.dt.replace_time_zone("UTC").dt.convert_time_zone(tz)
+        elif tz is not None:
+            try:
+                s = s.dt.replace_time_zone(tz, ambiguous="raise", non_existent="raise")
+            except pl.exceptions.PolarsError:
+                raise _time_error(
+                    value, dtype, table, column, f"that wall-clock time is ambiguous or does not exist in {tz}"
+                ) from None
+        if not exact:
+            target = s.cast(dtype)
+            if target.cast(s.dtype).equals(s):
+                parts.append(target)
+            continue
+        lit_unit = "ns" if "ns" in (unit, dtype.time_unit) else "us"
+        parts.append(s.cast(pl.Datetime(lit_unit, tz)))  # type: ignore[arg-type]
+    if not parts:
+        return pl.Series([], dtype=dtype)
+    return pl.concat(parts)
 
 
 def blocks_frame(infos: Sequence[blk.BlockInfo], stats: pl.DataFrame | None, schema: pl.Schema) -> pl.DataFrame:

@@ -203,7 +203,7 @@ class BacktraceStore:
             try:
                 meta = catalog.TableMeta.load(directory / layout.TABLE_JSON)
             except FileNotFoundError:
-                raise TableNotFoundError(self._path, name, self.tables) from None
+                raise TableNotFoundError(self._path, name, self.tables, read_only=self._read_only) from None
             t = Table(self, directory, meta)
             self._tables[name] = t
             return t
@@ -220,16 +220,22 @@ class BacktraceStore:
         schema: Mapping[str, Any] | pl.Schema | Any = None,
         *,
         time_column: str | None = None,
-        max_block_rows: int = DEFAULT_MAX_BLOCK_ROWS,
+        max_block_rows: int | None = None,
         row_group_rows: int | None = None,
         exist_ok: bool = True,
     ) -> Table:
         """Create a table, or open it if it exists with the same schema.
 
         A different schema or time column raises SchemaMismatchError listing
-        the differences. Creation is atomic (the table folder appears by one
-        rename).
+        the differences, and so does a ``max_block_rows``/``row_group_rows``
+        passed explicitly that differs from the existing table's (omitted:
+        the table keeps its own; for a new table ``max_block_rows`` defaults to
+        ``DEFAULT_MAX_BLOCK_ROWS``). Creation is atomic (the table folder
+        appears by one rename).
         """
+        requested_block_rows = max_block_rows
+        if max_block_rows is None:
+            max_block_rows = DEFAULT_MAX_BLOCK_ROWS
         self._check_writable()
         layout.validate_table_name(name)
         if schema is None:
@@ -263,7 +269,9 @@ class BacktraceStore:
                 if not exist_ok:
                     raise TableExistsError(f"table {name!r} already exists in store {str(self._path)!r}")
                 t = self.table(name)
-                _check_same(t, pl_schema, time_column)
+                _check_same(
+                    t, pl_schema, time_column, max_block_rows=requested_block_rows, row_group_rows=row_group_rows
+                )
                 return t
             meta = catalog.TableMeta(name, pl_schema, time_column, max_block_rows, rg)
             self._create_dir(meta)
@@ -314,6 +322,14 @@ class BacktraceStore:
                 t = self.create_table(name, schema, time_column=tc, **options)
             else:
                 t = self.table(name)
+                if time_column is not None or options:  # creation options for a table that exists: must agree
+                    _check_same(
+                        t,
+                        t.schema,
+                        t.time_column if time_column is None else time_column,
+                        max_block_rows=options.get("max_block_rows"),
+                        row_group_rows=options.get("row_group_rows"),
+                    )
         return t.append(data)
 
     def drop_table(self, name: str) -> None:
@@ -323,7 +339,7 @@ class BacktraceStore:
         with self._lock:
             directory = self._path / name
             if not (directory / layout.TABLE_JSON).is_file():
-                raise TableNotFoundError(self._path, name, self.tables)
+                raise TableNotFoundError(self._path, name, self.tables, read_only=self._read_only)
             t = self._tables.pop(name, None)
             if t is not None:
                 t.close()
@@ -485,9 +501,26 @@ def _interactive() -> bool:
         return False
 
 
-def _check_same(t: Table, schema: pl.Schema, time_column: str | None) -> None:
+def _check_same(
+    t: Table,
+    schema: pl.Schema,
+    time_column: str | None,
+    *,
+    max_block_rows: int | None = None,
+    row_group_rows: int | None = None,
+) -> None:
+    """Raise SchemaMismatchError unless ``t`` has this schema, time column and (when given) these options."""
     have = t.schema
-    if have == schema and list(have.names()) == list(schema.names()) and t.time_column == time_column:
+    options = [
+        (f"({key})", stored, wanted)
+        for key, stored, wanted in [
+            ("max_block_rows", t.max_block_rows, max_block_rows),
+            ("row_group_rows", t._meta.row_group_rows, row_group_rows),
+        ]
+        if wanted is not None and wanted != stored
+    ]
+    same_schema = have == schema and list(have.names()) == list(schema.names())
+    if same_schema and t.time_column == time_column and not options:
         return
     rows: list[tuple[str, str, str, str]] = []
     for c in dict.fromkeys([*have.names(), *schema.names()]):
@@ -506,12 +539,19 @@ def _check_same(t: Table, schema: pl.Schema, time_column: str | None) -> None:
         rows.append((c, str(a) if a is not None else "-", str(b) if b is not None else "-", prob))
     if t.time_column != time_column:
         rows.append(("(time_column)", str(t.time_column), str(time_column), "different time column"))
-    raise SchemaMismatchError.from_rows(
-        t.name,
-        rows,
-        headline="exists with a different schema (table = existing, frame = requested)",
-        fix="open it with the existing schema, drop it first (store.drop_table), or use another name.",
-    )
+    for key, stored, wanted in options:
+        rows.append((key, f"{stored:,}", f"{wanted:,}", f"different {key[1:-1]}"))
+    if same_schema:
+        differ = ["time_column"] * (t.time_column != time_column) + [k[1:-1] for k, _, _ in options]
+        headline = f"exists with a different {' and '.join(differ)} (table = existing, frame = requested)"
+        fix = (
+            f"leave out {', '.join(differ)} to use the table's own (see store[{t.name!r}]), drop the table "
+            "first (store.drop_table), or use another name."
+        )
+    else:
+        headline = "exists with a different schema (table = existing, frame = requested)"
+        fix = "open it with the existing schema, drop it first (store.drop_table), or use another name."
+    raise SchemaMismatchError.from_rows(t.name, rows, headline=headline, fix=fix)
 
 
 def open(path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:  # noqa: A001 - mirrors builtins.open

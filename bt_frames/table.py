@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from bt_frames import _convert, _scan
-from bt_frames.errors import BtError, CorruptionError, ReadOnlyError, StoreClosedError
+from bt_frames.errors import BtError, CorruptionError, ReadOnlyError, StoreClosedError, TableDroppedError
 from bt_frames.storage import blocks as blk
 from bt_frames.storage import catalog, fs, layout, recovery, wal
 from bt_frames.storage import manifest as mf
@@ -109,7 +109,7 @@ class Table:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._closed = False
-        self._dropped = False
+        self._dropped = False  # set by BacktraceStore.drop_table (after close())
         self._read_only = store.read_only
         self._blocks: list[blk.BlockInfo] = []
         self._stats_frame: pl.DataFrame | None = None
@@ -231,10 +231,7 @@ class Table:
 
     def _check_open(self) -> None:
         if self._dropped:
-            raise StoreClosedError(
-                f"table {self.name!r} was dropped from store {str(self._store.path)!r}; "
-                "create it again with store.create_table() or store.append()"
-            )
+            raise TableDroppedError(self.name, self._store.path)
         if self._closed:
             raise StoreClosedError(
                 f"table {self.name!r} of store {str(self._store.path)!r} is closed; "
@@ -708,6 +705,8 @@ class Table:
 
     def _row_counts(self) -> tuple[int, int]:
         """(rows in blocks, hot rows), both from one state: after the block writer, under one lock."""
+        if self._dropped:
+            self._check_open()
         with self._lock:
             self._wait_frozen()
             cold = sum(b.rows for b in self._blocks)
@@ -798,7 +797,10 @@ class Table:
         from bt_frames import prune as _prune
 
         return _prune.plan(
-            self.snapshot(), self._meta.schema, _prune.to_expr(where, self._meta.schema), table=self.name
+            self.snapshot(),
+            self._meta.schema,
+            _prune.to_expr(where, self._meta.schema, table=self.name),
+            table=self.name,
         )
 
     def plot_blocks(self, where: Where | None = None, *, ax: Any = None) -> Any:

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 
 import bt_frames as bt
 from bt_frames._pandas import from_pandas
+from bt_frames.storage import catalog
 from tests.conftest import make_orders
 
 N = 6
@@ -180,13 +181,53 @@ def test_datetime_index_is_the_time_column_and_comes_back(
     assert str(out.index.tz) == str(tz)
 
 
-def test_date_range_index_comes_back_with_freq_none(open_store: Callable[[], bt.BacktraceStore]) -> None:
-    df = pd.DataFrame({"x": range(5)}, index=pd.date_range("2024-01-01", periods=5, freq="min", name="ts"))
+@pytest.mark.parametrize(
+    ("freq", "tz"),
+    [("D", None), ("h", "UTC"), ("5min", None), ("B", NY), ("min", None), ("250ms", None)],
+)
+def test_date_range_index_keeps_its_freq(
+    open_store: Callable[[], bt.BacktraceStore], freq: str, tz: str | None
+) -> None:
+    idx = pd.date_range("2024-01-01", periods=40, freq=freq, name="ts", tz=tz)
+    df = pd.DataFrame({"x": range(40)}, index=idx)
+    s = open_store()
+    s.append("t", df.iloc[:25])
+    s.append("t", df.iloc[25:])  # a second append continuing the range keeps it regular
+    out = s["t"].to_pandas()
+    assert out.index.freqstr == idx.freqstr
+    pd.testing.assert_frame_equal(out, df)  # check_freq=True: the default
+    s.close()
+    reopened = open_store()["t"]
+    pd.testing.assert_frame_equal(reopened.to_pandas(), df)
+    # a contiguous filtered read still follows the freq (as pandas' own boolean indexing keeps it) ...
+    tail = reopened.to_pandas(where=[("ts", ">=", idx[10])])
+    pd.testing.assert_frame_equal(tail, df[df.index >= idx[10]])
+    assert tail.index.freqstr == idx.freqstr
+    # ... one that leaves gaps does not
+    gappy = reopened.to_pandas(where=[("x", "not in", [3, 4])])
+    assert gappy.index.freq is None
+    pd.testing.assert_frame_equal(gappy, df[~df["x"].isin([3, 4])])
+
+
+def test_timedelta_range_index_keeps_its_freq(open_store: Callable[[], bt.BacktraceStore]) -> None:
+    df = pd.DataFrame({"x": range(6)}, index=pd.timedelta_range("0s", periods=6, freq="15s", name="elapsed"))
     s = open_store()
     s.append("t", df)
+    pd.testing.assert_frame_equal(s["t"].to_pandas(), df)
+
+
+def test_index_that_stops_following_its_freq_comes_back_with_freq_none(
+    open_store: Callable[[], bt.BacktraceStore],
+) -> None:
+    df = pd.DataFrame({"x": range(5)}, index=pd.date_range("2024-01-01", periods=5, freq="D", name="ts"))
+    later = pd.DataFrame({"x": [9]}, index=pd.DatetimeIndex(["2024-02-01"], name="ts").as_unit(df.index.unit))
+    s = open_store()
+    s.append("t", df)
+    s.append("t", later)  # a gap: the stored index no longer follows "D"
     out = s["t"].to_pandas()
-    assert out.index.freq is None  # as after pd.concat; the values, name and dtype are exact
-    pd.testing.assert_frame_equal(out, df, check_freq=False)
+    assert out.index.freq is None
+    pd.testing.assert_frame_equal(out, pd.concat([df, later]))
+    assert json.loads((s.path / "t" / "table.json").read_text())["pandas"]["index"]["levels"][0]["freq"] == "D"
 
 
 @pytest.mark.parametrize(
@@ -499,9 +540,10 @@ def test_metadata_that_cannot_be_applied_falls_back_to_polars_conversion(
     s.append("t", pd.DataFrame({"s": ["a", None], "n": [1, 2]}))
     path = s["t"].path / "table.json"
     s.close()
-    doc = json.loads(path.read_text())
-    doc["pandas"]["columns"][0]["dtype"] = {"kind": "string", "storage": "from-the-future", "na_value": "NA"}
-    path.write_text(json.dumps(doc))
+    meta = catalog.TableMeta.load(path)  # rewritten as a writer would (table.json carries a checksum)
+    assert meta.pandas is not None
+    meta.pandas["columns"][0]["dtype"] = {"kind": "string", "storage": "from-the-future", "na_value": "NA"}
+    path.write_text(meta.to_json())
     with caplog.at_level("WARNING", logger="bt_frames"):
         out = open_store()["t"].to_pandas()
     assert out["s"].tolist()[0] == "a"

@@ -7,11 +7,16 @@ folder) and rewritten atomically only when options change::
      "columns": [{"name": "ts", "dtype": "Datetime(time_unit='us', time_zone='UTC')"}, ...],
      "schema_ipc": "<base64 Arrow IPC stream of an empty frame: the exact schema>",
      "time_column": "ts" | null, "max_block_rows": 1000000, "row_group_rows": 16384,
-     "pandas": null | {...pandas round-trip metadata...}}
+     "pandas": null | {...pandas round-trip metadata...},
+     "checksum": "<xxh3 of the other fields>"}
 
 ``columns`` is for people; ``schema_ipc`` is authoritative (it keeps every
 dtype parameter: units, time zones, enum categories, decimal scale).
 ``format_version`` greater than ``TABLE_FORMAT_VERSION`` refuses to open.
+``checksum`` is the xxh3 digest of the document without it, as canonical JSON
+(sorted keys, no spaces), so an edit or a flipped byte that still parses is
+caught; files written before the field existed have none and are accepted.
+Any damage is a ``CorruptionError`` naming the file.
 
 ``stats.arrow`` — a **transient** cache of every block's statistics so that
 opening a store is one small read instead of one footer read per block, as
@@ -87,32 +92,34 @@ class TableMeta:
             "max_block_rows": self.max_block_rows,
             "row_group_rows": self.row_group_rows,
             "pandas": self.pandas,
-            **self.extra,
+            **{k: v for k, v in self.extra.items() if k != "checksum"},
         }
+        doc["checksum"] = _doc_checksum(doc)
         return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> TableMeta:
+        """Read and check a ``table.json``; every kind of damage is a CorruptionError naming the file."""
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
             raise
         except (OSError, ValueError) as e:
-            raise CorruptionError.at(path, None, f"unreadable table metadata ({e})") from e
+            raise _bad_table_json(path, f"unreadable table metadata ({e})") from e
         if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
-            raise CorruptionError.at(path, None, "not a bt_frames table.json")
+            raise _bad_table_json(path, "not a bt_frames table.json")
         version = doc.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool):
-            raise CorruptionError.at(path, None, f"format_version is {version!r}, not an integer")
+            raise _bad_table_json(path, f"format_version is {version!r}, not an integer")
         if version > TABLE_FORMAT_VERSION:
             raise UnsupportedFormatError.newer(path, version, TABLE_FORMAT_VERSION)
         try:
             schema = schema_from_b64(doc["schema_ipc"])
             known = {
                 "format", "format_version", "name", "columns", "schema_ipc", "time_column",
-                "max_block_rows", "row_group_rows", "pandas",
+                "max_block_rows", "row_group_rows", "pandas", "checksum",
             }  # fmt: skip
-            return cls(
+            meta = cls(
                 name=doc["name"],
                 schema=schema,
                 time_column=doc.get("time_column"),
@@ -122,7 +129,47 @@ class TableMeta:
                 extra={k: v for k, v in doc.items() if k not in known},
             )
         except (KeyError, ValueError, TypeError, pl.exceptions.PolarsError) as e:
-            raise CorruptionError.at(path, None, f"bad table metadata ({e})") from e
+            raise _bad_table_json(path, f"bad table metadata ({type(e).__name__}: {e})") from e
+        problem = _meta_problem(meta, doc)
+        if problem:
+            raise _bad_table_json(path, f"bad table metadata ({problem})")
+        if "checksum" in doc and doc["checksum"] != _doc_checksum(doc):
+            raise _bad_table_json(
+                path, f"its checksum {doc['checksum']!r} does not match its content ({_doc_checksum(doc)!r})"
+            )
+        return meta
+
+
+def _doc_checksum(doc: dict[str, Any]) -> str:
+    """xxh3 of ``doc`` without its ``checksum``, as canonical JSON (independent of indentation and key order)."""
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return blk.hash_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _meta_problem(meta: TableMeta, doc: dict[str, Any]) -> str | None:
+    """Why fields that parsed are still impossible, or None."""
+    if not isinstance(meta.name, str) or not meta.name:
+        return f"name is {meta.name!r}, not a table name"
+    if meta.time_column is not None and meta.time_column not in meta.schema:
+        return f"time_column {meta.time_column!r} is not a column of the schema"
+    for key in ("max_block_rows", "row_group_rows"):
+        if not isinstance(doc[key], int) or isinstance(doc[key], bool) or doc[key] < 1:
+            return f"{key} is {doc[key]!r}, not a positive integer"
+    if meta.pandas is not None and not isinstance(meta.pandas, dict):
+        return f"pandas is a {type(meta.pandas).__name__}, not an object"
+    if "checksum" in doc and not isinstance(doc["checksum"], str):
+        return f"checksum is {doc['checksum']!r}, not a string"
+    return None
+
+
+def _bad_table_json(path: Path, reason: str) -> CorruptionError:
+    store = path.parent.parent
+    return CorruptionError(
+        f"corrupt table metadata {path}: {reason}. Nothing was changed, and the table's data files were not "
+        f"read. Restore {path.name} from a backup (or from a copy of this table made by the same bt_frames "
+        f"version), then run `python -m bt_frames verify {store}` to check the rest of the store.",
+        path=path,
+    )
 
 
 # -- statistics cache ----------------------------------------------------------
@@ -229,6 +276,9 @@ def _read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str
             body = f.read()
     except FileNotFoundError:
         return None, "missing"
+    except OSError as e:  # a directory, no permission, an I/O error: only a cache, rebuilt from the footers
+        log.warning("stats cache %s cannot be read (%s); treating it as corrupt and reading block footers", path, e)
+        return None, "corrupt"
     try:
         header = json.loads(head)
         if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
@@ -362,11 +412,20 @@ def load_named(
 
 
 def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None:
-    """Write the statistics frame as the cache (not durable: it is only a cache)."""
+    """Write the statistics frame as the cache (not durable: it is only a cache).
+
+    Never raises for the file system: a cache that cannot be written (its path
+    is a directory, the disk is full, no permission) is logged and left to be
+    rebuilt from the block footers on the next open.
+    """
     buf = io.BytesIO()
     stats.write_ipc_stream(buf, compression="uncompressed")
     body = buf.getvalue()
     head = json.dumps(
         {"format": CACHE_FORMAT, "version": CACHE_VERSION, "schema": _schema_key(schema), "xxh3": blk.hash_bytes(body)}
     ).encode()
-    layout.atomic_write(table_dir / layout.STATS_CACHE, head + b"\n" + body, durable=False)
+    path = table_dir / layout.STATS_CACHE
+    try:
+        layout.atomic_write(path, head + b"\n" + body, durable=False)
+    except OSError as e:
+        log.warning("stats cache %s cannot be written (%s); the next open reads block footers instead", path, e)
