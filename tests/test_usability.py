@@ -395,7 +395,7 @@ def test_table_not_found_on_a_read_only_store_does_not_suggest_create_table(stor
         ro["order"]
     msg = str(e.value)
     assert msg.startswith(f"store {str(store_path)!r} has no table 'order' (tables: 'orders'). Check the name")
-    assert "on a store opened for writing (not read_only=True)" in msg
+    assert "This store was opened with read_only=True and cannot create tables" in msg
     assert "Create it with store.create_table" not in msg
 
 
