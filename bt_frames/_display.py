@@ -58,15 +58,17 @@ def table_repr(t: Table) -> str:
     if t._closed:
         return f"<bt_frames.Table {t.name!r} ({'dropped' if t._dropped else 'closed'})>"
     f = table_facts(t)
-    return "\n".join(
-        [
-            f"<bt_frames.Table {t.name!r}: {f['rows']:,} rows ({f['cold rows']:,} in {f['blocks']} block(s), "
-            f"{_fmt_bytes(f['block bytes'])}; {f['hot rows']:,} hot), WAL {f['wal records']} record(s) "
-            f"/ {_fmt_bytes(f['wal bytes'])}>",
-            f"  schema: {_schema_text(t)}",
-            f"  time: {_time_range(f)}",
-        ]
-    )
+    lines = [
+        f"<bt_frames.Table {t.name!r}: {f['rows']:,} rows ({f['cold rows']:,} in {f['blocks']} block(s), "
+        f"{_fmt_bytes(f['block bytes'])}; {f['hot rows']:,} hot), WAL {f['wal records']} record(s) "
+        f"/ {_fmt_bytes(f['wal bytes'])}>",
+        f"  schema: {_schema_text(t)}",
+        f"  time: {_time_range(f)}",
+    ]
+    health = t.health
+    if not health.ok:
+        lines.append(f"  health: {health}")
+    return "\n".join(lines)
 
 
 def table_report(t: Table) -> str:
@@ -80,6 +82,8 @@ def table_report(t: Table) -> str:
         f"max_block_rows={t.max_block_rows:,}",
         f"  WAL          {f['wal segments']} segment(s), {f['wal records']} record(s), {_fmt_bytes(f['wal bytes'])}",
         f"  time range   {_time_range(f)}",
+        f"  manifest     version {t.recovery.manifest_version}",
+        f"  health       {t.health}",
     ]
     rec = t.recovery
     if rec.torn_tail_bytes:

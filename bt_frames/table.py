@@ -213,8 +213,8 @@ class Table:
         if got.stats_changed:
             self._write_cache()
         if self._hot.rows >= self._meta.max_block_rows:
-            with self._lock:
-                self._freeze_async()  # in the background: opening never fails for want of disk space
+            with self._lock:  # in the background, and never raising: opening never fails for want of disk space
+                self._after_commit(self._freeze_async)
         log.debug("opened table %r: %s", self.name, got.report.summary())
 
     def refresh(self) -> None:
