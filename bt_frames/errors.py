@@ -11,7 +11,8 @@ and how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MissingOptionalDependencyError",
     "ReadOnlyError",
     "SchemaMismatchError",
+    "StorageIOError",
     "StoreClosedError",
     "StoreLockedError",
     "TableDroppedError",
@@ -114,9 +116,50 @@ class CorruptionError(BtError):
 
 def _store_root(path: Path) -> Path | None:
     for parent in path.parents:
-        if (parent / "LOCK").exists():
+        if (parent / "bt_frames.json").exists() or (parent / "LOCK").exists():
             return parent
     return None
+
+
+@contextlib.contextmanager
+def os_errors(what: str) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside into a ``StorageIOError`` saying ``what`` failed (BtErrors pass)."""
+    try:
+        yield
+    except BtError:
+        raise
+    except OSError as e:
+        raise StorageIOError.wrap(what, e) from e
+
+
+class StorageIOError(BtError, OSError):
+    """The operating system refused a read or write (a full disk, an I/O error, permissions).
+
+    Also an ``OSError``: ``errno`` and ``filename`` are the system's. The
+    message names the table and what was being done. The call that raised it
+    committed nothing (an append raises only if its record is not in the
+    WAL), so it can be retried once the cause is fixed.
+
+    >>> table.append(df)  # on a full disk                   # doctest: +SKIP
+    StorageIOError: table 'orders': append failed: [Errno 28] No space left on device: '.../wal/...wal'.
+    Nothing was committed; free disk space (or fix the folder's permissions) and retry.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, filename: str | None = None) -> None:
+        OSError.__init__(self, errno, message, filename)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def wrap(cls, what: str, e: OSError) -> StorageIOError:
+        return cls(
+            f"{what} failed: {e}. Nothing was committed; free disk space (or fix the folder's permissions) "
+            "and retry.",
+            errno=e.errno,
+            filename=e.filename,
+        )
 
 
 class StoreLockedError(BtError):

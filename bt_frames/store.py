@@ -25,6 +25,7 @@ from bt_frames.errors import (
     TableExistsError,
     TableNotFoundError,
     UnsupportedFormatError,
+    os_errors,
 )
 from bt_frames.storage import catalog, fs, layout, wal
 from bt_frames.storage.locking import StoreLock
@@ -125,21 +126,22 @@ class BacktraceStore:
             raise BtError(_file_message(self._path))
         if kind == "foreign":
             raise BtError(_foreign_message(self._path))
-        if kind == "missing":
-            _make_dirs(self._path)
         _check_marker(self._path, kind)
-        if kind in ("missing", "empty"):
-            _write_marker(self._path)  # first: a crash leaves an empty folder or a store, never a LOCK alone
-        self._store_lock = StoreLock(self._path)
-        self._store_lock.acquire()
-        try:
-            _remove_transient_dirs(self._path)
-            if kind == "legacy":  # tables upgrade as they open; the marker says the folder is a store
-                self.upgraded = True
-                _write_marker(self._path)
-        except BaseException:
-            self._store_lock.release()
-            raise
+        with os_errors(f"opening store {str(self._path)!r}"):
+            if kind == "missing":
+                _make_dirs(self._path)
+            if kind in ("missing", "empty"):
+                _write_marker(self._path)  # first: a crash leaves an empty folder or a store, never a LOCK alone
+            self._store_lock = StoreLock(self._path)
+            self._store_lock.acquire()
+            try:
+                _remove_transient_dirs(self._path)
+                if kind == "legacy":  # tables upgrade as they open; the marker says the folder is a store
+                    self.upgraded = True
+                    _write_marker(self._path)
+            except BaseException:
+                self._store_lock.release()
+                raise
         self._closed = False
         self._initialised = True
         self._handles = 1
@@ -274,7 +276,8 @@ class BacktraceStore:
                 )
                 return t
             meta = catalog.TableMeta(name, pl_schema, time_column, max_block_rows, rg)
-            self._create_dir(meta)
+            with os_errors(f"store {str(self._path)!r}: create_table({name!r})"):
+                self._create_dir(meta)
             return self.table(name)
 
     def _create_dir(self, meta: catalog.TableMeta) -> None:
@@ -287,11 +290,11 @@ class BacktraceStore:
             layout.atomic_write(tmp / layout.TABLE_JSON, meta.to_json().encode())
             Manifest.create(tmp)
             layout.fsync_dir(tmp)
-            fs.replace(tmp, self._path / meta.name)
+            fs.replace(tmp, self._path / meta.name)  # the commit point: the table exists
         except BaseException:
             fs.remove_tree(tmp)
             raise
-        layout.fsync_dir(self._path)
+        _sync_after_commit(self._path, f"creating table {meta.name!r}")
 
     def append(self, name: str, data: object, *, time_column: str | None = None, **options: Any) -> int | None:
         """Append to table ``name``, creating it from ``data``'s schema if it does not exist.
@@ -345,8 +348,9 @@ class BacktraceStore:
                 t.close()
                 t._dropped = True
             trash = self._path / layout.transient_dir("dropped", name)
-            fs.replace(directory, trash)
-            layout.fsync_dir(self._path)  # the commit point: the table is gone
+            with os_errors(f"store {str(self._path)!r}: drop_table({name!r})"):
+                fs.replace(directory, trash)  # the commit point: the table is gone
+            _sync_after_commit(self._path, f"dropping table {name!r}")
             try:
                 fs.remove_tree(trash)
             except OSError as e:  # the next writer to open the store removes it
@@ -652,6 +656,16 @@ def _make_dirs(path: Path) -> None:
     for d in reversed(missing):
         fs.mkdir(d, exist_ok=True)
         layout.fsync_dir(d.parent)
+
+
+def _sync_after_commit(path: Path, what: str) -> None:
+    """fsync ``path`` after a rename that already took effect: a failure is logged, not raised
+    (raising would say "nothing happened" about a change every reader already sees)."""
+    try:
+        layout.fsync_dir(path)
+    except OSError as e:
+        log.warning("store %s: %s took effect, but syncing the folder failed (%s); a power loss may undo it",
+                    path, what, e)  # fmt: skip
 
 
 def _remove_transient_dirs(path: Path) -> None:

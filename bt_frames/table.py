@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from bt_frames import _convert, _scan
-from bt_frames.errors import BtError, CorruptionError, ReadOnlyError, StoreClosedError, TableDroppedError
+from bt_frames.errors import (
+    BtError,
+    CorruptionError,
+    ReadOnlyError,
+    StoreClosedError,
+    TableDroppedError,
+    os_errors,
+)
 from bt_frames.storage import blocks as blk
 from bt_frames.storage import catalog, fs, layout, recovery, wal
 from bt_frames.storage import manifest as mf
@@ -178,6 +185,12 @@ class Table:
                 if e.error is not None:
                     problems.setdefault("block", f"writing the block of LSNs {e.first}-{e.last} failed: {e.error}")
             pending = sum(e.rows for e in self._frozen if e.error is not None)
+            m = self._manifest
+            if m is not None and not m.sync():
+                problems["manifest"] = (
+                    f"manifest version {m.state.version} is committed but its folder could not be synced; "
+                    "WAL segments and retired blocks are kept until it is"
+                )
         return Health(not problems, tuple(problems.values()), pending)
 
     # -- opening / recovery ----------------------------------------------------
@@ -185,15 +198,16 @@ class Table:
     def _load(self) -> None:
         """Check the files against the manifest, read block statistics and replay the WAL."""
         writer = not self._read_only
-        got = recovery.recover(
-            self._dir,
-            self._meta.schema,
-            writer=writer,
-            durability=self._store.durability,
-            grace_s=self._store.retired_grace,
-            pinned=lambda n: bool(self._pins.get(n)),
-            progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
-        )
+        with os_errors(f"table {self.name!r}: opening"):
+            got = recovery.recover(
+                self._dir,
+                self._meta.schema,
+                writer=writer,
+                durability=self._store.durability,
+                grace_s=self._store.retired_grace,
+                pinned=lambda n: bool(self._pins.get(n)),
+                progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
+            )
         hot = HotBuffer()
         for lsn, chunk, size in got.hot:
             hot.add(lsn, chunk, size)
@@ -278,7 +292,7 @@ class Table:
             return None
         if pandas_meta is not None and self._meta.pandas is None:
             self._store._set_pandas_meta(self, pandas_meta)
-        with self._lock:
+        with self._lock, os_errors(f"table {self.name!r}: append"):
             self._check_writable()
             assert self._wal is not None
             if df.height >= self._meta.max_block_rows:
@@ -369,10 +383,11 @@ class Table:
             edit.forget += forget
             edit.wal_add += segs
             try:
-                return self._manifest.commit(edit)
+                state = self._manifest.commit(edit)
             except BaseException:
                 self._pending_forget, self._pending_wal = forget + self._pending_forget, segs + self._pending_wal
                 raise
+            return state
 
     def flush(self) -> int:
         """Freeze the hot buffer into a block now; return the number of rows written.
@@ -382,7 +397,7 @@ class Table:
         WAL and ``health`` reports it).
         """
         self._check_writable()
-        with self._lock:
+        with self._lock, os_errors(f"table {self.name!r}: flush"):
             self._wait_frozen()
             n = self._hot.rows + sum(e.rows for e in self._frozen)
             self._freeze()
@@ -405,7 +420,7 @@ class Table:
         self._check_writable()
         target = target_rows or self._meta.max_block_rows
         small = min_rows if min_rows is not None else max(1, target // 2)
-        with self._lock:
+        with self._lock, os_errors(f"table {self.name!r}: compact"):
             self._wait_frozen()
             before = len(self._blocks)
             runs = _compaction_runs(self._blocks, target, small)
@@ -476,7 +491,7 @@ class Table:
 
     def _purge_retired(self, *, grace_s: float | None = None) -> None:
         """Delete retired blocks past the grace period that no scan here pins; the next version forgets them."""
-        if self._manifest is None:
+        if self._manifest is None or not self._manifest.sync():  # the versions retiring them must be durable
             return
         grace = self._store.retired_grace if grace_s is None else grace_s
         now = dt.datetime.now(dt.UTC)
@@ -610,6 +625,10 @@ class Table:
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
         # No directory fsync: a deletion lost in a crash leaves a segment that recovery removes again.
+        # While the manifest's folder is not synced, a power loss could lose the version naming the block:
+        # its records then must still be in the WAL (recovery removes the segments later).
+        if self._manifest is not None and not self._manifest.sync():
+            covered = []
         for _first, path in covered:
             try:
                 fs.unlink(path, missing_ok=True)
@@ -647,7 +666,8 @@ class Table:
                 self._freezer = None
             try:
                 if self._wal is not None:
-                    self._wal.close()
+                    with os_errors(f"table {self.name!r}: close (syncing the WAL)"):
+                        self._wal.close()
             finally:
                 self._wal = None
                 if self._manifest is not None:

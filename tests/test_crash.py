@@ -148,18 +148,19 @@ def _run_until_fault(path: Path, tmp_path: Path, sizes: str, mbr: int, fault: st
     [
         # A freeze: the WAL was rotated, the block's .tmp is written but not renamed into place.
         ("small", "rename-block:3", {"tmp_files_removed": 1, "records_skipped": 0}),
-        # A freeze: the block is in place, the WAL segments it covers are not deleted yet -> skipped on replay.
-        ("small", "renamed-block:3", {"records_skipped": "+"}),
+        # A freeze: the block is in place, its manifest version is not written: the block is not part of the
+        # table (its rows are replayed from the WAL) and is removed.
+        ("small", "renamed-block:3", {"superseded_blocks_removed": 1, "records_skipped": 0}),
         # A freeze: the WAL was rotated, no block written -> replay reads two segments.
         ("small", "rotated:2", {"records_skipped": 0, "wal_segments": 2}),
         # The stats cache's .tmp is written, not renamed: the cache is stale, its .tmp must not linger.
         ("small", "rename-cache:2", {"stats_cache": "stale", "tmp_files_removed": 1}),
-        # A 3-part append (2nd batch): part 1 renamed, parts 2-3 still .tmp -> all removed, batch absent.
-        ("big", "rename-block:5", {"tmp_files_removed": 2, "incomplete_blocks_removed": 1, "absent": True}),
+        # A 3-part append (2nd batch): part 1 renamed, part 2 still .tmp -> both removed, batch absent.
+        ("big", "rename-block:5", {"tmp_files_removed": 1, "incomplete_blocks_removed": 1, "absent": True}),
         # A 3-part append: parts 1-2 renamed, part 3 not written -> removed, batch absent.
-        ("big", "renamed-block:5", {"tmp_files_removed": 1, "incomplete_blocks_removed": 2, "absent": True}),
-        # Every part renamed, the directory not yet fsynced: the batch is complete (a process crash keeps it).
-        ("big", "renamed-block:6", {"incomplete_blocks_removed": 0, "present": True}),
+        ("big", "renamed-block:5", {"tmp_files_removed": 0, "incomplete_blocks_removed": 2, "absent": True}),
+        # Every part renamed, the manifest version (the commit point) not written: never acknowledged, removed.
+        ("big", "renamed-block:6", {"incomplete_blocks_removed": 3, "absent": True}),
     ],
 )
 def test_kill_at_each_step_of_a_block_write(tmp_path: Path, sizes: str, fault: str, expect: dict[str, object]) -> None:

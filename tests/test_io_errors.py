@@ -1,13 +1,13 @@
-"""A failed file-system call commits nothing, and the store keeps working (DESIGN.md §2 Atomicity).
+"""A failed file-system call commits nothing, and the store keeps working (append is exactly once).
 
 For each workload (tests/helpers/workloads.py), each kind of call that goes
 through the ``bt_frames.storage.fs`` seam, each k (every call of that kind the
 workload makes) and each of ENOSPC and EIO, the workload runs with the k-th
 call failing once (tests/helpers/faultfs.py). Then:
 
-- an exception reaching the caller is a ``bt.BtError`` or an ``OSError``
-  carrying the injected errno (raw OSErrors are listed in the summary: the
-  engine team decides whether to wrap them);
+- an exception reaching the caller is a ``bt.BtError`` (for a failed system
+  call, ``bt.StorageIOError``, also an ``OSError`` carrying the injected
+  errno); a raw OSError is a failure;
 - a step that raised committed nothing: its rows are absent from the open
   store *and* from a read-only view of the files; retried, it succeeds once
   (an append that raised but committed is a failure -- the caller retries it
@@ -63,11 +63,10 @@ def _run_steps(w: wl.Workload, base: Path, ffs: FaultFS) -> tuple[wl.Ctx, list[s
             except Exception as e:
                 err = e
             what = f"{s.label} raised {type(err).__name__}: {err}"
+            if isinstance(err, OSError) and err.errno != ffs.err:
+                problems.append(f"{what} (errno {err.errno}, not the injected {ffs.err})")
             if isinstance(err, OSError) and not isinstance(err, bt.BtError):
-                if err.errno != ffs.err:
-                    problems.append(f"{what} (errno {err.errno}, not the injected {ffs.err})")
-                else:
-                    notes.append(f"raw OSError from {s.label}: {_origin(err)}")
+                problems.append(f"raw OSError from {s.label}: {_origin(err)}")
             elif not isinstance(err, bt.BtError):
                 problems.append(f"{what}: neither a BtError nor an OSError\n{''.join(traceback.format_exception(err))}")
             after = s.effect(model)

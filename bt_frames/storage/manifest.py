@@ -340,16 +340,44 @@ class Manifest:
         return cls(table_dir, first)
 
     def commit(self, edit: Edit) -> State:
-        """Write the next version; durable when this returns (the commit point of ``edit``)."""
+        """Write the next version; the commit point of ``edit`` is the rename of its file.
+
+        Raises (nothing committed) if the file cannot be written or renamed. A
+        failure to fsync the folder *after* the rename does not raise: the
+        version is visible to every reader and to recovery after a process
+        crash, so it is committed; ``unsynced`` stays True (and the caller
+        keeps everything a power loss could still need: covered WAL segments,
+        retired blocks) until a later commit or ``sync()`` makes it durable.
+        """
         v = self.state.version + 1
         time = _now()
         new = self.state.apply(edit, v, time)
         path = manifest_dir(self.table_dir) / version_name(v)
         if path.exists():  # put-if-absent: one writer per table
             raise CorruptionError.at(path, None, f"manifest version {v} already exists: another writer?")
-        layout.atomic_write(path, encode(v, edit, time, new if is_checkpoint(v) else None))
+        tmp = layout.tmp_path(path)
+        fs.write_file(tmp, encode(v, edit, time, new if is_checkpoint(v) else None))
+        try:
+            fs.replace(tmp, path)
+        except BaseException:
+            fs.unlink(tmp, missing_ok=True)
+            raise
         self.state = new
+        self.unsynced = True
+        self.sync()
         return new
+
+    unsynced = False
+
+    def sync(self) -> bool:
+        """fsync ``_manifest/`` if a version is not yet durable; True when every version is."""
+        if self.unsynced:
+            try:
+                layout.fsync_dir(manifest_dir(self.table_dir))
+            except OSError:
+                return False
+            self.unsynced = False
+        return True
 
 
 def legacy_state(blocks: Sequence[blk.BlockInfo], wal_segments: Iterable[int], next_lsn: int) -> State:
