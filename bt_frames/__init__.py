@@ -12,7 +12,6 @@ are Polars LazyFrames that skip blocks using cached statistics.
 
 from __future__ import annotations
 
-from bt_frames._convert import UnsupportedInputError
 from bt_frames.errors import (
     BtError,
     CorruptionError,
@@ -27,6 +26,7 @@ from bt_frames.errors import (
     TableExistsError,
     TableNotFoundError,
     UnsupportedFormatError,
+    UnsupportedInputError,
 )
 from bt_frames.prune import PruneReport
 from bt_frames.store import BacktraceStore, open

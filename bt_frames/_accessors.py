@@ -15,9 +15,9 @@ hundred milliseconds), so the pandas accessor is registered lazily:
    that import to finish, then registers.
 
 Registration is idempotent and thread-safe (one lock; a flag), and never
-replaces a ``bt`` accessor that another library registered. Any bt_frames
-code path that handles pandas data also registers (``_pandas`` calls
-:func:`register_pandas_accessor` on import), a last safety net.
+replaces a ``bt`` accessor that another library registered. This module is
+the top layer of the package: it uses the store and tables, and nothing
+below it imports it (``bt_frames/__init__`` calls :func:`install`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from bt_frames._convert import UnsupportedInputError
+from bt_frames.errors import UnsupportedInputError
 
 if TYPE_CHECKING:
     from types import ModuleType

@@ -26,13 +26,9 @@ from typing import Any
 
 import polars as pl
 
-from bt_frames.errors import BtError, SchemaMismatchError
+from bt_frames.errors import SchemaMismatchError, UnsupportedInputError
 
 __all__ = ["UnsupportedInputError", "coerce", "normalize_schema", "to_polars"]
-
-
-class UnsupportedInputError(BtError, TypeError):
-    """The object passed as data is not a frame bt_frames can read."""
 
 
 def _is_pandas(obj: object) -> bool:

@@ -16,8 +16,8 @@ from bt_frames.errors import BtError
 from bt_frames.prune import _fmt_bytes
 
 if TYPE_CHECKING:
-    from bt_frames.store import BacktraceStore
-    from bt_frames.table import Table
+    from bt_frames._views import StoreView as BacktraceStore
+    from bt_frames._views import TableView as Table
 
 _TH = "<th style='text-align:left'>"
 

@@ -70,7 +70,6 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
-from bt_frames._accessors import register_pandas_accessor
 from bt_frames.errors import SchemaMismatchError
 
 log = logging.getLogger("bt_frames")
@@ -80,8 +79,6 @@ PANDAS_META_VERSION = 1
 # untyped handles: their signatures differ between pandas 2.2 and 3 (and their stubs)
 _pandas_dtype: Any = pd.api.types.pandas_dtype
 _StringDtype: Any = pd.StringDtype
-
-register_pandas_accessor()  # a safety net: pandas data reached bt_frames, so df.bt must exist
 
 _ArrowErrors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 _NULLABLE = {"i": "Int", "u": "UInt"}  # int32 -> Int32: the dtype for nulls the numpy dtype cannot hold

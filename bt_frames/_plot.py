@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from bt_frames.errors import MissingOptionalDependencyError
 
 if TYPE_CHECKING:
+    from bt_frames._views import TableView as Table
     from bt_frames.prune import Where
-    from bt_frames.table import Table
 
 SCANNED_COLOR = "#2a9d6f"
 PRUNED_COLOR = "#c9c9c9"

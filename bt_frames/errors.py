@@ -29,6 +29,7 @@ __all__ = [
     "TableExistsError",
     "TableNotFoundError",
     "UnsupportedFormatError",
+    "UnsupportedInputError",
 ]
 
 
@@ -41,6 +42,10 @@ class BtError(Exception):
     ...     print(type(e).__name__, e)
     SchemaMismatchError table 'orders': the frame does not match the table schema ...
     """
+
+
+class UnsupportedInputError(BtError, TypeError):
+    """The object passed as data is not a frame bt_frames can read (pandas, Polars, pyarrow)."""
 
 
 class SchemaMismatchError(BtError, ValueError):
@@ -155,8 +160,7 @@ class StorageIOError(BtError, OSError):
     @classmethod
     def wrap(cls, what: str, e: OSError) -> StorageIOError:
         return cls(
-            f"{what} failed: {e}. Nothing was committed; free disk space (or fix the folder's permissions) "
-            "and retry.",
+            f"{what} failed: {e}. Nothing was committed; free disk space (or fix the folder's permissions) and retry.",
             errno=e.errno,
             filename=e.filename,
         )

@@ -174,7 +174,13 @@ class Table:
 
     @property
     def store(self) -> BacktraceStore:
+        """The store this table belongs to."""
         return self._store
+
+    @property
+    def read_only(self) -> bool:
+        """True when the store was opened with ``read_only=True``."""
+        return self._read_only
 
     @property
     def health(self) -> Health:
