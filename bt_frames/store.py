@@ -29,7 +29,7 @@ from bt_frames.errors import (
 )
 from bt_frames.storage import catalog, fs, layout, wal
 from bt_frames.storage.locking import StoreLock
-from bt_frames.storage.manifest import Manifest
+from bt_frames.storage.manifest import Manifest, State
 from bt_frames.table import DEFAULT_MAX_BLOCK_ROWS, DEFAULT_ROW_GROUP_ROWS, Table
 
 if TYPE_CHECKING:
@@ -278,7 +278,18 @@ class BacktraceStore:
             meta = catalog.TableMeta(name, pl_schema, time_column, max_block_rows, rg)
             with os_errors(f"store {str(self._path)!r}: create_table({name!r})"):
                 self._create_dir(meta)
-            return self.table(name)
+                try:
+                    return self.table(name)
+                except BaseException:  # an empty table that cannot be opened: take it back (nothing was in it)
+                    self._tables.pop(name, None)
+                    trash = self._path / layout.transient_dir("dropped", name)
+                    try:
+                        fs.replace(self._path / name, trash)
+                        _sync_after_commit(self._path, f"removing table {name!r} again")
+                        fs.remove_tree(trash)
+                    except OSError as e:
+                        log.warning("store %s: could not take back table %r (%s)", self._path, name, e)
+                    raise
 
     def _create_dir(self, meta: catalog.TableMeta) -> None:
         """Build the table folder under a temporary name, then rename it into place (the commit point)."""
@@ -288,7 +299,8 @@ class BacktraceStore:
             fs.mkdir(tmp / layout.WAL_DIR)
             fs.mkdir(tmp / layout.BLOCKS_DIR)
             layout.atomic_write(tmp / layout.TABLE_JSON, meta.to_json().encode())
-            Manifest.create(tmp)
+            wal.create_segment(tmp / layout.WAL_DIR / layout.wal_name(1))  # opening the new table writes nothing
+            Manifest.create(tmp, State(wal=[1]))
             layout.fsync_dir(tmp)
             fs.replace(tmp, self._path / meta.name)  # the commit point: the table exists
         except BaseException:

@@ -117,7 +117,7 @@ def _live(ctx: wl.Ctx) -> dict[str, pl.DataFrame] | None:
 
 def _disk(db: Path) -> dict[str, pl.DataFrame]:
     """What the files say now: a read-only view (takes no lock, writes nothing)."""
-    if not db.is_dir():
+    if not db.is_dir() or not any(db.iterdir()):  # no folder, or an empty one: no store yet
         return {}
     with bt.open(db, read_only=True) as ro:
         return wl.read_model(ro)

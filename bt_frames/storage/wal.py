@@ -37,9 +37,10 @@ fail at ``o`` it decides between a *torn tail* and *corruption*:
 
 - torn tail: this is the last segment and no valid record (conditions 2-4,
   with an LSN greater than the last good one) starts anywhere after ``o``.
-  The same holds for the segment header: a last segment whose header is
-  incomplete or not the magic (zeros, on a file system that shows unsynced
-  bytes as zeros) and holds no valid record is an unfinished creation.
+  The same holds for the segment header: a last segment of at most 8 bytes
+  whose header is incomplete or not the magic (zeros, on a file system that
+  shows unsynced bytes as zeros) is an unfinished creation: the header is
+  synced before any record is appended.
   A crash during the final write can only leave such a tail, and its append
   was never acknowledged. A writer truncates the file to ``o``; a read-only
   reader just stops there.
@@ -175,9 +176,10 @@ def read_segment(path: Path, *, is_last: bool, prev_lsn: int = -1) -> SegmentSca
         raise CorruptionError.at(path, 0, f"segment header is {size} bytes, expected {SEGMENT_HEADER_SIZE}")
     magic, version = SEGMENT_HEADER.unpack_from(buf, 0)
     if magic != SEGMENT_MAGIC:
-        if is_last and _valid_record_after(data, buf, -1, size, first_lsn) is None:
+        if is_last and size <= SEGMENT_HEADER_SIZE:
             # a crash while creating the segment: its header never reached the disk (a file system may
-            # show unsynced bytes as zeros), and no record follows -- nothing acknowledged is here
+            # show unsynced bytes as zeros). The header is synced before any record is appended, so a
+            # longer segment with a bad header is damage, not an unfinished creation.
             return SegmentScan(path, first_lsn, [], 0, size)
         raise CorruptionError.at(path, 0, "not a bt_frames WAL segment (bad magic)")
     if version > WAL_VERSION:
@@ -246,6 +248,11 @@ def scan_wal(wal_dir: Path) -> Iterator[SegmentScan]:
         if scan.records:
             prev = scan.records[-1].lsn
         yield scan
+
+
+def create_segment(path: Path) -> None:
+    """Create an empty segment (its header, synced; the folder synced too), as a table's first."""
+    fs.close(WalWriter._open(path, create=True))
 
 
 class WalWriter:
