@@ -74,7 +74,14 @@ def verify_store(root: Path) -> VerifyReport:
     rep = VerifyReport(root)
     for entry in sorted(os.listdir(root)):
         tdir = root / entry
-        if entry.startswith(".") or not (tdir / layout.TABLE_JSON).is_file():
+        if entry.startswith("."):
+            continue
+        lost = catalog.lost_table_json(tdir)
+        if lost is not None:  # a table without its table.json: its data cannot be checked against a schema
+            rep.tables += 1
+            rep.problems.append(Problem(lost.path, None, str(lost)))
+            continue
+        if not (tdir / layout.TABLE_JSON).is_file():
             continue
         rep.tables += 1
         try:
