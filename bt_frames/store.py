@@ -205,6 +205,9 @@ class BacktraceStore:
             try:
                 meta = catalog.TableMeta.load(directory / layout.TABLE_JSON)
             except FileNotFoundError:
+                lost = catalog.lost_table_json(directory)
+                if lost is not None:
+                    raise lost from None
                 raise TableNotFoundError(self._path, name, self.tables, read_only=self._read_only) from None
             t = Table(self, directory, meta)
             self._tables[name] = t
@@ -275,6 +278,9 @@ class BacktraceStore:
                     t, pl_schema, time_column, max_block_rows=requested_block_rows, row_group_rows=row_group_rows
                 )
                 return t
+            lost = catalog.lost_table_json(self._path / name)
+            if lost is not None:  # a table whose table.json is gone: never built over (its data is there)
+                raise lost
             meta = catalog.TableMeta(name, pl_schema, time_column, max_block_rows, rg)
             with os_errors(f"store {str(self._path)!r}: create_table({name!r})"):
                 self._create_dir(meta)

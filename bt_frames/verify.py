@@ -74,7 +74,14 @@ def verify_store(root: Path) -> VerifyReport:
     rep = VerifyReport(root)
     for entry in sorted(os.listdir(root)):
         tdir = root / entry
-        if entry.startswith(".") or not (tdir / layout.TABLE_JSON).is_file():
+        if entry.startswith("."):
+            continue
+        lost = catalog.lost_table_json(tdir)
+        if lost is not None:  # a table without its table.json: its data cannot be checked against a schema
+            rep.tables += 1
+            rep.problems.append(Problem(lost.path, None, str(lost)))
+            continue
+        if not (tdir / layout.TABLE_JSON).is_file():
             continue
         rep.tables += 1
         try:
@@ -96,6 +103,7 @@ def verify_store(root: Path) -> VerifyReport:
 def _verify_blocks(tdir: Path, rep: VerifyReport) -> None:
     blocks_dir = tdir / layout.BLOCKS_DIR
     on_disk = {p.name: p for _n, p in blk.list_block_files(blocks_dir)}
+    state: mf.State | None = None
     if mf.exists(tdir):
         try:
             state = mf.load(tdir)
@@ -115,7 +123,8 @@ def _verify_blocks(tdir: Path, rep: VerifyReport) -> None:
         rep.blocks += 1
         try:
             if n not in on_disk:
-                raise CorruptionError.at(path, None, "block file named by the manifest is missing")
+                by = state.named_by(tdir, n) if state is not None else "the manifest"
+                raise CorruptionError.at(path, None, f"block file named by {by} is missing")
             size = path.stat().st_size
             rep.block_bytes += size
             if entry is not None and size != entry.bytes:

@@ -52,6 +52,7 @@ import polars as pl
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
 from bt_frames.storage import blocks as blk
 from bt_frames.storage import layout
+from bt_frames.storage import manifest as mf
 
 log = logging.getLogger("bt_frames")
 
@@ -138,6 +139,27 @@ class TableMeta:
                 path, f"its checksum {doc['checksum']!r} does not match its content ({_doc_checksum(doc)!r})"
             )
         return meta
+
+
+def lost_table_json(directory: Path) -> CorruptionError | None:
+    """The error for a table folder that still holds its data files but has lost its ``table.json``.
+
+    Without this check such a table would look absent: ``store[name]`` would say
+    "no table", ``verify()`` would skip the folder and ``create_table`` would
+    fail to rename a new folder over it. None if ``directory`` is no such folder.
+    """
+    if not directory.is_dir() or (directory / layout.TABLE_JSON).exists():
+        return None
+    held = [n for n in (mf.MANIFEST_DIR, layout.WAL_DIR, layout.BLOCKS_DIR) if (directory / n).is_dir()]
+    if not held:
+        return None
+    return CorruptionError.at(
+        directory / layout.TABLE_JSON,
+        None,
+        f"table {directory.name!r} has its data files ({', '.join(held)}/) but its table.json is missing, so "
+        "its schema is unknown and it cannot be read or created again. Restore table.json from a backup "
+        "(or from a copy of this table made by the same bt_frames version)",
+    )
 
 
 def _doc_checksum(doc: dict[str, Any]) -> str:

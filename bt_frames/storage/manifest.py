@@ -145,6 +145,9 @@ class State:
     wal: list[int] = field(default_factory=list)  # first LSNs of the WAL segments the table needs
     next_lsn: int = 1  # at the last clean close: every LSN below it is committed
     time: str = ""
+    # the version that added each live block (its checkpoint's, for those it lists): for error messages,
+    # which name the version file behind a block that is missing or does not chain
+    added: dict[str, int] = field(default_factory=dict)
 
     @property
     def block_lsn(self) -> int:
@@ -152,7 +155,15 @@ class State:
         return max((b.name.last_lsn for b in self.blocks), default=0)
 
     def copy(self) -> State:
-        return State(self.version, list(self.blocks), list(self.retired), list(self.wal), self.next_lsn, self.time)
+        return State(
+            self.version,
+            list(self.blocks),
+            list(self.retired),
+            list(self.wal),
+            self.next_lsn,
+            self.time,
+            dict(self.added),
+        )
 
     def apply(self, edit: Edit, version: int, time: str) -> State:
         out = self.copy()
@@ -161,14 +172,27 @@ class State:
         if gone:
             missing = gone - {b.block for b in out.blocks}
             if missing:
-                raise ValueError(f"version {version} removes blocks that are not live: {sorted(missing)}")
+                # a live block of the same LSNs under another name: the version that added it is suspect
+                by_lsns = {b.name[:3]: b.block for b in out.blocks}
+                others = sorted(
+                    {by_lsns[p[:3]] for n in missing if (p := layout.parse_block_name(n)) and p[:3] in by_lsns}
+                )
+                hint = "".join(
+                    f"; the live block of the same LSNs, {o}, was added by version {out.added.get(o, self.version)} "
+                    f"({version_name(out.added.get(o, self.version))})"
+                    for o in others
+                )
+                raise ValueError(f"version {version} removes blocks that are not live: {sorted(missing)}{hint}")
             out.blocks = [b for b in out.blocks if b.block not in gone]
+            for n in gone:
+                out.added.pop(n, None)
             out.retired += [Retired(n, version, time) for n in edit.remove]
         if edit.forget:
             forget = set(edit.forget)
             out.retired = [r for r in out.retired if r.block not in forget]
         if edit.add:
             out.blocks = sorted([*out.blocks, *edit.add], key=lambda b: (b.name.first_lsn, b.name.part))
+            out.added.update((b.block, version) for b in edit.add)
         if edit.wal_add or edit.wal_remove:
             out.wal = sorted((set(out.wal) | set(edit.wal_add)) - set(edit.wal_remove))
         if edit.next_lsn is not None:
@@ -185,14 +209,21 @@ class State:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], version: int, time: str) -> State:
+        blocks = [_entry(d) for d in doc["blocks"]]
         return cls(
             version,
-            [_entry(d) for d in doc["blocks"]],
+            blocks,
             [Retired(str(r["block"]), int(r["version"]), str(r["time"])) for r in doc["retired"]],
             [int(x) for x in doc["wal"]],
             int(doc["next_lsn"]),
             time,
+            {b.block: version for b in blocks},
         )
+
+    def named_by(self, table_dir: Path, block: str) -> str:
+        """ "manifest version N (<path of the version file that added ``block``>)", for error messages."""
+        v = self.added.get(block, self.version)
+        return f"manifest version {v} ({manifest_dir(table_dir) / version_name(v)})"
 
 
 def _entry(d: dict[str, Any]) -> BlockEntry:

@@ -214,8 +214,9 @@ def _recover_once(
             raise CorruptionError.at(
                 blocks_dir / e.block,
                 None,
-                f"block file named by manifest version {state.version} is missing: the table's "
-                f"{_lsns(bn.first_lsn, bn.last_lsn)} ({e.rows:,} rows) are lost unless it is restored",
+                f"block file named by manifest version {state.version} is missing (it was added by "
+                f"{state.named_by(table_dir, e.block)}): the table's {_lsns(bn.first_lsn, bn.last_lsn)} "
+                f"({e.rows:,} rows) are lost unless it is restored",
             )
     _check_block_chain(blocks_dir, state)
     loaded = catalog.load_named(table_dir, [e.block for e in state.blocks], schema, progress=progress)
@@ -243,7 +244,8 @@ def _recover_once(
                 wal_dir / layout.wal_name(first),
                 None,
                 f"WAL segment named by manifest version {state.version} is missing: the acknowledged "
-                f"appends it held ({span}) are lost unless it is restored",
+                f"appends it held ({span}) are lost unless it is restored"
+                + _lost_version_hint(table_dir, listing, state, first, nxt),
             )
     hot: list[tuple[int, pl.DataFrame, int]] = []
     wal_first: int | None = None  # the first LSN above the blocks that the WAL holds
@@ -264,7 +266,8 @@ def _recover_once(
                     scan.path,
                     r.offset,
                     f"{_lsns(expect, r.lsn - 1)} are in no block and no WAL record before record {r.lsn}: "
-                    "a WAL segment or block is missing",
+                    "a WAL segment or block is missing"
+                    + _lost_version_hint(table_dir, listing, state, expect, r.lsn - 1),
                 )
             expect = r.lsn + 1
             if wal_first is None:
@@ -283,7 +286,8 @@ def _recover_once(
             where,
             None,
             f"{_lsns(next_lsn, state.next_lsn - 1)}, committed before the table was last closed, are in no "
-            "block and no WAL record: the end of the WAL was truncated or removed",
+            "block and no WAL record: the end of the WAL was truncated or removed"
+            + _lost_version_hint(table_dir, listing, state, next_lsn, state.next_lsn - 1),
         )
     if scans and scans[-1].torn_bytes:
         rep.torn_tail_bytes = scans[-1].torn_bytes
@@ -381,6 +385,28 @@ def _recover_once(
     )
 
 
+def _lost_version_hint(table_dir: Path, listing: set[str], state: mf.State, first: int, last: int | None) -> str:
+    """When block files no version names hold LSNs ``first..last`` (None: no end) that are missing, say so.
+
+    A publish or append writes its blocks, then its manifest version; it deletes WAL segments only
+    after that version is durable. So rows that are in such blocks and in no WAL record mean the
+    version that named the blocks is gone: the error names the file it had.
+    """
+    named = {e.block for e in state.blocks} | {r.block for r in state.retired}
+    hits = []
+    for n in sorted(listing):
+        p = layout.parse_block_name(n)
+        if p is not None and n not in named and p.last_lsn >= first and (last is None or p.first_lsn <= last):
+            hits.append(n)
+    if not hits:
+        return ""
+    lost = mf.manifest_dir(table_dir) / mf.version_name(state.version + 1)
+    return (
+        f"; block file(s) {', '.join(hits)}, which no manifest version names, hold these LSNs: manifest version "
+        f"{state.version + 1} ({lost}), which named them, is probably missing or was removed"
+    )
+
+
 def _check_block_chain(blocks_dir: Path, state: mf.State) -> None:
     """Block sets are whole (parts 1..n of one LSN range) and their ranges chain from LSN 1."""
     prev_last = 0
@@ -392,7 +418,7 @@ def _check_block_chain(blocks_dir: Path, state: mf.State) -> None:
                 blocks_dir / entries[i].block,
                 None,
                 f"manifest version {state.version}: {_lsns(prev_last + 1, head.first_lsn - 1)} are in no block "
-                f"before this one",
+                f"before this one (added by {state.named_by(blocks_dir.parent, entries[i].block)})",
             )
         for j in range(head.nparts):
             if i + j >= len(entries) or (entries[i + j].name.first_lsn, entries[i + j].name.part) != (
@@ -403,7 +429,8 @@ def _check_block_chain(blocks_dir: Path, state: mf.State) -> None:
                     blocks_dir / entries[i].block,
                     None,
                     f"manifest version {state.version}: part {j + 1} of {head.nparts} of "
-                    f"{_lsns(head.first_lsn, head.last_lsn)} is not named",
+                    f"{_lsns(head.first_lsn, head.last_lsn)} is not named (the set was added by "
+                    f"{state.named_by(blocks_dir.parent, entries[i].block)})",
                 )
         prev_last = head.last_lsn
         i += head.nparts
