@@ -191,6 +191,8 @@ class Table:
                 if e.error is not None:
                     problems.setdefault("block", f"writing the block of LSNs {e.first}-{e.last} failed: {e.error}")
             pending = sum(e.rows for e in self._frozen if e.error is not None)
+            if "freeze" in problems:  # the hot rows could not even be handed to the block writer
+                pending += self._hot.rows
             m = self._manifest
             if m is not None and not m.sync():
                 problems["manifest"] = (
