@@ -373,10 +373,13 @@ def child(args: argparse.Namespace) -> None:
     short = fault_phase in ("close", "open")
     next_id = args.start
     done = 0
+    parent = os.getppid()
     store, table = _open_and_check(args, rng, verify=args.verify)
     while True:
         session = rng.randint(3, 25) if short else rng.randint(10, 200)
         for _ in range(session):
+            if os.getppid() != parent:  # the loop is gone (interrupted): do not write on forever
+                os._exit(0)
             op = rng.choices(ops, w)[0]
             if op == "append":
                 big = rng.random() < p_big
@@ -442,7 +445,9 @@ class Report:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # not dataclasses.asdict: it rebuilds a Counter from (key, count) pairs, counting the pairs
+        return {f.name: (dict(v) if isinstance(v := getattr(self, f.name), Counter) else v)
+                for f in dataclasses.fields(self)}  # fmt: skip
 
     def text(self) -> str:
         lines = [
@@ -738,6 +743,15 @@ class Loop:
             self.report.final_parts = int((blocks["nparts"] > 1).sum()) if "nparts" in blocks.columns else 0
 
 
+def _progress(loop: Loop, rnd: int, t0: float) -> None:
+    if (rnd + 1) % 50 == 0:
+        r = loop.report
+        loop._say(
+            f"round {rnd + 1}: {r.appends_acked:,} acked, {len(loop.confirmed):,} batches stored, "
+            f"{sum(r.kills.values())} kills, {len(r.failures)} failures, {time.monotonic() - t0:.0f} s"
+        )
+
+
 def run_loop(
     rounds: int,
     *,
@@ -746,22 +760,27 @@ def run_loop(
     max_block_rows: int = 256,
     keep_going: bool = False,
     pace: float = 1.0,
+    minutes: float | None = None,
     log: Any = None,
 ) -> Report:
-    """Run ``rounds`` crash rounds on the store at ``path`` (created if missing) and return the report."""
+    """Run ``rounds`` crash rounds on the store at ``path`` (created if missing) and return the report.
+
+    With ``minutes``, or on Ctrl-C, fewer: the report counts the rounds run.
+    """
     path.mkdir(parents=True, exist_ok=True)
     store = path / "store"
     loop = Loop(store, seed=seed, max_block_rows=max_block_rows, keep_going=keep_going, pace=pace, log=log)
     t0 = time.monotonic()
-    for rnd in range(rounds):
-        if not loop.round(rnd):
-            break
-        if log is not None and (rnd + 1) % 50 == 0:
-            r = loop.report
-            loop._say(
-                f"round {rnd + 1}: {r.appends_acked:,} acked, {len(loop.confirmed):,} batches stored, "
-                f"{sum(r.kills.values())} kills, {len(r.failures)} failures, {time.monotonic() - t0:.0f} s"
-            )
+    try:
+        for rnd in range(rounds):
+            if minutes is not None and time.monotonic() - t0 > 60 * minutes:
+                loop._say(f"time budget of {minutes} min reached after {rnd} rounds")
+                break
+            if not loop.round(rnd):
+                break
+            _progress(loop, rnd, t0)
+    except KeyboardInterrupt:
+        loop._say(f"interrupted in round {loop.report.rounds}")
     if not loop.report.failures or keep_going:
         loop.final_check()
     loop.report.seconds = time.monotonic() - t0
@@ -787,6 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-block-rows", type=int, default=256)
     p.add_argument("--keep-going", action="store_true", help="go on after a failure (re-synchronising)")
     p.add_argument("--pace", type=float, default=1.0, help="scale the time a child runs before a timer kill")
+    p.add_argument("--minutes", type=float, default=None, help="stop starting rounds after this long")
     p.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     args = p.parse_args(argv)
     if args.mode == "child":
@@ -796,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.path) if args.path else Path(tempfile.mkdtemp(prefix="bt_frames-crash-loop-"))
     print(f"crash loop: {args.rounds} rounds, seed {seed}, folder {path}", flush=True)
     report = run_loop(args.rounds, seed=seed, path=path, max_block_rows=args.max_block_rows,
-                      keep_going=args.keep_going, pace=args.pace, log=sys.stdout)  # fmt: skip
+                      keep_going=args.keep_going, pace=args.pace, minutes=args.minutes, log=sys.stdout)  # fmt: skip
     print(report.text())
     if args.json:
         print(json.dumps(report.to_json()))
