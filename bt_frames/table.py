@@ -26,7 +26,6 @@ import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +47,7 @@ from bt_frames.storage import manifest as mf
 from bt_frames.storage.hot import Frozen, HotBuffer
 from bt_frames.storage.recovery import Recovery
 from bt_frames.storage.snapshot import Snapshot
+from bt_frames.storage.writer import BlockWriter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,7 +114,6 @@ class Table:
         self._dir = directory
         self._meta = meta
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
         self._closed = False
         self._dropped = False  # set by BacktraceStore.drop_table (after close())
         self._read_only = store.read_only
@@ -128,9 +127,9 @@ class Table:
         self._wal_bytes = 0
         # Freezing: hot rows handed to the block writer (a background thread) stay hot -- in the WAL,
         # visible to scans -- until their block is durable. Every observer waits for the writer.
-        self._frozen: list[Frozen] = []
-        self._draining = False
-        self._freezer: ThreadPoolExecutor | None = None
+        self._writer = BlockWriter(
+            self._lock, meta.name, prepare=self._covered_segments, write=self._write_run, publish=self._publish
+        )
         # The manifest: commits are serialised by _manifest_lock (the block writer commits without the table lock).
         self._manifest: mf.Manifest | None = None
         self._manifest_lock = threading.Lock()
@@ -187,10 +186,9 @@ class Table:
         """Failures after a commit point (see :class:`Health`); ``table.health.ok`` is the short answer."""
         with self._lock:
             problems = dict(self._problems)
-            for e in self._frozen:
-                if e.error is not None:
-                    problems.setdefault("block", f"writing the block of LSNs {e.first}-{e.last} failed: {e.error}")
-            pending = sum(e.rows for e in self._frozen if e.error is not None)
+            for e in self._writer.failed():
+                problems.setdefault("block", f"writing the block of LSNs {e.first}-{e.last} failed: {e.error}")
+            pending = sum(e.rows for e in self._writer.failed())
             if "freeze" in problems:  # the hot rows could not even be handed to the block writer
                 pending += self._hot.rows
             m = self._manifest
@@ -341,11 +339,9 @@ class Table:
             return
         self._last_attempt = now
         self._hand_over()
-        if not (recent and any(e.error is not None for e in self._frozen)):
-            self._retry()
-        # Back-pressure: at most MAX_FROZEN blocks' rows wait for the writer.
-        while self._draining and len(self._frozen) > MAX_FROZEN:
-            self._cond.wait()
+        if not (recent and self._writer.failed()):
+            self._writer.retry()
+        self._writer.wait_below(MAX_FROZEN)  # back-pressure: at most MAX_FROZEN blocks' rows wait
 
     def _append_blocks(self, df: pl.DataFrame) -> int:
         """A large append goes straight to blocks: every part is written and renamed, then one manifest version."""
@@ -406,8 +402,8 @@ class Table:
         """
         self._check_writable()
         with self._lock, os_errors(f"table {self.name!r}: flush"):
-            self._wait_frozen()
-            n = self._hot.rows + sum(e.rows for e in self._frozen)
+            self._writer.wait_idle()
+            n = self._hot.rows + sum(e.rows for e in self._writer.frozen)
             self._freeze()
             return n
 
@@ -429,7 +425,7 @@ class Table:
         target = target_rows or self._meta.max_block_rows
         small = min_rows if min_rows is not None else max(1, target // 2)
         with self._lock, os_errors(f"table {self.name!r}: compact"):
-            self._wait_frozen()
+            self._writer.wait_idle()
             before = len(self._blocks)
             runs = _compaction_runs(self._blocks, target, small)
             bar = self._store._progress(f"compact {self.name}")
@@ -477,8 +473,8 @@ class Table:
         """The blocks and hot chunks as of now; with ``pin``, its blocks are pinned under the same lock."""
         self._check_open()
         with self._lock:
-            self._wait_frozen()
-            hot = tuple(c for e in self._frozen for c in e.chunks) + tuple(self._hot.chunks)
+            self._writer.wait_idle()
+            hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
             snap = Snapshot(tuple(self._blocks), hot, self._stats())
             if pin:
                 for b in snap.blocks:
@@ -520,13 +516,14 @@ class Table:
     def _freeze(self) -> None:
         """Hot buffer -> blocks, now: hand over, write (retrying earlier failures), wait; raise on failure."""
         self._hand_over()
-        self._retry()
-        self._wait_frozen()
-        if self._frozen:
-            err = self._frozen[0].error
+        self._writer.retry()
+        self._writer.wait_idle()
+        if self._writer.frozen:
+            run = self._writer.frozen[0]
+            err = run.error
             assert err is not None
             raise BtError(
-                f"table {self.name!r}: writing the block of LSNs {self._frozen[0].first}-{self._frozen[0].last} "
+                f"table {self.name!r}: writing the block of LSNs {run.first}-{run.last} "
                 f"failed ({err}); the rows stay durable in the WAL and the write is retried. "
                 "Fix: free disk space (or fix the folder's permissions) and call flush() again."
             ) from err
@@ -552,64 +549,30 @@ class Table:
                     self._pending_wal.append(last + 1)
                 log.warning("table %r: recording WAL segment %s failed (%s); retried", self.name, new_seg.name, e)
         self._problems.pop("freeze", None)
-        self._frozen.append(self._hot.take())
+        self._writer.hand(self._hot.take())
 
-    def _retry(self) -> None:
-        """Forget earlier block-write failures and start the writer (under the lock)."""
-        for e in self._frozen:
-            e.error = None
-        self._kick()
+    def _write_run(self, entry: Frozen, covered: list[tuple[int, Path]]) -> blk.BlockInfo:
+        """The block writer's work (no lock held): the block file, then its manifest version (the commit point).
 
-    def _kick(self) -> None:
-        """Start the block writer if it is idle and there is work (under the lock)."""
-        if self._draining or not self._frozen or self._frozen[0].error is not None:
-            return
-        if self._freezer is None:
-            self._freezer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bt_frames-freeze-{self.name}")
-        self._draining = True
-        self._freezer.submit(self._drain)
-
-    def _wait_frozen(self) -> None:
-        """Wait until the block writer is idle (under the lock: waiting releases it)."""
-        while self._draining:
-            self._cond.wait()
-
-    def _drain(self) -> None:
-        """The block writer: frozen rows -> blocks, oldest first; stops at the first failure."""
+        Raises only if nothing was committed; a block file written but never
+        named by a version is deleted (or, failing that, removed by the next open).
+        """
+        info = blk.write_block(
+            self._dir / layout.BLOCKS_DIR,
+            entry.frame(),
+            first_lsn=entry.first,
+            last_lsn=entry.last,
+            row_group_rows=self._meta.row_group_rows,
+        )
         try:
-            while True:
-                with self._lock:
-                    if not self._frozen or self._frozen[0].error is not None:
-                        return
-                    entry = self._frozen[0]
-                    covered = self._covered_segments(entry)
-                info: blk.BlockInfo | None = None
-                try:
-                    info = blk.write_block(
-                        self._dir / layout.BLOCKS_DIR,
-                        entry.frame(),
-                        first_lsn=entry.first,
-                        last_lsn=entry.last,
-                        row_group_rows=self._meta.row_group_rows,
-                    )
-                    self._commit(mf.Edit("publish", add=[mf.entry_of(info)], wal_remove=[f for f, _p in covered]))
-                except BaseException as e:  # the rows stay hot and in the WAL; reported and retried later
-                    if info is not None:  # written but never named by a version: not part of the table
-                        try:
-                            fs.unlink(info.path, missing_ok=True)
-                        except OSError:  # removed by the next open (not in the manifest)
-                            pass
-                    with self._lock:
-                        entry.error = e
-                    log.warning("table %r: writing the block of LSNs %d-%d failed: %s", self.name, entry.first,
-                                entry.last, e)  # fmt: skip
-                    return
-                with self._lock:
-                    self._publish(entry, info, covered)
-        finally:
-            with self._lock:
-                self._draining = False
-                self._cond.notify_all()
+            self._commit(mf.Edit("publish", add=[mf.entry_of(info)], wal_remove=[f for f, _p in covered]))
+        except BaseException:
+            try:
+                fs.unlink(info.path, missing_ok=True)
+            except OSError:
+                pass
+            raise
+        return info
 
     def _covered_segments(self, entry: Frozen) -> list[tuple[int, Path]]:
         """WAL segments every record of which is in ``entry``'s block or an earlier one (under the lock).
@@ -617,7 +580,7 @@ class Table:
         A segment is covered when the next segment starts at or below the first
         LSN not yet in a block once ``entry`` is published.
         """
-        later = [e.first for e in self._frozen if e is not entry]
+        later = [e.first for e in self._writer.frozen if e is not entry]
         unfrozen = min([*later, self._hot.first_lsn if self._hot else self._next_lsn])
         segs = wal.list_segments(self._dir / layout.WAL_DIR)
         return [
@@ -627,9 +590,8 @@ class Table:
         ]
 
     def _publish(self, entry: Frozen, info: blk.BlockInfo, covered: list[tuple[int, Path]]) -> None:
-        """A block's version is durable: its rows leave the hot set; the WAL segments it covers are deleted."""
+        """A block's version is committed (``entry`` has left the writer's queue): the WAL segments it covers go."""
         self._blocks.append(info)
-        self._frozen.remove(entry)
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
         # No directory fsync: a deletion lost in a crash leaves a segment that recovery removes again.
@@ -644,7 +606,6 @@ class Table:
                 log.warning("table %r: could not delete WAL segment %s (%s)", self.name, path.name, e)
         self._write_cache()
         self._purge_retired()
-        self._cond.notify_all()
         log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, entry.first, entry.last,
                   info.filename, info.rows)  # fmt: skip
 
@@ -663,15 +624,13 @@ class Table:
         with self._lock:
             if self._closed:
                 return
-            self._wait_frozen()
-            if self._frozen:
+            self._writer.wait_idle()
+            if self._writer.frozen:
                 log.warning("table %r: closing with %d rows not in blocks (a block write failed); they are "
                             "durable in the WAL and replayed on the next open", self.name,
-                            sum(e.rows for e in self._frozen))  # fmt: skip
+                            sum(e.rows for e in self._writer.frozen))  # fmt: skip
             self._closed = True
-            if self._freezer is not None:
-                self._freezer.shutdown(wait=False)
-                self._freezer = None
+            self._writer.shutdown()
             try:
                 if self._wal is not None:
                     with os_errors(f"table {self.name!r}: close (syncing the WAL)"):
@@ -736,15 +695,15 @@ class Table:
         if self._dropped:
             self._check_open()
         with self._lock:
-            self._wait_frozen()
+            self._writer.wait_idle()
             cold = sum(b.rows for b in self._blocks)
-            return cold, self._hot.rows + sum(e.rows for e in self._frozen)
+            return cold, self._hot.rows + sum(e.rows for e in self._writer.frozen)
 
     @property
     def wal_state(self) -> dict[str, Any]:
         """Segments, records and bytes currently in the WAL (records not yet in blocks)."""
         with self._lock:
-            self._wait_frozen()
+            self._writer.wait_idle()
             segs = wal.list_segments(self._dir / layout.WAL_DIR)
             return {
                 "segments": len(segs),

@@ -1,0 +1,119 @@
+"""The block writer: frozen hot runs become Parquet blocks in a background thread, oldest first.
+
+In-memory contract:
+
+- ``frozen`` is the queue of ``hot.Frozen`` runs handed over, in LSN order.
+  A run stays in the queue -- its rows hot, in the WAL and seen by scans --
+  until its block's manifest version is committed, and only the oldest run
+  is ever written: a later block is never published before an earlier one.
+- Every method but the thread body runs under ``lock`` (the table's); the
+  thread takes it only around ``prepare`` and ``publish``, so appends go on
+  while a block is encoded, written and fsynced.
+- One write at a time, in three steps the table supplies:
+  ``prepare(run)`` (under the lock: what the publish will clean up),
+  ``write(run, ctx) -> BlockInfo`` (no lock: the block file and its manifest
+  version, the commit point; raises if nothing was committed), and
+  ``publish(run, info, ctx)`` (under the lock: the run leaves the queue).
+- A failed write records its exception on the run (``run.error``) and stops
+  the thread; nothing later is written until ``retry()`` clears it. Every
+  observer calls ``wait_idle()`` first, so what it sees is as if freezing
+  were synchronous.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bt_frames.storage import blocks as blk
+from bt_frames.storage.hot import Frozen
+
+log = logging.getLogger("bt_frames")
+
+
+class BlockWriter:
+    def __init__(
+        self,
+        lock: threading.RLock,
+        name: str,
+        *,
+        prepare: Callable[[Frozen], Any],
+        write: Callable[[Frozen, Any], blk.BlockInfo],
+        publish: Callable[[Frozen, blk.BlockInfo, Any], None],
+    ) -> None:
+        self.lock = lock
+        self.cond = threading.Condition(lock)
+        self.name = name
+        self.frozen: list[Frozen] = []
+        self.draining = False
+        self._prepare, self._write, self._publish = prepare, write, publish
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(e.rows for e in self.frozen)
+
+    def failed(self) -> list[Frozen]:
+        return [e for e in self.frozen if e.error is not None]
+
+    def hand(self, run: Frozen) -> None:
+        """Queue a run (under the lock); ``retry()`` or ``kick()`` starts the thread."""
+        self.frozen.append(run)
+
+    def retry(self) -> None:
+        """Forget earlier failures and start the thread (under the lock)."""
+        for e in self.frozen:
+            e.error = None
+        self.kick()
+
+    def kick(self) -> None:
+        """Start the thread if it is idle and the oldest run has not failed (under the lock)."""
+        if self.draining or not self.frozen or self.frozen[0].error is not None:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bt_frames-freeze-{self.name}")
+        self.draining = True
+        self._pool.submit(self._drain)
+
+    def wait_idle(self) -> None:
+        """Wait until the thread is idle (under the lock: waiting releases it)."""
+        while self.draining:
+            self.cond.wait()
+
+    def wait_below(self, runs: int) -> None:
+        """Back-pressure: wait while more than ``runs`` runs are queued and being written."""
+        while self.draining and len(self.frozen) > runs:
+            self.cond.wait()
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                with self.lock:
+                    if not self.frozen or self.frozen[0].error is not None:
+                        return
+                    run = self.frozen[0]
+                    ctx = self._prepare(run)
+                try:
+                    info = self._write(run, ctx)
+                except BaseException as e:  # the rows stay hot and in the WAL; reported and retried later
+                    with self.lock:
+                        run.error = e
+                    log.warning("table %r: writing the block of LSNs %d-%d failed: %s", self.name, run.first,
+                                run.last, e)  # fmt: skip
+                    return
+                with self.lock:
+                    self.frozen.remove(run)
+                    self._publish(run, info, ctx)
+                    self.cond.notify_all()
+        finally:
+            with self.lock:
+                self.draining = False
+                self.cond.notify_all()
