@@ -45,7 +45,12 @@ class BtError(Exception):
 
 
 class UnsupportedInputError(BtError, TypeError):
-    """The object passed as data is not a frame bt_frames can read (pandas, Polars, pyarrow)."""
+    """The object passed as data is not a frame bt_frames can read (pandas, Polars, pyarrow).
+
+    >>> store.append("orders", [1, 2, 3])                  # doctest: +SKIP
+    UnsupportedInputError: table 'orders': cannot append a list; pass a polars.DataFrame, a pandas.DataFrame
+    or a pyarrow Table/RecordBatch ...
+    """
 
 
 class SchemaMismatchError(BtError, ValueError):
