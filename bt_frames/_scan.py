@@ -17,10 +17,10 @@ snapshot's blocks before the table's lock is released, so a compaction
 retires them but deletes the files only when the last read lets go. A
 read-only table (another process) cannot pin: the writer keeps retired files
 for its ``retired_grace``, and if a block was deleted anyway before this read
-returned a row, the read refreshes the table and restarts once on the new
-snapshot (:func:`_refreshing`); a second miss raises ``CorruptionError``. A
-read that has already returned rows cannot restart without repeating them:
-it raises ``BtError`` asking to retry.
+returned a row, the read refreshes the table and restarts on the new
+snapshot (:func:`_refreshing`); the same block missing after the refresh
+raises ``CorruptionError``. A read that has already returned rows cannot
+restart without repeating them: it raises ``BtError`` asking to retry.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ log = logging.getLogger("bt_frames")
 
 EAGER_ROWS = 1 << 20  # survivors with fewer rows are read in one collect() (less overhead than streaming)
 GROUP_ROWS = 4 << 20  # larger reads go a group of blocks at a time, each group verified just before it is read
+MAX_RESTARTS = 5  # a read-only read restarts at most this often when the writer deletes its blocks (_refreshing)
 
 
 @dataclass
@@ -149,18 +150,24 @@ def _open(
 
 
 def _refreshing(table: Table, open_read: Callable[[], _Pinned]) -> Iterator[pl.DataFrame]:
-    """A read-only table's read that survives the writer deleting a retired block once.
+    """A read-only table's read that survives the writer deleting retired blocks under it.
 
     The snapshot came from the manifest version this process last loaded; the
     writer may since have compacted its blocks away and, past its
     ``retired_grace``, deleted them. If a block file turns out missing before
     any frame was returned, the table is refreshed and the read starts again
-    on the new snapshot (the same rows, and any appended since). A second miss
-    raises ``CorruptionError``; a miss after frames were returned raises
-    ``BtError``, since restarting would return rows twice.
+    on the new snapshot (the same rows, and any appended since).
+
+    Each restart is owed to a block the refresh dropped. If the *same* block is
+    missing again after the refresh, the refresh did not explain it: that is
+    ``CorruptionError``. A *different* block missing means the writer deleted
+    the new snapshot's blocks too (possible with ``retired_grace=0``): the read
+    restarts again, at most ``MAX_RESTARTS`` times in all. A miss after frames
+    were returned raises ``BtError``, since restarting would return rows twice.
     """
     read = open_read()
-    retried = yielded = False
+    gone: list[Path] = []
+    yielded = False
     try:
         while True:
             try:
@@ -180,11 +187,15 @@ def _refreshing(table: Table, open_read: Callable[[], _Pinned]) -> Iterator[pl.D
                         "it refreshes to the new blocks. To avoid this, open the writer with a retired_grace "
                         "longer than your longest read."
                     ) from e
-                if retried:
+                if missing in gone or len(gone) >= MAX_RESTARTS:
+                    if missing not in gone:
+                        log.warning("table %r: gave up after %d restarts: the writer deleted the blocks of every "
+                                    "refreshed snapshot (its retired_grace is too short for this read)",
+                                    table.name, len(gone))  # fmt: skip
                     if isinstance(e, CorruptionError):
                         raise
                     raise CorruptionError.at(missing, None, "block file is missing, even after a refresh()") from e
-                retried = True
+                gone.append(missing)
                 log.info("table %r: block %s is gone (compacted away by the writer); refreshing and "
                          "reading again", table.name, missing.name)  # fmt: skip
                 table.refresh()

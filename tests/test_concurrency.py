@@ -144,6 +144,31 @@ def test_read_only_reader_raises_corruption_when_the_block_is_still_missing_afte
         assert len(refreshes) == 1, "retried more than once"
 
 
+def test_read_only_reader_restarts_again_when_the_writer_deletes_the_refreshed_blocks_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With retired_grace=0 the writer can delete the refreshed snapshot's blocks before the restarted read
+    opens them: a different block is missing, so the refresh did its job and the read restarts once more."""
+    with bt.open(tmp_path / "db", retired_grace=0) as writer, bt.open(tmp_path / "db", read_only=True) as ro:
+        t, _ = _fill(writer)
+        rt = ro["t"]
+        t.compact(target_rows=10_000, min_rows=5_000)
+        refresh = rt.refresh
+        calls: list[None] = []
+
+        def refresh_then_writer_compacts_again() -> None:
+            refresh()
+            calls.append(None)
+            if len(calls) == 1:  # the writer moves on between our refresh and our read
+                t.append(rows(5_000, 100))
+                t.flush()
+                assert t.compact(target_rows=10_000, min_rows=6_000).merges == 1  # the block just loaded: gone
+
+        monkeypatch.setattr(rt, "refresh", refresh_then_writer_compacts_again)
+        assert_frame_equal(rt.scan().collect(), rows(0, 5_100))
+        assert len(calls) == 2
+
+
 def test_read_only_read_that_already_returned_rows_asks_for_a_retry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
