@@ -11,21 +11,33 @@ What the source promises Polars, for the arguments Polars 2.1 pushes down:
   given the predicate then (a pruned block would shift which rows are first).
 
 Rows come in table order: blocks in LSN order, then the hot rows.
+
+Housekeeping never breaks a reader. In the writer's process a read pins its
+snapshot's blocks before the table's lock is released, so a compaction
+retires them but deletes the files only when the last read lets go. A
+read-only table (another process) cannot pin: the writer keeps retired files
+for its ``retired_grace``, and if a block was deleted anyway before this read
+returned a row, the read refreshes the table and restarts on the new
+snapshot (:func:`_refreshing`); the same block missing after the refresh
+raises ``CorruptionError``. A read that has already returned rows cannot
+restart without repeating them: it raises ``BtError`` asking to retry.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 from polars.io.plugins import register_io_source
 
 from bt_frames import prune as _prune
-from bt_frames.errors import BtError, SchemaMismatchError
+from bt_frames.errors import BtError, CorruptionError, SchemaMismatchError
 from bt_frames.storage import blocks as blk
+from bt_frames.storage import layout
 
 if TYPE_CHECKING:
     from bt_frames.storage.snapshot import Snapshot
@@ -35,6 +47,7 @@ log = logging.getLogger("bt_frames")
 
 EAGER_ROWS = 1 << 20  # survivors with fewer rows are read in one collect() (less overhead than streaming)
 GROUP_ROWS = 4 << 20  # larger reads go a group of blocks at a time, each group verified just before it is read
+MAX_RESTARTS = 5  # a read-only read restarts at most this often when the writer deletes its blocks (_refreshing)
 
 
 @dataclass
@@ -86,6 +99,25 @@ def _start(
     batch_size: int | None,
     *,
     prune: bool = True,
+) -> Iterator[pl.DataFrame]:
+    """One read (see :func:`_open`); on a read-only table, restarted once if a block file vanished first."""
+
+    def open_read() -> _Pinned:
+        return _open(table, predicate, columns, n_rows, batch_size, prune=prune)
+
+    if not table._read_only:  # pinned: a compaction here never deletes what the read needs
+        return open_read()
+    return _refreshing(table, open_read)
+
+
+def _open(
+    table: Table,
+    predicate: pl.Expr | None,
+    columns: list[str] | None,
+    n_rows: int | None,
+    batch_size: int | None,
+    *,
+    prune: bool = True,
 ) -> _Pinned:
     """One read: a snapshot (one consistent state), its plan (recorded and logged), its blocks pinned.
 
@@ -115,6 +147,85 @@ def _start(
     else:
         frames = read(snap, report.survivors, columns, predicate, n_rows, batch_size, stats)
     return _Pinned(table, report.survivors, frames)
+
+
+def _refreshing(table: Table, open_read: Callable[[], _Pinned]) -> Iterator[pl.DataFrame]:
+    """A read-only table's read that survives the writer deleting retired blocks under it.
+
+    The snapshot came from the manifest version this process last loaded; the
+    writer may since have compacted its blocks away and, past its
+    ``retired_grace``, deleted them. If a block file turns out missing before
+    any frame was returned, the table is refreshed and the read starts again
+    on the new snapshot (the same rows, and any appended since).
+
+    Each restart is owed to a block the refresh dropped. If the *same* block is
+    missing again after the refresh, the refresh did not explain it: that is
+    ``CorruptionError``. A *different* block missing means the writer deleted
+    the new snapshot's blocks too (possible with ``retired_grace=0``): the read
+    restarts again, at most ``MAX_RESTARTS`` times in all. A miss after frames
+    were returned raises ``BtError``, since restarting would return rows twice.
+    """
+    read = open_read()
+    gone: list[Path] = []
+    yielded = False
+    try:
+        while True:
+            try:
+                df = next(read)
+            except StopIteration:
+                return
+            except Exception as e:
+                missing = _missing_block(table, e)
+                if missing is None:
+                    raise
+                read.close()
+                if yielded:
+                    raise BtError(
+                        f"table {table.name!r}: block file {missing.name} was deleted while this read-only read "
+                        "was running, after it had returned rows (the writer compacted the table and its "
+                        "retired_grace passed); the read cannot resume without repeating rows. Retry the read: "
+                        "it refreshes to the new blocks. To avoid this, open the writer with a retired_grace "
+                        "longer than your longest read."
+                    ) from e
+                if missing in gone or len(gone) >= MAX_RESTARTS:
+                    if missing not in gone:
+                        log.warning("table %r: gave up after %d restarts: the writer deleted the blocks of every "
+                                    "refreshed snapshot (its retired_grace is too short for this read)",
+                                    table.name, len(gone))  # fmt: skip
+                    if isinstance(e, CorruptionError):
+                        raise
+                    raise CorruptionError.at(missing, None, "block file is missing, even after a refresh()") from e
+                gone.append(missing)
+                log.info("table %r: block %s is gone (compacted away by the writer); refreshing and "
+                         "reading again", table.name, missing.name)  # fmt: skip
+                table.refresh()
+                read = open_read()
+                continue
+            yielded = True
+            yield df
+    finally:
+        read.close()
+
+
+def _missing_block(table: Table, e: BaseException) -> Path | None:
+    """The block file of ``table`` whose absence ``e`` reports (``None``: ``e`` is about something else).
+
+    ``e`` is ``blk.verify_block``'s CorruptionError ("block file is missing"), the FileNotFoundError of
+    hashing it, or Polars failing to open it ("No such file or directory (os error 2): PATH").
+    """
+    if isinstance(e, CorruptionError):
+        text = e.path.name
+    elif isinstance(e, FileNotFoundError):
+        text = e.filename if isinstance(e.filename, str) else str(e)
+    elif isinstance(e, pl.exceptions.PolarsError) and "(os error 2)" in str(e):
+        text = str(e)
+    else:
+        return None
+    found = layout._BLOCK_NAME.search(text)
+    if found is None:
+        return None
+    path = table.path / layout.BLOCKS_DIR / found.group(0)
+    return None if path.exists() else path
 
 
 def _heights(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
@@ -276,10 +387,12 @@ def iter_batches(
                 table=table.name,
                 columns=missing,
             )
-    pinned = _start(table, predicate, cols, None, batch_size)
+    frames = _start(table, predicate, cols, None, batch_size)
     try:
-        for df in pinned:
+        for df in frames:
             for offset in range(0, df.height, batch_size):
                 yield df.slice(offset, batch_size)
     finally:
-        pinned.close()
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()

@@ -59,7 +59,9 @@ class BacktraceStore:
         The store's folder (created if missing, unless ``read_only``).
     read_only
         Open without the writer lock; never writes a file. Sees the blocks and
-        WAL as of opening; ``refresh()`` catches up.
+        WAL as of opening; ``refresh()`` catches up. A scan whose blocks the
+        writer has since compacted away and deleted refreshes the table and
+        starts again once, by itself.
     durability
         ``"fsync"`` (default): each append is on disk before it returns.
         ``"batch"``: a background thread syncs every few milliseconds — a process
@@ -68,6 +70,10 @@ class BacktraceStore:
     progress
         Show progress bars for long operations: ``None`` (default) shows them
         only in an interactive session (a terminal or a notebook).
+    retired_grace
+        Seconds a writer keeps the blocks a compaction retired (default 60),
+        for read-only readers in other processes that still read them; scans
+        in the writer's own process keep theirs for as long as they run.
     """
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
