@@ -23,9 +23,9 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_table, machine_note, median, time_call  # noqa: E402
+from _common import fmt_table, machine_note, median, time_call
 
-import bt_frames as bt  # noqa: E402
+import bt_frames as bt
 
 
 def run(n: int, repeat: int) -> list[object]:
