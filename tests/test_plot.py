@@ -15,7 +15,7 @@ import pytest
 
 import bt_frames as bt
 from bt_frames import _plot
-from tests.conftest import T0, make_orders
+from tests.conftest import ORDERS_SCHEMA, T0, make_orders
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -157,3 +157,146 @@ def test_missing_matplotlib_raises_a_clear_error(store_path: Path, orders: bt.Ta
     assert message == (
         "Table.plot_blocks needs matplotlib, which is not installed. Install it with: pip install 'bt_frames[notebook]'"
     )
+
+
+# --- pictures worth looking at: readable ticks, bytes from 0, hot rows do not stretch the axis ---
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the figures are saved for a human to look at (pytest keeps the last few base temp dirs)."""
+    return tmp_path_factory.mktemp("figures")
+
+
+def _time_table(
+    store: bt.BacktraceStore, name: str, step: dt.timedelta, *, far: dt.timedelta | None = None
+) -> bt.Table:
+    """6 blocks of 100 rows ``step`` apart, 20 hot rows after them, and (``far``) one hot row at T0 + far."""
+    schema = {"ts": pl.Datetime("us", "UTC"), "v": pl.Int64}
+    t = store.create_table(name, schema, time_column="ts", max_block_rows=100)
+    for b in range(7):
+        n = 100 if b < 6 else 20
+        t.append(pl.DataFrame({"ts": [T0 + step * (b * 100 + i) for i in range(n)], "v": list(range(n))}, schema))
+    if far is not None:
+        t.append(pl.DataFrame({"ts": [T0 + far], "v": [0]}, schema))
+    assert (len(t.blocks), t.hot_rows) == (6, 20 + (far is not None))
+    return t
+
+
+def _int_table(store: bt.BacktraceStore) -> bt.Table:
+    t = store.create_table("ticks", {"t": pl.Int64, "v": pl.Int64}, time_column="t", max_block_rows=100)
+    for b in range(6):
+        t.append(pl.DataFrame({"t": list(range(b * 100_000, b * 100_000 + 100)), "v": [1] * 100}))
+    return t
+
+
+def _plain_table(store: bt.BacktraceStore) -> bt.Table:
+    t = store.create_table("plain", {"x": pl.Int64}, max_block_rows=10)
+    for i in range(12):
+        t.append(pl.DataFrame({"x": list(range(10 * i, 10 * i + 10))}))
+    return t
+
+
+def _notebook_04_table(store: bt.BacktraceStore) -> bt.Table:
+    """Notebook 04's table: 50 blocks of 10,000 one-second rows and one hot row ten days out."""
+    t = store.create_table("nb04", ORDERS_SCHEMA, time_column="ts", max_block_rows=10_000)
+    t.append(make_orders(500_000))
+    t.append(pl.DataFrame({"ts": [T0 + dt.timedelta(days=10)], "symbol": ["BTC"], "price": [1.0], "qty": [1]}))
+    assert len(t.blocks) == 50
+    return t
+
+
+CASES: dict[str, Any] = {
+    "days": lambda s: _time_table(s, "days", dt.timedelta(seconds=864)),  # a day per block
+    "weeks": lambda s: _time_table(s, "weeks", dt.timedelta(seconds=864 * 14)),  # two weeks per block
+    "hours": lambda s: _time_table(s, "hours", dt.timedelta(seconds=36)),
+    "seconds": lambda s: _time_table(s, "seconds", dt.timedelta(milliseconds=10)),
+    "far_hot_row": lambda s: _time_table(s, "far", dt.timedelta(seconds=36), far=dt.timedelta(days=30)),
+    "integer_time": _int_table,
+    "no_time_column": _plain_table,
+    "notebook_04": _notebook_04_table,
+}
+
+
+def _overlapping_tick_labels(fig: Any) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty tick labels of one axis whose drawn boxes intersect."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    bad = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text().strip()]
+            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
+            for i, (text_a, a) in enumerate(boxes):
+                bad += [(text_a, text_b) for text_b, b in boxes[i + 1 :] if a.overlaps(b)]
+    return bad
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=80)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("size", ["figure", "small_axes"])
+def test_tick_labels_do_not_overlap_and_bytes_start_at_zero(
+    store: bt.BacktraceStore, figures: Path, case: str, size: str
+) -> None:
+    t = CASES[case](store)
+    if size == "figure":
+        fig = t.plot_blocks()
+    else:  # a notebook's side-by-side panel: plot_blocks(ax=...) into a 4.5-inch-wide axes
+        fig, ax = plt.subplots(figsize=(4.5, 3), layout="constrained")
+        t.plot_blocks(ax=ax)
+    _save(fig, figures / f"{case}_{size}.png")
+    assert _overlapping_tick_labels(fig) == []
+    if size == "figure":
+        ax_bytes = fig.axes[2]
+        assert ax_bytes.get_ylabel() == "KiB (dots)"
+        assert ax_bytes.get_ylim()[0] == 0  # equal blocks look equal
+        assert max(ax_bytes.lines[0].get_ydata()) <= ax_bytes.get_ylim()[1]
+        assert fig.axes[1].get_ylim()[0] == 0
+
+
+def test_date_ticks_are_concise(store: bt.BacktraceStore) -> None:
+    fig = CASES["days"](store).plot_blocks()
+    fig.canvas.draw()
+    labels = [x.get_text() for x in fig.axes[1].get_xticklabels() if x.get_text()]
+    assert max(map(len, labels)) <= 6, labels  # "Jan", "02", ..., not "2024-01-02" each
+    assert isinstance(fig.axes[1].xaxis.get_major_formatter(), mdates.ConciseDateFormatter)
+
+
+def test_an_integer_time_column_is_not_drawn_as_dates(store: bt.BacktraceStore) -> None:
+    fig = _int_table(store).plot_blocks()
+    fig.canvas.draw()
+    labels = [x.get_text() for x in fig.axes[1].get_xticklabels() if x.get_text()]
+    assert "500000" in labels or "500,000" in labels, labels
+    assert fig.axes[1].get_xlabel() == "t"
+
+
+@pytest.mark.parametrize("case", ["far_hot_row", "notebook_04"])
+def test_a_far_hot_row_does_not_stretch_the_time_axis(store: bt.BacktraceStore, figures: Path, case: str) -> None:
+    t = CASES[case](store)
+    fig = t.plot_blocks()
+    _save(fig, figures / f"{case}_range.png")
+    lo, hi = mdates.date2num(t.blocks["min.ts"].min()), mdates.date2num(t.blocks["max.ts"].max())
+    margin = (hi - lo) * 0.15
+    x0, x1 = fig.axes[0].get_xlim()
+    assert lo - margin <= x0 <= lo
+    assert hi <= x1 <= hi + margin, (mdates.num2date(x1), mdates.num2date(hi))
+    # the hot rows are still there: a patch inside the axis, an arrowhead on the edge, the legend says where
+    (hot,) = hot_patches(fig.axes[0])
+    assert x0 <= hot.get_x()
+    assert hot.get_x() + hot.get_width() <= x1
+    assert [line.get_gid() for line in fig.axes[0].lines] == ["hot-beyond-right"]
+    time_range = t.time_range()
+    assert time_range is not None
+    far = time_range[1]
+    assert f"to {far:%Y-%m-%d}" in fig.axes[0].get_legend().get_texts()[-1].get_text()
+
+
+def test_hot_rows_just_after_the_blocks_widen_the_axis_to_show_them(filled: bt.Table) -> None:
+    fig = filled.plot_blocks()
+    (hot,) = hot_patches(fig.axes[0])
+    assert hot.get_x() + hot.get_width() <= fig.axes[0].get_xlim()[1]
+    assert hot.get_x() + hot.get_width() == pytest.approx(mdates.date2num(T0 + dt.timedelta(seconds=5_249)))
+    assert len(fig.axes[0].lines) == 0  # nothing off the axis
