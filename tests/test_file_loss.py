@@ -76,9 +76,8 @@ class Builder:
         self.idle()  # the same versions in the same order in every build (the donor's too)
 
     def idle(self) -> None:
-        """Wait for the background block writer."""
-        with self.table._lock:
-            self.table._wait_frozen()
+        """Wait for the background block writer (every observer, e.g. ``rows``, waits for it)."""
+        assert self.table.rows == self.rows
 
 
 def _blocks(b: Builder) -> None:
