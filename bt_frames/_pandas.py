@@ -59,9 +59,14 @@ the matching nullable dtype (``Int64``, ``boolean``) instead of losing values.
 from __future__ import annotations
 
 import base64
+import copy
+import datetime as dt
+import importlib
 import io
+import json
 import logging
 import math
+import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,6 +84,13 @@ PANDAS_META_VERSION = 1
 # untyped handles: their signatures differ between pandas 2.2 and 3 (and their stubs)
 _pandas_dtype: Any = pd.api.types.pandas_dtype
 _StringDtype: Any = pd.StringDtype
+_DatetimeTZDtype: Any = pd.DatetimeTZDtype
+
+
+def _module(name: str) -> Any:
+    """A module without types for mypy (pandas' private timezones helpers, dateutil: no stubs everywhere)."""
+    return importlib.import_module(name)
+
 
 _ArrowErrors = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 _NULLABLE = {"i": "Int", "u": "UInt"}  # int32 -> Int32: the dtype for nulls the numpy dtype cannot hold
@@ -97,10 +109,33 @@ def _series_b64(data: str) -> pl.Series:
     return pl.read_ipc_stream(io.BytesIO(base64.b64decode(data))).to_series()
 
 
+class _Where(str):
+    """How a message names what it is about: ``column 'price'``, ``the index``, ``index level 'ts'``."""
+
+
+def _where(label: object) -> str:
+    return label if isinstance(label, _Where) else f"column {label!r}"
+
+
+def _index_where(name: object, *, multi: bool, i: int) -> _Where:
+    if not multi:
+        return _Where("the index" if name is None else f"the index {name!r}")
+    return _Where(f"index level {i}" if name is None else f"index level {name!r}")
+
+
+_FIXES = {
+    "period": "convert it first, e.g. .dt.to_timestamp() (or .astype(str) to keep the labels as text)",
+    "interval": "split it first into two columns, e.g. .array.left and .array.right",
+    "sparse": "convert it first with .sparse.to_dense()",
+    "complex": "split it first into two float columns, e.g. np.real(...) and np.imag(...)",
+}
+
+
 def _unsupported(table: str, label: object, dtype: object, why: str) -> SchemaMismatchError:
+    kind = next((k for k in _FIXES if k in str(dtype).lower()), None)
+    fix = _FIXES[kind] if kind else "convert it first to a numeric, datetime or string dtype"
     return SchemaMismatchError(
-        f"table {table!r}, column {label!r}: pandas dtype {dtype} cannot be stored ({why}). "
-        "Fix: convert the column first, e.g. .astype(str) or to a numeric/datetime dtype.",
+        f"table {table!r}, {_where(label)}: pandas dtype {dtype} cannot be stored ({why}). Fix: {fix}.",
         table=table,
         columns=[str(label)],
     )
@@ -117,6 +152,100 @@ def _na_kind(values: pd.Series) -> str | None:
     if isinstance(first, float) and math.isnan(first):
         return "nan"
     return None
+
+
+def _tz_doc(tz: Any) -> dict[str, Any] | None:
+    """The exact zone object of a tz-aware dtype, as JSON (None: one this module cannot name)."""
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        return {"kind": "zoneinfo", "key": tz.key}
+    if isinstance(tz, dt.timezone):
+        offset = tz.utcoffset(None)
+        name = tz.tzname(None)
+        custom = name if name != dt.timezone(offset).tzname(None) else None
+        return {"kind": "fixed", "seconds": offset.total_seconds(), "name": custom}
+    try:  # dateutil and pytz zones: pandas' own string for them ("dateutil/Europe/Paris", "Europe/Paris")
+        timezones = _module("pandas._libs.tslibs.timezones")
+        key = timezones.get_timezone(tz)
+        if isinstance(key, str) and timezones.tz_compare(timezones.maybe_get_tz(key), tz):
+            return {"kind": "pandas", "key": key}
+    except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover - a pandas without them
+        pass
+    module = type(tz).__module__
+    if module.startswith("dateutil"):
+        dateutil_tz = _module("dateutil.tz")
+        if isinstance(tz, dateutil_tz.tzutc):
+            return {"kind": "dateutil-utc"}
+        if isinstance(tz, dateutil_tz.tzoffset):
+            return {"kind": "dateutil-offset", "name": tz.tzname(None), "seconds": tz.utcoffset(None).total_seconds()}
+    return None
+
+
+def _tz_from_doc(doc: dict[str, Any]) -> Any:
+    kind = doc.get("kind")
+    if kind == "zoneinfo":
+        return zoneinfo.ZoneInfo(doc["key"])
+    if kind == "fixed":
+        offset = dt.timedelta(seconds=doc["seconds"])
+        return dt.timezone(offset, doc["name"]) if doc.get("name") is not None else dt.timezone(offset)
+    if kind == "pandas":
+        return _module("pandas._libs.tslibs.timezones").maybe_get_tz(doc["key"])
+    if kind == "dateutil-utc":
+        return _module("dateutil.tz").tzutc()
+    if kind == "dateutil-offset":
+        return _module("dateutil.tz").tzoffset(doc["name"], doc["seconds"])
+    raise ValueError(f"unknown time zone {doc}")
+
+
+# object values whose Arrow conversion cannot give back the same Python objects
+_NOT_THEMSELVES = {
+    "UUID": "uuid.UUID values would come back as bytes. Fix: store them as text, e.g. .astype(str)",
+    "tuple": "tuples would come back as lists. Fix: convert them to lists, or split them into columns",
+    "set": "sets would come back as lists. Fix: convert them to sorted lists, e.g. .map(sorted)",
+    "frozenset": "frozensets would come back as lists. Fix: convert them to sorted lists, e.g. .map(sorted)",
+}
+_DICT_FIX = "Fix: give every dict the same keys in the same order, or store them as JSON text (.map(json.dumps))"
+_SAFE_OBJECT_KINDS = {"empty", "string", "bytes", "integer", "floating", "boolean", "date", "decimal"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``b`` (read back) is the very value ``a`` (appended): same type, same value, recursively."""
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    if isinstance(a, np.ndarray) or not (isinstance(b, type(a)) or isinstance(a, type(b))):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _check_object_values(values: pd.Series, stored: pl.Series, *, table: str, label: object) -> None:
+    """Refuse an object column Arrow would give back as something else (never store a changed value)."""
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in _SAFE_OBJECT_KINDS:
+        return
+    present = values[values.notna().to_numpy()]
+    types = list(dict.fromkeys(type(v).__name__ for v in present))
+    problem = next((_NOT_THEMSELVES[t] for t in types if t in _NOT_THEMSELVES), None)
+    if problem is None and len(types) > 1:
+        problem = (
+            f"it mixes {', '.join(types)} values, which one column type cannot hold without changing some. "
+            "Fix: give it one type, e.g. .astype(str), pd.to_numeric or pd.to_datetime"
+        )
+    if problem is None:  # lists, dicts, datetimes...: check every value comes back as itself
+        back = _as_string(stored).to_list()
+        for i, (a, b, isna) in enumerate(zip(values.tolist(), back, values.isna().tolist(), strict=True)):
+            if not isna and not _same(a, b):
+                fix = _DICT_FIX if isinstance(a, dict) else "Fix: give the column one plain type, e.g. .astype(str)"
+                problem = f"row {i} holds {a!r} ({type(a).__name__}), which would come back as {b!r}. {fix}"
+                break
+    if problem is not None:
+        raise SchemaMismatchError(
+            f"table {table!r}, {_where(label)}: the object values cannot be stored as themselves: {problem}.",
+            table=table,
+            columns=[str(label)],
+        )
 
 
 def _categories_doc(cats: pd.Index, *, table: str, label: object) -> dict[str, Any]:
@@ -147,7 +276,10 @@ def _encode_dtype(dtype: Any, values: pd.Series, *, table: str, label: object) -
     if isinstance(dtype, pd.ArrowDtype):
         buf = pa.schema([pa.field("v", dtype.pyarrow_dtype)]).serialize()
         return {"kind": "arrow", "type_ipc": base64.b64encode(buf.to_pybytes()).decode("ascii")}
-    if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind in "iufbMm"):
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        tz = _tz_doc(dtype.tz)
+        return {"kind": "numpy", "dtype": str(dtype), **({"unit": dtype.unit, "tz": tz} if tz else {})}
+    if isinstance(dtype, np.dtype) and dtype.kind in "iufbMm":
         return {"kind": "numpy", "dtype": str(dtype)}
     if isinstance(dtype, np.dtype) and dtype.kind == "O":
         return {"kind": "object", "na": _na_kind(values)}
@@ -169,6 +301,8 @@ def _encode_values(values: pd.Series, *, table: str, label: object) -> pl.Series
         raise _unsupported(table, label, dtype, "no Polars equivalent")
     try:
         arr = pa.array(values, from_pandas=True)
+        if pa.types.is_timestamp(arr.type) and arr.type.tz is not None and not _polars_zone(arr.type.tz):
+            arr = arr.cast(pa.timestamp(arr.type.unit, "UTC"))  # the instants; the zone is in the metadata
         if pa.types.is_dictionary(arr.type) and not (
             pa.types.is_string(arr.type.value_type) or pa.types.is_large_string(arr.type.value_type)
         ):
@@ -178,14 +312,30 @@ def _encode_values(values: pd.Series, *, table: str, label: object) -> pl.Series
         kinds = sorted({type(v).__name__ for v in values.dropna().head(10_000)})
         mixed = f" (it mixes {', '.join(kinds)})" if len(kinds) > 1 else ""
         raise SchemaMismatchError(
-            f"table {table!r}, column {label!r}: the {dtype} column cannot be converted to Arrow{mixed}: {e}. "
-            "Fix: give the column one type, e.g. .astype(str), pd.to_numeric or pd.to_datetime.",
+            f"table {table!r}, {_where(label)}: the {dtype} values cannot be converted to Arrow{mixed}: {e}. "
+            "Fix: give them one type, e.g. .astype(str), pd.to_numeric or pd.to_datetime.",
             table=table,
             columns=[str(label)],
         ) from e
     except pl.exceptions.PolarsError as e:
         raise _unsupported(table, label, dtype, f"Polars cannot hold it: {e}") from e
+    if isinstance(dtype, np.dtype) and dtype.kind == "O":
+        _check_object_values(values, out, table=table, label=label)
     return out
+
+
+_ZONES: dict[str, bool] = {}
+
+
+def _polars_zone(tz: str) -> bool:
+    """Polars can hold timestamps in zone ``tz`` (it refuses e.g. the fixed offset "+05:30")."""
+    if tz not in _ZONES:
+        try:
+            pl.Series([0]).cast(pl.Datetime("us", tz))
+            _ZONES[tz] = True
+        except (pl.exceptions.PolarsError, ValueError):
+            _ZONES[tz] = False
+    return _ZONES[tz]
 
 
 def _storage_name(label: object, *, table: str, what: str) -> tuple[str, Any]:
@@ -216,15 +366,15 @@ def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str
     """(stored Polars frame, ``pandas`` metadata) for a pandas frame; see the module docstring for the rules."""
     if isinstance(df.columns, pd.MultiIndex):
         raise SchemaMismatchError(
-            f"table {table!r}: the frame has MultiIndex columns; flatten them first, e.g. "
-            "df.columns = ['_'.join(map(str, c)) for c in df.columns].",
+            f"table {table!r}: the frame has MultiIndex columns, which cannot be column names. Fix: flatten "
+            "them first, e.g. df.columns = ['_'.join(map(str, c)) for c in df.columns].",
             table=table,
         )
     names: dict[str, object] = {}
     cols: list[pl.Series] = []
     col_docs: list[dict[str, Any]] = []
 
-    def add(name: str, label: object, values: pd.Series, what: str) -> dict[str, Any]:
+    def add(name: str, label: object, values: pd.Series, what: str, where: object = None) -> dict[str, Any]:
         if name in names:
             raise SchemaMismatchError(
                 f"table {table!r}: {what} {label!r} and {names[name]!r} would both be stored as column {name!r}. "
@@ -233,8 +383,9 @@ def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str
                 columns=[name],
             )
         names[name] = label
-        cols.append(_encode_values(values, table=table, label=label).alias(name))
-        return {"column": name, "dtype": _encode_dtype(values.dtype, values, table=table, label=label)}
+        where = label if where is None else where
+        cols.append(_encode_values(values, table=table, label=where).alias(name))
+        return {"column": name, "dtype": _encode_dtype(values.dtype, values, table=table, label=where)}
 
     idx = df.index
     index_doc: dict[str, Any]
@@ -251,7 +402,8 @@ def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str
             else:
                 name, json_name = _storage_name(level_name, table=table, what="index")
             values = idx.get_level_values(i).to_series(index=pd.RangeIndex(len(idx)))
-            level = {**add(name, level_name, values, "index level"), "name": json_name}
+            where = _index_where(level_name, multi=multi, i=i)
+            level = {**add(name, level_name, values, "index level", where), "name": json_name}
             freq = getattr(idx, "freqstr", None) if not multi else None
             if isinstance(freq, str):
                 level["freq"] = freq
@@ -263,21 +415,49 @@ def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str
         if not isinstance(values.index, pd.RangeIndex):
             values = values.reset_index(drop=True)
         col_docs.append({**add(name, label, values, "column"), "label": json_label})
-    out = pl.DataFrame(cols) if cols else pl.DataFrame()
+    if not cols:
+        raise SchemaMismatchError(
+            f"table {table!r}: the frame has no columns (and only the default index), so there is nothing to "
+            "store. Fix: append a frame with at least one column (a named or non-default index counts).",
+            table=table,
+        )
+    out = pl.DataFrame(cols)
     columns_index = df.columns
     cname = columns_index.name
+    columns_doc: dict[str, Any] = {
+        "dtype": str(columns_index.dtype),
+        "name": cname if cname is None or isinstance(cname, (str, int, float, bool)) else str(cname),
+        "range": isinstance(columns_index, pd.RangeIndex),
+    }
+    if isinstance(columns_index.dtype, pd.StringDtype):  # the storage written, not mode.string_storage at read
+        columns_doc["string"] = _encode_dtype(columns_index.dtype, pd.Series([], dtype=object), table=table, label="")
     meta: dict[str, Any] = {
         "version": PANDAS_META_VERSION,
         "pandas_version": pd.__version__,
         "columns": col_docs,
-        "columns_index": {
-            "dtype": str(columns_index.dtype),
-            "name": cname if cname is None or isinstance(cname, (str, int, float, bool)) else str(cname),
-            "range": isinstance(columns_index, pd.RangeIndex),
-        },
+        "columns_index": columns_doc,
         "index": index_doc,
     }
+    if df.attrs:
+        meta["attrs"] = _attrs_doc(df.attrs, table=table)
     return out, meta
+
+
+def _attrs_doc(attrs: dict[Any, Any], *, table: str) -> dict[str, Any]:
+    """``df.attrs`` as JSON (as pandas' Parquet writer keeps them); refused if JSON would change them."""
+    try:
+        doc = json.loads(json.dumps(attrs, allow_nan=True))
+    except (TypeError, ValueError) as e:
+        doc, why = None, str(e)
+    else:
+        why = "JSON would give back something else (e.g. tuples as lists, non-string keys as strings)"
+    if doc != attrs:
+        raise SchemaMismatchError(
+            f"table {table!r}: df.attrs cannot be stored: {why}. Fix: keep only strings, numbers, booleans, "
+            "None, lists and string-keyed dicts in df.attrs (or set df.attrs = {} before appending).",
+            table=table,
+        )
+    return dict(doc)
 
 
 def time_column_hint(meta: dict[str, Any]) -> str | None:
@@ -318,8 +498,8 @@ def _as_string(s: pl.Series) -> pl.Series:
     return s.cast(pl.String) if isinstance(s.dtype, (pl.Categorical, pl.Enum)) else s
 
 
-def _decode_numpy(s: pl.Series, name: str) -> Any:
-    dtype = _dtype_or_none(name)
+def _decode_numpy(s: pl.Series, name: str, tz: dict[str, Any] | None = None, unit: str | None = None) -> Any:
+    dtype = _DatetimeTZDtype(unit or "ns", _tz_from_doc(tz)) if tz else _dtype_or_none(name)
     if dtype is None:
         return _plain(s)
     kind = getattr(dtype, "kind", "O")
@@ -341,6 +521,8 @@ def _decode_numpy(s: pl.Series, name: str) -> Any:
     if kind in "Mm":
         out = s.to_pandas().array
         try:
+            if isinstance(dtype, pd.DatetimeTZDtype) and isinstance(out.dtype, pd.DatetimeTZDtype):
+                return pd.DatetimeIndex(out).tz_convert(dtype.tz).as_unit(dtype.unit).array  # same instants
             return out.astype(dtype)
         except (TypeError, ValueError):
             return out
@@ -358,9 +540,14 @@ def _decode_object(s: pl.Series, na: str | None) -> Any:
 def _decode_categories(codec: dict[str, Any]) -> pd.Index:
     cdtype = codec.get("categories_dtype") or {}
     if "categories" in codec:
-        target = _dtype_or_none(cdtype.get("dtype")) if cdtype.get("kind") == "numpy" else None
-        if cdtype.get("kind") == "string":
+        kind = cdtype.get("kind")
+        target: Any = None
+        if kind in ("numpy", "extension"):
+            target = _dtype_or_none(cdtype.get("dtype"))
+        elif kind == "string":
             target = _string_dtype(cdtype["storage"], cdtype["na_value"])
+        elif kind == "object":
+            target = np.dtype(object)  # object categories stay object (pandas 3 would infer str)
         return pd.Index(codec["categories"], dtype=target)
     values = _series_b64(codec["categories_ipc"])
     return pd.Index(_decode(values, cdtype))
@@ -401,7 +588,7 @@ def _decode(s: pl.Series, codec: dict[str, Any]) -> Any:
     kind = codec.get("kind")
     try:
         if kind == "numpy":
-            return _decode_numpy(s, codec["dtype"])
+            return _decode_numpy(s, codec["dtype"], codec.get("tz"), codec.get("unit"))
         if kind == "string":
             return _string_dtype(codec["storage"], codec["na_value"]).__from_arrow__(_as_string(s).to_arrow())
         if kind == "object":
@@ -493,6 +680,8 @@ def to_pandas(df: pl.DataFrame, meta: dict[str, Any] | None, *, columns: Sequenc
         labels.append(doc.get("label", name) if doc else name)
     out = pd.DataFrame(data, index=index, copy=False)
     out.columns = _columns_index(labels, meta.get("columns_index") or {})
+    if meta.get("attrs"):
+        out.attrs = copy.deepcopy(meta["attrs"])
     return out
 
 
@@ -512,7 +701,11 @@ def _columns_index(labels: list[Any], doc: dict[str, Any]) -> pd.Index:
     name = doc.get("name")
     if doc.get("range") and labels == list(range(len(labels))):
         return pd.RangeIndex(len(labels), name=name)
-    dtype = _dtype_or_none(doc.get("dtype"))
+    string = doc.get("string") or {}
+    try:
+        dtype = _string_dtype(string["storage"], string["na_value"]) if string else _dtype_or_none(doc.get("dtype"))
+    except (KeyError, TypeError, ValueError):
+        dtype = _dtype_or_none(doc.get("dtype"))
     try:
         return pd.Index(labels, dtype=dtype, name=name)
     except (TypeError, ValueError):
