@@ -294,10 +294,10 @@ class Table:
         self._check_writable()
         df, pandas_meta = _convert.to_polars(data, table=self.name)
         df = _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
-        if df.height == 0:  # an empty append changes nothing, not even the pandas metadata
+        if pandas_meta is not None and self._meta.pandas is None:  # even an empty pandas frame says what the
+            self._store._set_pandas_meta(self, pandas_meta)  # table is: its dtypes, index and labels come back
+        if df.height == 0:  # no rows: no WAL record, no LSN
             return None
-        if pandas_meta is not None and self._meta.pandas is None:
-            self._store._set_pandas_meta(self, pandas_meta)
         with self._lock, os_errors(f"table {self.name!r}: append"):
             self._check_writable()
             assert self._wal is not None

@@ -446,11 +446,15 @@ def test_polars_then_pandas_first_pandas_metadata_wins(open_store: Callable[[], 
     assert str(open_store()["t"].to_pandas()["qty"].dtype) == "Int64"
 
 
-def test_empty_pandas_append_writes_no_metadata(open_store: Callable[[], bt.BacktraceStore]) -> None:
+def test_an_empty_pandas_append_records_what_the_table_is(open_store: Callable[[], bt.BacktraceStore]) -> None:
+    """Issue 8: an empty frame appended first still says what the table is (dtypes, index, labels), so
+    reading the empty table gives the same empty frame back; no row, no WAL record, no LSN."""
     s = open_store()
-    s.append("t", pl.DataFrame({"x": [1]}))
-    assert s["t"].append(pd.DataFrame({"x": pd.array([], dtype="Int64")})) is None
-    assert json.loads((s["t"].path / "table.json").read_text())["pandas"] is None
+    empty = pd.DataFrame({"x": pd.array([], dtype="Int64"), "flag": pd.array([], dtype="boolean")})
+    assert s.append("t", empty) is None
+    assert json.loads((s["t"].path / "table.json").read_text())["pandas"] is not None
+    assert s["t"].wal_state["records"] == 0
+    pd.testing.assert_frame_equal(s["t"].to_pandas(), empty)
 
 
 def test_reader_sees_metadata_of_a_later_first_pandas_append(
