@@ -40,8 +40,8 @@ from bt_frames.storage import blocks as blk
 from bt_frames.storage import layout
 
 if TYPE_CHECKING:
+    from bt_frames._views import ScanSource as Table
     from bt_frames.storage.snapshot import Snapshot
-    from bt_frames.table import Table
 
 log = logging.getLogger("bt_frames")
 
@@ -105,7 +105,7 @@ def _start(
     def open_read() -> _Pinned:
         return _open(table, predicate, columns, n_rows, batch_size, prune=prune)
 
-    if not table._read_only:  # pinned: a compaction here never deletes what the read needs
+    if not table.read_only:  # pinned: a compaction here never deletes what the read needs
         return open_read()
     return _refreshing(table, open_read)
 
