@@ -294,8 +294,10 @@ class Table:
         self._check_writable()
         df, pandas_meta = _convert.to_polars(data, table=self.name)
         df = _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
-        if pandas_meta is not None and self._meta.pandas is None:  # even an empty pandas frame says what the
-            self._store._set_pandas_meta(self, pandas_meta)  # table is: its dtypes, index and labels come back
+        if pandas_meta is not None and self._meta.pandas is None and (df.height or self._next_lsn == 1):
+            # the first pandas append says what the table is for pandas (dtypes, index, labels) -- even an
+            # empty one, if the table is still empty: reading it back then gives the same empty frame
+            self._store._set_pandas_meta(self, pandas_meta)
         if df.height == 0:  # no rows: no WAL record, no LSN
             return None
         with self._lock, os_errors(f"table {self.name!r}: append"):
