@@ -88,6 +88,10 @@ def frame_constructor(request: pytest.FixtureRequest) -> Callable[[pl.DataFrame]
     return FRAME_CONSTRUCTORS[request.param]
 
 
+# What the fault-finding machinery covered in this run (crash rounds, scans...), printed at the end.
+MACHINERY_REPORT: list[str] = []
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Counts of the power-loss and I/O-error tests (crash states, fault points), so CI logs show them."""
     from tests.helpers import workloads
@@ -95,4 +99,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if workloads.REPORT:
         terminalreporter.section("power loss / I/O errors")
         for line in workloads.REPORT:
+            terminalreporter.write_line(line)
+    if MACHINERY_REPORT:
+        terminalreporter.section("crash loop / concurrency")
+        for line in MACHINERY_REPORT:
             terminalreporter.write_line(line)

@@ -41,6 +41,7 @@ from polars.testing import assert_frame_equal
 
 import bt_frames as bt
 from bt_frames import _scan
+from tests.conftest import MACHINERY_REPORT
 from tests.helpers.conc_reader import check_prefix
 
 SCHEMA = {"id": pl.Int64, "v": pl.Float64}
@@ -308,8 +309,10 @@ def test_scans_in_threads_while_the_writer_appends_flushes_and_compacts(tmp_path
         assert not any(th.is_alive() for th in threads)
         check_prefix(t.scan().collect())
         assert t.rows == acks.acked
-        print(f"\nin-process, retired_grace={grace}: {sum(stats.values())} scans {dict(stats)}, "
-              f"{len(errors)} failed; writer {dict(ops)}, {acks.acked:,} rows")  # fmt: skip
+        line = (f"in-process, retired_grace={grace}: {sum(stats.values())} scans {dict(stats)}, "
+                f"{len(errors)} failed; writer {dict(ops)}, {acks.acked:,} rows")  # fmt: skip
+        print("\n" + line)
+        MACHINERY_REPORT.append(line)
         assert not errors, f"{len(errors)} of {sum(stats.values()) + len(errors)} scans failed:\n" + "\n".join(
             errors[:3]
         )
@@ -416,9 +419,11 @@ def test_read_only_processes_scan_while_the_writer_compacts(tmp_path: Path, grac
             if not fits:
                 failures.append(f"{rec['kind']} saw {n}, which fits no append total in [{lo}, {hi}]")
     scans = sum(kinds.values())
-    print(f"\nread-only processes, retired_grace={grace}: {scans} scans {dict(kinds)}, {len(failures)} failed, "
-          f"{refused} refused with a BtError, {retries} transparent refreshes; writer {dict(ops)}, "
-          f"{total:,} rows")  # fmt: skip
+    line = (f"read-only processes, retired_grace={grace}: {scans} scans {dict(kinds)}, {len(failures)} failed, "
+            f"{refused} refused with a BtError, {retries} transparent refreshes; writer {dict(ops)}, "
+            f"{total:,} rows")  # fmt: skip
+    print("\n" + line)
+    MACHINERY_REPORT.append(line)
     assert not failures, f"{len(failures)} of {scans} scans failed:\n" + "\n".join(failures[:3])
     assert refused <= max(3, scans // 100)
     assert scans > 50

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MACHINERY_REPORT
 from tests.crash_loop import FAULTS, run_loop
 
 ROUNDS = int(os.environ.get("BT_FRAMES_CRASH_ROUNDS", "100"))
@@ -24,6 +25,7 @@ def test_crash_loop(tmp_path: Path) -> None:
     """Every round recovers the last kill and finds exactly what was acknowledged, in every durability mode."""
     report = run_loop(ROUNDS, seed=SEED, path=tmp_path, pace=0.3 if ROUNDS <= 100 else 1.0)
     print(report.text())  # shown on failure
+    MACHINERY_REPORT.extend(report.text().splitlines())
     assert report.failures == []
     assert report.rounds == ROUNDS
     kills = sum(report.kills.values())
