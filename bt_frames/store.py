@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -383,8 +384,10 @@ class BacktraceStore:
     def _set_pandas_meta(self, table: Table, meta: dict[str, Any]) -> None:
         if self._read_only:
             return
-        table._meta.pandas = meta
-        layout.atomic_write(table.path / layout.TABLE_JSON, table._meta.to_json().encode())
+        new = dataclasses.replace(table._meta, pandas=meta)
+        with os_errors(f"table {table.name!r}: recording its pandas metadata in table.json"):
+            layout.atomic_write(table.path / layout.TABLE_JSON, new.to_json().encode())
+        table._meta.pandas = meta  # only once it is on disk
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -423,6 +426,8 @@ class BacktraceStore:
             self._handles -= 1
             if self._handles > 0:
                 return
+            if _OPEN.get(_key(self._path)) is self:  # no later bt.open() can be handed this closing store
+                del _OPEN[_key(self._path)]
         self._close_all()
 
     def _close_all(self) -> None:
@@ -631,7 +636,8 @@ def _store_temporary(path: Path, name: str) -> bool:
     full = path / name
     if full.is_symlink():
         return False
-    return (layout.is_tmp(name) and full.is_file()) or (layout.is_transient_dir(name) and full.is_dir())
+    marker_tmp = layout.is_tmp(name) and name.startswith(f".{layout.STORE_MARKER}.")
+    return (marker_tmp and full.is_file()) or (layout.is_transient_dir(name) and full.is_dir())
 
 
 def _is_table_json(path: Path) -> bool:

@@ -307,6 +307,7 @@ class Table:
                 return self._append_blocks(df)
             if self._hot and self._hot.rows + df.height > self._meta.max_block_rows:
                 self._after_commit(self._freeze_async)  # not a commit point, but never worth failing for
+                self._check_writable()  # waiting for the block writer released the lock: close() may have run
             payload = _ipc_bytes(df)
             lsn = self._next_lsn
             self._wal.append(lsn, payload)  # the commit point: nothing below raises
@@ -349,6 +350,7 @@ class Table:
         """A large append goes straight to blocks: every part is written and renamed, then one manifest version."""
         assert self._wal is not None
         self._freeze()  # blocks hold every earlier LSN first: the table's LSNs stay in order
+        self._check_writable()  # waiting for the block writer released the lock: close() may have run
         lsn = self._next_lsn
         size = self._meta.max_block_rows
         nparts = math.ceil(df.height / size)
@@ -405,6 +407,7 @@ class Table:
         self._check_writable()
         with self._lock, os_errors(f"table {self.name!r}: flush"):
             self._writer.wait_idle()
+            self._check_writable()  # waiting released the lock: close() may have run
             n = self._hot.rows + sum(e.rows for e in self._writer.frozen)
             self._freeze()
             return n
@@ -428,6 +431,7 @@ class Table:
         small = min_rows if min_rows is not None else max(1, target // 2)
         with self._lock, os_errors(f"table {self.name!r}: compact"):
             self._writer.wait_idle()
+            self._check_writable()  # waiting released the lock: close() may have run
             before = len(self._blocks)
             runs = _compaction_runs(self._blocks, target, small)
             bar = self._store._progress(f"compact {self.name}")
@@ -633,13 +637,15 @@ class Table:
                             sum(e.rows for e in self._writer.frozen))  # fmt: skip
             self._closed = True
             self._writer.shutdown()
+            wal_closed = False
             try:
                 if self._wal is not None:
                     with os_errors(f"table {self.name!r}: close (syncing the WAL)"):
                         self._wal.close()
+                wal_closed = True
             finally:
                 self._wal = None
-                if self._manifest is not None:
+                if self._manifest is not None and wal_closed:  # the last LSN is recorded only once it is durable
                     self._purge_retired()
                     state = self._manifest.state
                     if state.next_lsn != self._next_lsn or self._pending_forget or self._pending_wal:

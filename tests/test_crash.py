@@ -159,8 +159,9 @@ def _run_until_fault(path: Path, tmp_path: Path, sizes: str, mbr: int, fault: st
         ("big", "rename-block:5", {"tmp_files_removed": 1, "incomplete_blocks_removed": 1, "absent": True}),
         # A 3-part append: parts 1-2 renamed, part 3 not written -> removed, batch absent.
         ("big", "renamed-block:5", {"tmp_files_removed": 0, "incomplete_blocks_removed": 2, "absent": True}),
-        # Every part renamed, the manifest version (the commit point) not written: never acknowledged, removed.
-        ("big", "renamed-block:6", {"incomplete_blocks_removed": 3, "absent": True}),
+        # Every part renamed (each durable), the manifest version not written: not acknowledged, but complete
+        # and intact, so recovery adopts it -- as it keeps a durable WAL record of an unacknowledged append.
+        ("big", "renamed-block:6", {"incomplete_blocks_removed": 0, "adopted_blocks": 3, "present": True}),
     ],
 )
 def test_kill_at_each_step_of_a_block_write(tmp_path: Path, sizes: str, fault: str, expect: dict[str, object]) -> None:

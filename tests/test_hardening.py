@@ -9,9 +9,11 @@ test_concurrency.py and test_crash_loop.py.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +363,105 @@ def test_many_one_row_appends_leave_few_hot_chunks(store: bt.BacktraceStore) -> 
     with bt.open(store.path) as again:  # replay consolidates too
         assert len(again["t"].snapshot().hot) <= hot.FANOUT * 4
         assert again["t"].rows == n
+
+
+# -- found by the adversarial review of this change -----------------------------------------------------------
+
+
+class _SlowBlockWriter(fs.FileSystem):
+    """The block writer's fsyncs take a while (a slow disk): waits on it release the table's lock."""
+
+    def fsync(self, fd: int) -> None:
+        if threading.current_thread().name.startswith("bt_frames-freeze"):
+            time.sleep(0.4)
+        super().fsync(fd)
+
+
+@pytest.mark.parametrize("kind", ["large", "small"])
+def test_an_append_waiting_for_the_block_writer_never_commits_after_close(tmp_path: Path, kind: str) -> None:
+    """An append that waited for the block writer (which releases the lock) while another thread closed the
+    store resumed and committed after the close; a new writer's append at the same LSN was then lost."""
+    root = tmp_path / "db"
+    with fs.use(_SlowBlockWriter()):
+        s = bt.open(root)
+        t = s.create_table("t", {"x": pl.Int64}, max_block_rows=10)
+        t.append(pl.DataFrame({"x": list(range(9))}))
+        t.append(pl.DataFrame({"x": [100, 101]}))  # 11 hot rows: handed to the (slow) block writer
+        result: dict[str, object] = {}
+
+        def append() -> None:
+            try:
+                if kind == "large":
+                    result["lsn"] = t.append(pl.DataFrame({"x": list(range(25))}))
+                else:
+                    for i in range(12):  # back-pressure waits for the writer
+                        t.append(pl.DataFrame({"x": [i] * 4}))
+                    result["lsn"] = "all"
+            except bt.BtError as e:
+                result["error"] = e
+
+        closer = threading.Thread(target=s.close)
+        closer.start()
+        time.sleep(0.1)
+        appender = threading.Thread(target=append)
+        appender.start()
+        closer.join()
+        appender.join()
+    versions = sorted((root / "t" / mf.MANIFEST_DIR).iterdir())
+    last = json.loads(versions[-1].read_text())["operation"]
+    assert last == "close", f"a version was committed after the close: {last}"
+    with bt.open(root) as again:
+        rows = again["t"].rows
+        again["t"].append(pl.DataFrame({"x": [777]}))
+    with bt.open(root) as again:
+        assert again["t"].rows == rows + 1
+        assert 777 in again["t"].scan().collect()["x"].to_list()
+    if "error" in result:
+        assert isinstance(result["error"], bt.StoreClosedError)
+
+
+class _NoBlocks(fs.FileSystem):
+    """Creating any file in a blocks/ folder fails (a full disk for blocks only): the WAL keeps segments."""
+
+    def open(self, path: fs.StrPath, flags: int, mode: int = 0o644) -> int:
+        if flags & os.O_CREAT and Path(path).parent.name == layout.BLOCKS_DIR:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return super().open(path, flags, mode)
+
+
+def test_a_gap_at_the_end_of_a_non_last_wal_segment_is_corruption(tmp_path: Path) -> None:
+    """Records cut off the end of a segment that is not the last one are acknowledged appends, not a torn
+    tail: recovery accepted the gap and opened the table with fewer rows."""
+    from tests.helpers import faults
+
+    root = tmp_path / "db"
+    with fs.use(_NoBlocks()), bt.open(root) as s:
+        t = s.create_table("t", {"x": pl.Int64}, max_block_rows=3)
+        for i in range(5):  # the fourth append rotates the WAL: segment 1 holds LSNs 1-3, segment 4 the rest
+            t.append(pl.DataFrame({"x": [i]}))
+        assert not t.health.ok
+        segs = sorted((root / "t" / layout.WAL_DIR).iterdir())
+    assert [p.name for p in segs][:2] == [layout.wal_name(1), layout.wal_name(4)]
+    last = faults.record_offsets(segs[0])[-1]
+    faults.truncate_to(segs[0], last.offset)  # LSN 3 is gone
+    before = _files(root)
+    with bt.open(root) as s, pytest.raises(bt.CorruptionError) as exc:
+        s["t"]
+    assert exc.value.path == segs[1]
+    assert "LSN 3 are in no block and no WAL record before this segment" in str(exc.value)
+    assert _files(root) == before
+
+
+def test_a_foreign_tmp_file_makes_a_folder_foreign_not_empty(tmp_path: Path) -> None:
+    """A folder holding only a user's '.report.2024.tmp' was taken for an empty store and the file deleted."""
+    d = tmp_path / "reports"
+    d.mkdir()
+    (d / ".report.2024.tmp").write_text("mine")
+    with pytest.raises(bt.BtError, match="is not a bt_frames store and is not empty"):
+        bt.open(d)
+    assert (d / ".report.2024.tmp").read_text() == "mine"
+
+
+def test_a_segment_removed_and_added_in_one_version_stays_named() -> None:
+    state = mf.State(wal=[5]).apply(mf.Edit("recover", wal_remove=[5], wal_add=[5]), 2, "t")
+    assert state.wal == [5]

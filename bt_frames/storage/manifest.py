@@ -194,7 +194,7 @@ class State:
             out.blocks = sorted([*out.blocks, *edit.add], key=lambda b: (b.name.first_lsn, b.name.part))
             out.added.update((b.block, version) for b in edit.add)
         if edit.wal_add or edit.wal_remove:
-            out.wal = sorted((set(out.wal) | set(edit.wal_add)) - set(edit.wal_remove))
+            out.wal = sorted((set(out.wal) - set(edit.wal_remove)) | set(edit.wal_add))  # a re-created one stays
         if edit.next_lsn is not None:
             out.next_lsn = edit.next_lsn
         return out

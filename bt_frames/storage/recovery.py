@@ -39,6 +39,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ from bt_frames.storage import manifest as mf
 log = logging.getLogger("bt_frames")
 
 Progress = Callable[[Iterable[Any], int], Iterable[Any]]
-READER_ATTEMPTS = 20
+READER_ATTEMPTS = 100  # while the writer keeps moving the manifest; 2 failures without a move: real damage
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Recovery:
     records_skipped: int = 0  # already held by blocks (crash after a flush)
     torn_tail_bytes: int = 0
     incomplete_blocks_removed: int = 0  # parts of an append that never committed
+    adopted_blocks: int = 0  # every part of a large append whose manifest version was lost: kept
     superseded_blocks_removed: int = 0  # inputs of a compaction, leftovers of a publish
     retired_blocks_removed: int = 0
     tmp_files_removed: int = 0
@@ -98,6 +100,8 @@ class Recovery:
             parts.append(f"torn tail of {self.torn_tail_bytes} bytes {cut} (an unacknowledged append)")
         if self.incomplete_blocks_removed:
             parts.append(f"{self.incomplete_blocks_removed} part(s) of an append that never committed {removed}")
+        if self.adopted_blocks:
+            parts.append(f"{self.adopted_blocks} part(s) of a large append whose version was not written adopted")
         if self.superseded_blocks_removed:
             parts.append(f"{self.superseded_blocks_removed} block(s) whose rows are in other files {removed}")
         if self.retired_blocks_removed:
@@ -152,13 +156,18 @@ def recover(
     if writer:
         _remove_tmp_files(table_dir, rep)
     attempts = 1 if writer else READER_ATTEMPTS
+    stable = 0  # failed attempts in a row during which the manifest did not move
     for attempt in range(attempts):
+        before = mf.list_versions(table_dir)[-1:]
         try:
             return _recover_once(table_dir, schema, rep, writer, durability, grace_s, pinned, progress)
         except (CorruptionError, FileNotFoundError):
-            if attempt == attempts - 1:
+            # a reader raced the writer (a publish deleted a segment, a purge a retired block): look again,
+            # unless nothing moved twice in a row -- then the damage is real
+            stable = stable + 1 if mf.list_versions(table_dir)[-1:] == before else 0
+            if attempt == attempts - 1 or stable >= 2:
                 raise
-            # a reader raced the writer (a publish deleted a segment, a purge a retired block): look again
+            time.sleep(min(0.05, 0.001 * 2**attempt))
             rep = Recovery(read_only=True)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -253,6 +262,14 @@ def _recover_once(
     records = wal_bytes = 0
     last_lsn = 0
     for scan in scans:
+        if scan.first_lsn - 1 > max(block_lsn, last_lsn):  # a segment starts past every LSN seen so far
+            gap = max(block_lsn, last_lsn) + 1
+            raise CorruptionError.at(
+                scan.path,
+                None,
+                f"{_lsns(gap, scan.first_lsn - 1)} are in no block and no WAL record before this segment: "
+                "the end of the previous segment, or a segment, is missing",
+            )
         for r in scan.records:
             records += 1
             size = wal.RECORD_HEADER_SIZE + len(r.payload)
@@ -296,6 +313,16 @@ def _recover_once(
         return Recovered(state, None, infos, loaded.stats, hot, next_lsn, records, wal_bytes, False, None, rep)
     assert manifest is not None
     # 4./5. a writer makes the files match the manifest
+    adopted = _adopt_parts(blocks_dir, listing, state, next_lsn)
+    if adopted:  # a large append whose parts are all durable, its version not: it happened (not acknowledged)
+        state = manifest.commit(mf.Edit("adopt", add=[mf.entry_of(b) for b in adopted]))
+        rep.adopted_blocks = len(adopted)
+        infos = infos + adopted
+        loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
+        block_lsn = next_lsn
+        next_lsn += 1
+        listing -= {b.filename for b in adopted}
+        rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
     edit = mf.Edit("recover")
     named = {e.block for e in state.blocks}
     retired = {r.block: r for r in state.retired}
@@ -312,7 +339,7 @@ def _recover_once(
                 rep.retired_blocks_removed += 1
                 removed_any = True
             continue
-        in_wal = wal_first is not None and wal_first <= parsed.first_lsn and parsed.last_lsn < next_lsn
+        in_wal = wal_first is not None and wal_first <= parsed.first_lsn and parsed.last_lsn <= last_lsn
         if parsed.last_lsn <= block_lsn or (parsed.first_lsn > block_lsn and in_wal):
             rep.superseded_blocks_removed += 1  # its rows are in named blocks, or still in the WAL
         elif parsed.first_lsn == parsed.last_lsn == next_lsn:
@@ -379,7 +406,7 @@ def _recover_once(
         next_lsn,
         sum(len(s.records) for s in keep),
         sum(wal.RECORD_HEADER_SIZE + len(r.payload) for s in keep for r in s.records),
-        loaded.changed,
+        loaded.changed or bool(adopted),
         writer_,
         rep,
     )
@@ -405,6 +432,32 @@ def _lost_version_hint(table_dir: Path, listing: set[str], state: mf.State, firs
         f"; block file(s) {', '.join(hits)}, which no manifest version names, hold these LSNs: manifest version "
         f"{state.version + 1} ({lost}), which named them, is probably missing or was removed"
     )
+
+
+def _adopt_parts(blocks_dir: Path, listing: set[str], state: mf.State, next_lsn: int) -> list[blk.BlockInfo]:
+    """The parts of a large append at ``next_lsn`` that no version names, if every part is there and intact.
+
+    Each part was fsynced and renamed before the append's manifest version was
+    written; a crash (or a power loss of that version) in between leaves them.
+    The append was not acknowledged, so either outcome is allowed: like a
+    durable WAL record of an unacknowledged append, it is kept -- exactly once.
+    """
+    named = {e.block for e in state.blocks}
+    parts = [
+        (p, n)
+        for n in listing
+        if n not in named
+        and (p := layout.parse_block_name(n)) is not None
+        and p.first_lsn == p.last_lsn == next_lsn
+    ]
+    if not parts or {p.nparts for p, _n in parts} != {parts[0][0].nparts}:
+        return []
+    if sorted(p.part for p, _n in parts) != list(range(1, parts[0][0].nparts + 1)):
+        return []
+    try:
+        return [blk.read_block_info(blocks_dir / n) for _p, n in sorted(parts)]  # digests checked
+    except CorruptionError:
+        return []
 
 
 def _check_block_chain(blocks_dir: Path, state: mf.State) -> None:
