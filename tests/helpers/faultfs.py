@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import threading
-import traceback
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bt_frames.storage import fs
+from tests.helpers.powerloss import _caller
 
 # kind -> the FileSystem methods it covers
 KINDS: dict[str, tuple[str, ...]] = {
@@ -43,14 +43,6 @@ class Injected:
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.k}: {self.call} from {self.caller} [thread {self.thread}]"
-
-
-def _caller() -> str:
-    for fr in reversed(traceback.extract_stack(limit=25)):
-        f = fr.filename.replace(os.sep, "/")
-        if "/bt_frames/" in f and not f.endswith("storage/fs.py"):
-            return f"{f.rsplit('/bt_frames/', 1)[1]}:{fr.lineno} {fr.name}"
-    return "?"
 
 
 def _fd_path(fd: int) -> str:
