@@ -446,9 +446,7 @@ def _adopt_parts(blocks_dir: Path, listing: set[str], state: mf.State, next_lsn:
     parts = [
         (p, n)
         for n in listing
-        if n not in named
-        and (p := layout.parse_block_name(n)) is not None
-        and p.first_lsn == p.last_lsn == next_lsn
+        if n not in named and (p := layout.parse_block_name(n)) is not None and p.first_lsn == p.last_lsn == next_lsn
     ]
     if not parts or {p.nparts for p, _n in parts} != {parts[0][0].nparts}:
         return []
