@@ -185,6 +185,7 @@ class Table:
     def health(self) -> Health:
         """Failures after a commit point (see :class:`Health`); ``table.health.ok`` is the short answer."""
         with self._lock:
+            self._writer.wait_idle()  # like every observer: as if block writes were synchronous
             problems = dict(self._problems)
             for e in self._writer.failed():
                 problems.setdefault("block", f"writing the block of LSNs {e.first}-{e.last} failed: {e.error}")
