@@ -82,6 +82,8 @@ ZONES: dict[str, Any] = {
 def test_time_zones_come_back_as_the_same_zone_object(
     roundtrip: Callable[[pd.DataFrame], pd.DataFrame], name: str, where: str
 ) -> None:
+    if name == "dateutil" and int(pd.__version__.split(".")[0]) < 3:
+        pytest.skip("pandas 2.2 cannot localize to python-dateutil 4's zones (tz_localize fails in pandas itself)")
     ts = pd.date_range("2024-01-01 09:00", periods=4, freq="h", tz=ZONES[name])
     df = pd.DataFrame({"ts": ts, "v": range(4)}) if where == "column" else pd.DataFrame({"v": range(4)}, index=ts)
     pd.testing.assert_frame_equal(roundtrip(df), _twice(df))
