@@ -28,7 +28,8 @@ schema>", "xxh3": "<digest of the rest>"}``,
 then an Arrow IPC stream holding the *statistics frame* (``stats_frame``): one
 row per block with ``block`` (file name), ``first_lsn``, ``last_lsn``,
 ``part``, ``rows``, ``bytes`` and per column ``min.<c>``, ``max.<c>``,
-``null_count.<c>``, ``distinct.<c>``. On open, rows are matched to the block
+``null_count.<c>``, ``distinct.<c>`` and ``counts.<c>`` (rows per distinct
+value, same order; null where the block's stats have no counts). On open, rows are matched to the block
 files on disk by name (a name carries the file's content digest); files
 without a row are read from their footer, rows without a file are dropped,
 and a writer rewrites the cache if anything differed. Loading it is one read
@@ -59,7 +60,8 @@ log = logging.getLogger("bt_frames")
 TABLE_FORMAT = "bt_frames.table"
 TABLE_FORMAT_VERSION = 1
 CACHE_FORMAT = "bt_frames.stats_cache"
-CACHE_VERSION = 3  # 1: JSON entries per block; 2: the statistics frame as an Arrow IPC file; 3: as a stream
+CACHE_VERSION = 4  # 1: JSON entries per block; 2: the statistics frame as an Arrow IPC file; 3: as a stream;
+# 4: with counts.<c>
 
 
 def schema_to_b64(schema: pl.Schema) -> str:
@@ -256,6 +258,8 @@ def stats_frame(infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFra
         if st is not None or isinstance(dtype, (pl.Categorical, pl.Enum)):
             dist = [list(s.distinct) if s.distinct is not None else None for s in stats]
             cols[f"distinct.{name}"] = _typed_lists(dist, dtype)
+            counts = [list(s.counts) if s.counts is not None and s.distinct is not None else None for s in stats]
+            cols[f"counts.{name}"] = pl.Series(counts, dtype=pl.List(pl.Int64))
     return pl.DataFrame([s.alias(n) for n, s in cols.items()])
 
 
@@ -277,6 +281,7 @@ def stats_schema(schema: pl.Schema) -> pl.Schema:
         out[f"null_count.{name}"] = pl.Int64()
         if st is not None or isinstance(dtype, (pl.Categorical, pl.Enum)):
             out[f"distinct.{name}"] = pl.List(literal_dtype(dtype))
+            out[f"counts.{name}"] = pl.List(pl.Int64())
     return pl.Schema(out)
 
 
