@@ -30,6 +30,8 @@ import html
 import json
 import logging
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -335,7 +337,7 @@ def blocks_frame(infos: Sequence[blk.BlockInfo], stats: pl.DataFrame | None, sch
             for c in st.columns
             if c.startswith("distinct.")
         ],
-    ).drop([c for c in st.columns if c.startswith("distinct.")])
+    ).drop([c for c in st.columns if c.startswith(("distinct.", "counts."))])
     front = ["block", "path", "first_lsn", "last_lsn", "part", "rows", "bytes", "checksum"]
     return out.select(front + [c for c in out.columns if c not in front])
 
@@ -348,20 +350,32 @@ _FLIP = {"Lt": "Gt", "LtEq": "GtEq", "Gt": "Lt", "GtEq": "LtEq", "Eq": "Eq", "No
 
 @dataclass
 class _Bounds:
-    """Two facts about a boolean expression per block, each an expression over the stats frame.
+    """Three facts about a boolean expression per block, each an expression over the stats frame.
 
     ``never_true``: no row makes it true (the block can be skipped);
-    ``never_false``: no row makes it false (needed for ``~``). A null result
-    is neither, as in Polars' three-valued logic, and a null *fact* (e.g. an
-    unknown literal) counts as "don't know": ``plan`` fills it with False.
+    ``never_false``: no row makes it false (needed for ``~``);
+    ``never_null``: no row makes it null. A null result is neither true nor
+    false, as in Polars' three-valued logic, and ``filter`` drops it, so
+    "every row matches" is ``never_false & never_null``. A null *fact* (e.g.
+    an unknown literal) counts as "don't know": ``plan`` fills it with False.
     """
 
     never_true: pl.Expr
     never_false: pl.Expr
+    never_null: pl.Expr
     understood: bool = True
 
+    @property
+    def all_true(self) -> pl.Expr:
+        return self.never_false & self.never_null
 
-_UNKNOWN = _Bounds(_FALSE, _FALSE, understood=False)
+    @property
+    def all_false(self) -> pl.Expr:
+        return self.never_true & self.never_null
+
+
+_TRUE = pl.lit(True)
+_UNKNOWN = _Bounds(_FALSE, _FALSE, _FALSE, understood=False)
 
 
 def _is_literal(node: Any) -> bool:
@@ -420,9 +434,12 @@ class _Walker:
                 le, re = _inputs(expr, 2)
                 a, b = self.walk(left, le), self.walk(right, re)
                 understood = a.understood and b.understood
+                # AND is null unless a side is false: no null if neither side has one, or one side is all false
                 if op in ("And", "LogicalAnd"):
-                    return _Bounds(a.never_true | b.never_true, a.never_false & b.never_false, understood)
-                return _Bounds(a.never_true & b.never_true, a.never_false | b.never_false, understood)
+                    nn = (a.never_null & b.never_null) | a.all_false | b.all_false
+                    return _Bounds(a.never_true | b.never_true, a.never_false & b.never_false, nn, understood)
+                nn = (a.never_null & b.never_null) | a.all_true | b.all_true
+                return _Bounds(a.never_true & b.never_true, a.never_false | b.never_false, nn, understood)
             if op in _FLIP:
                 le, re = _inputs(expr, 2)
                 if _column(left) is not None and _is_literal(right):
@@ -443,20 +460,22 @@ class _Walker:
     def boolean(self, name: str, opts: Any, args: list[Any], exprs: list[pl.Expr]) -> _Bounds:
         if name == "Not" and len(args) == 1:
             inner = self.walk(args[0], exprs[0])
-            return _Bounds(inner.never_false, inner.never_true, inner.understood)
+            return _Bounds(inner.never_false, inner.never_true, inner.never_null, inner.understood)
         col = _column(args[0]) if args else None
         if col is None or not self.has(f"null_count.{col}"):
             return _UNKNOWN
         nc, rows = pl.col(f"null_count.{col}"), pl.col("rows")
         if name == "IsNull":
-            return _Bounds(nc == 0, nc == rows)
+            return _Bounds(nc == 0, nc == rows, _TRUE)
         if name == "IsNotNull":
-            return _Bounds(nc == rows, nc == 0)
+            return _Bounds(nc == rows, nc == 0, _TRUE)
         if name == "IsBetween" and len(args) == 3 and _is_literal(args[1]) and _is_literal(args[2]):
             closed = opts.get("closed", "Both") if isinstance(opts, dict) else "Both"
             a = self.compare(col, "GtEq" if closed in ("Both", "Left") else "Gt", exprs[1])
             b = self.compare(col, "LtEq" if closed in ("Both", "Right") else "Lt", exprs[2])
-            return _Bounds(a.never_true | b.never_true, a.never_false & b.never_false, a.understood and b.understood)
+            nn = (a.never_null & b.never_null) | a.all_false | b.all_false
+            understood = a.understood and b.understood
+            return _Bounds(a.never_true | b.never_true, a.never_false & b.never_false, nn, understood)
         if name == "IsIn" and len(args) == 2 and _is_literal(args[1]):
             nulls_equal = bool(opts.get("nulls_equal", False)) if isinstance(opts, dict) else False
             return self.is_in(col, exprs[1], nulls_equal=nulls_equal)
@@ -467,36 +486,39 @@ class _Walker:
         if not self.has(f"null_count.{col}"):
             return _UNKNOWN
         mn, mx = pl.col(f"min.{col}"), pl.col(f"max.{col}")
-        all_null = pl.col(f"null_count.{col}") == pl.col("rows")
+        nc = pl.col(f"null_count.{col}")
+        all_null = nc == pl.col("rows")
+        # a null row, or a null literal, gives null; nothing else does (NaN is a value)
+        no_null = (nc == 0) & lit.is_not_null()
         dist = f"distinct.{col}"
         if not self.has(f"min.{col}"):  # categorical/enum: distinct sets only
             if not self.has(dist):
-                return _Bounds(all_null, all_null)
+                return _Bounds(all_null, all_null, no_null)
             d = pl.col(dist)
             known = d.is_not_null()
             only_lit = known & (d.list.len() == 1) & d.list.contains(lit)
             lit_absent = known & ~d.list.contains(lit)
             if op == "Eq":
-                return _Bounds(all_null | lit_absent, all_null | only_lit)
+                return _Bounds(all_null | lit_absent, all_null | only_lit, no_null)
             if op == "NotEq":
-                return _Bounds(all_null | only_lit, all_null | lit_absent)
-            return _Bounds(all_null, all_null)
+                return _Bounds(all_null | only_lit, all_null | lit_absent, no_null)
+            return _Bounds(all_null, all_null, no_null)
         if op == "Eq":
             never_true = all_null | (mx < lit) | (mn > lit)
             if self.has(dist):
                 d = pl.col(dist)
                 never_true = never_true | (d.is_not_null() & ~d.list.contains(lit))
-            return _Bounds(never_true, all_null | ((mn == lit) & (mx == lit)))
+            return _Bounds(never_true, all_null | ((mn == lit) & (mx == lit)), no_null)
         if op == "NotEq":
-            return _Bounds(all_null | ((mn == lit) & (mx == lit)), all_null | (mx < lit) | (mn > lit))
+            return _Bounds(all_null | ((mn == lit) & (mx == lit)), all_null | (mx < lit) | (mn > lit), no_null)
         if op == "Lt":
-            return _Bounds(all_null | (mn >= lit), all_null | (mx < lit))
+            return _Bounds(all_null | (mn >= lit), all_null | (mx < lit), no_null)
         if op == "LtEq":
-            return _Bounds(all_null | (mn > lit), all_null | (mx <= lit))
+            return _Bounds(all_null | (mn > lit), all_null | (mx <= lit), no_null)
         if op == "Gt":
-            return _Bounds(all_null | (mx <= lit), all_null | (mn > lit))
+            return _Bounds(all_null | (mx <= lit), all_null | (mn > lit), no_null)
         if op == "GtEq":
-            return _Bounds(all_null | (mx < lit), all_null | (mn >= lit))
+            return _Bounds(all_null | (mx < lit), all_null | (mn >= lit), no_null)
         return _UNKNOWN
 
     def is_in(self, col: str, lit: pl.Expr, *, nulls_equal: bool) -> _Bounds:
@@ -533,7 +555,8 @@ class _Walker:
                 hits = d.list.eval(pl.element().is_in(values.implode())).list
                 values_never_true = values_never_true | (d.is_not_null() & ~hits.any())
                 values_never_false = values_never_false | (d.is_not_null() & hits.all())
-        return _Bounds(values_never_true & null_rows_never_true, values_never_false & null_rows_never_false)
+        never_null = (nc == 0) | pl.lit(nulls_equal)  # non-null rows give true/false; null rows null unless nulls_equal
+        return _Bounds(values_never_true & null_rows_never_true, values_never_false & null_rows_never_false, never_null)
 
 
 def _conjuncts(node: Any, expr: pl.Expr) -> list[tuple[Any, pl.Expr]]:
@@ -546,10 +569,19 @@ def _conjuncts(node: Any, expr: pl.Expr) -> list[tuple[Any, pl.Expr]]:
 
 # -- the plan --------------------------------------------------------------------
 
+NONE, SOME, ALL = "none", "some", "all"  # how many of a block's rows match: the three verdicts
+
 
 @dataclass
 class PruneReport:
     """The plan of one scan: which blocks are read, which are skipped and why.
+
+    Every block gets a verdict (column ``verdict`` of :meth:`to_frame`):
+    ``"none"`` (no row can match: skipped, ``reason`` names the conjunct),
+    ``"all"`` (every row matches: read without evaluating the predicate, and
+    counted without being read) or ``"some"``. :attr:`rows_matching` goes
+    further: for the "some" blocks whose value counts decide the predicate
+    (see :mod:`bt_frames._counts`) it is the exact number of matching rows.
 
     ``scan()`` executes exactly this plan, so the report and the execution
     cannot disagree.
@@ -568,10 +600,23 @@ class PruneReport:
     details: pl.DataFrame = field(repr=False)
     conjuncts: list[str] = field(default_factory=list)
     not_understood: list[str] = field(default_factory=list)
+    # for the scan: per survivor, its verdict and its residual (conjuncts not true for every row)
+    verdicts: tuple[str, ...] = field(default=(), repr=False)
+    _stats: pl.DataFrame | None = field(default=None, repr=False)
+    _schema: pl.Schema | None = field(default=None, repr=False)
+    _parts: list[tuple[pl.Expr, Any, bool]] = field(default_factory=list, repr=False)  # (expr, tree, understood)
+    _all: pl.DataFrame | None = field(default=None, repr=False)  # per block: conjunct i true for every row
+    _matching: pl.DataFrame | None = field(default=None, repr=False)
+    _cache: dict[Any, pl.DataFrame | None] = field(default_factory=dict, repr=False)
 
     @property
     def blocks_scanned(self) -> int:
         return self.blocks_total - self.blocks_pruned
+
+    @property
+    def blocks_all(self) -> int:
+        """Blocks in which every row matches: read without the predicate, counted without reading."""
+        return sum(v == ALL for v in self.verdicts)
 
     @property
     def rows_scanned(self) -> int:
@@ -593,11 +638,28 @@ class PruneReport:
     def fraction_pruned(self) -> float:
         return self.blocks_pruned / self.blocks_total if self.blocks_total else 0.0
 
+    @property
+    def rows_matching(self) -> pl.Series:
+        """Per block (all of them, in order): the exact number of rows matching, or null where only
+        reading the block can tell. Computed from statistics on first use."""
+        return self._counted()["rows_matching"]
+
+    @property
+    def blocks_counted(self) -> int:
+        """Blocks whose matching rows are known from statistics alone ("none", "all" and value counts):
+        a count over this plan reads none of them."""
+        return int(self.rows_matching.is_not_null().sum())
+
+    @property
+    def rows_counted(self) -> int:
+        """Matching rows counted from statistics alone (over :attr:`blocks_counted` blocks)."""
+        return int(self.rows_matching.sum() or 0)
+
     def summary(self) -> str:
         return (
             f"table {self.table!r}: {self.blocks_pruned}/{self.blocks_total} blocks pruned, "
-            f"{self.blocks_scanned} scanned; {self.rows_pruned:,} rows and {_fmt_bytes(self.bytes_pruned)} "
-            f"avoided; {self.hot_rows:,} hot rows scanned"
+            f"{self.blocks_scanned} scanned; {self.rows_pruned:,} rows and "
+            f"{_fmt_bytes(self.bytes_pruned)} avoided; {self.hot_rows:,} hot rows scanned"
         )
 
     def __repr__(self) -> str:
@@ -607,7 +669,18 @@ class PruneReport:
         reasons = self.details.filter(pl.col("scanned").not_()).group_by("reason", maintain_order=True).len()
         for reason, n in reasons.iter_rows():
             lines.append(f"  {n} block(s) pruned by {reason}")
+        lines.append(self._verdict_line())
         return "\n".join(lines)
+
+    def _verdict_line(self) -> str:
+        counts = {v: 0 for v in (NONE, SOME, ALL)}
+        for v, n in self.details.group_by("verdict").len().iter_rows():
+            counts[str(v)] = int(n)
+        return (
+            f"  verdicts: {counts[NONE]} none, {counts[SOME]} some, {counts[ALL]} all; "
+            f"{self.blocks_counted}/{self.blocks_total} blocks answered from metadata "
+            f"({self.rows_counted:,} matching rows counted without reading a byte)"
+        )
 
     def _repr_html_(self) -> str:
         pct = 100 * self.fraction_pruned
@@ -634,11 +707,104 @@ class PruneReport:
             f"<div>{n} block(s) pruned by <code>{html.escape(str(reason))}</code></div>"
             for reason, n in reasons.iter_rows()
         )
+        extra += f"<div>{html.escape(self._verdict_line().strip())}</div>"
         return f"<div>{head}{table}{extra}</div>"
 
     def to_frame(self) -> pl.DataFrame:
-        """Per block: name, rows, bytes, scanned, and the conjunct that pruned it."""
-        return self.details
+        """Per block: name, rows, bytes, scanned, the conjunct that pruned it, its verdict (none/some/all)
+        and ``rows_matching`` (exact, from statistics; null where only reading can tell)."""
+        return self._counted()
+
+    # -- answers from statistics (bt_frames._counts) --
+
+    def _counted(self) -> pl.DataFrame:
+        if self._matching is None:
+            self._matching = self.details.with_columns(self._count().alias("rows_matching"))
+        return self._matching
+
+    def _residuals(self) -> dict[tuple[bool, ...], list[int]]:
+        """The "some" blocks grouped by which conjuncts are still open for them (not true for every row)."""
+        groups: dict[tuple[bool, ...], list[int]] = {}
+        if self._all is None:
+            return groups
+        some = (self.details["verdict"] == SOME).to_list()
+        for i, row in enumerate(self._all.iter_rows()):
+            if some[i]:
+                groups.setdefault(tuple(not t for t in row), []).append(i)
+        return groups
+
+    def _residual(self, mask: tuple[bool, ...]) -> tuple[pl.Expr, str, bool] | None:
+        """The residual predicate of ``mask``, its one column and whether it tests nullness only."""
+        from bt_frames import _counts
+
+        open_parts = [p for p, m in zip(self._parts, mask, strict=True) if m]
+        if not open_parts or not all(u for _, _, u in open_parts):
+            return None
+        found = _counts.residual_column([e for e, _, _ in open_parts], [t for _, t, _ in open_parts])
+        if found is None:
+            return None
+        expr = open_parts[0][0]
+        for e, _, _ in open_parts[1:]:
+            expr = expr & e
+        return expr, found[0], found[1]
+
+    def _match(self, mask: tuple[bool, ...], blocks: list[int], column: str | None) -> pl.DataFrame | None:
+        """``_counts.matching`` for the blocks of one residual ``mask`` (cached: a count and its values
+        ask the same); None unless the residual is about one column (``column``, if given)."""
+        from bt_frames import _counts
+
+        residual = self._residual(mask)
+        if residual is None or (column is not None and residual[1] != column):
+            return None
+        key = (mask, residual[1])
+        if key not in self._cache:
+            assert self._stats is not None
+            assert self._schema is not None
+            expr, col, nullness = residual
+            self._cache[key] = _counts.matching(self._stats, self._schema, expr, col, nullness, blocks)
+        return self._cache[key]
+
+    def _count(self) -> pl.Series:
+        d = self.details
+        known = pl.when(pl.col("verdict") == NONE).then(0).when(pl.col("verdict") == ALL).then(pl.col("rows"))
+        out = d.select(known.otherwise(None).cast(pl.Int64)).to_series()
+        if self._stats is None or self._schema is None:
+            return out
+        for mask, blocks in self._residuals().items():
+            got = self._match(mask, blocks, None)
+            if got is not None:
+                out = out.scatter(blocks, got["rows"])
+        return out
+
+    def known_values(self, column: str) -> list[tuple[bool, Any]]:
+        """Per survivor: whether its matching rows all hold one known value of ``column``, and that value.
+
+        From the value counts of ``column``: filtered by the block's residual predicate when that
+        predicate is about ``column`` alone, the whole block's otherwise (one value in the block is one
+        value in any subset). Used to build a height-only scan's rows without reading the block.
+        """
+        from bt_frames import _counts
+
+        if self._stats is None or self._schema is None or column not in self._schema:
+            return [(False, None)] * len(self.survivors)
+        verdict = self.details["verdict"].to_list()
+        idx = self.details["scanned"].arg_true().to_list()
+        pos = {b: i for i, b in enumerate(idx)}
+        out: list[tuple[bool, Any]] = [(False, None)] * len(idx)
+        whole: list[int] = [b for b in idx if verdict[b] == ALL]
+        for mask, blocks in self._residuals().items():
+            got = self._match(mask, blocks, column)
+            if got is None:
+                whole += blocks
+                continue
+            for b, n, k, v in got.select(_counts._BLOCK, "rows", "n_values", "value").iter_rows():
+                out[pos[b]] = (n is not None and (n == 0 or k == 1), v)
+        if whole:
+            got = _counts.matching(self._stats, self._schema, pl.lit(True), column, False, sorted(whole))
+            if got is not None:
+                for b, k, v in got.select(_counts._BLOCK, "n_values", "value").iter_rows():
+                    out[pos[b]] = (k == 1, v)
+        return out
 
 
 def _fmt_bytes(n: int) -> str:
@@ -650,41 +816,107 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A predicate walked once: per conjunct its text and its facts as expressions over statistics."""
+
+    conjuncts: list[str]
+    not_understood: list[str]
+    facts: list[tuple[str, pl.Expr, pl.Expr]]  # (conjunct, "no row can match", "every row matches")
+    parts: list[tuple[pl.Expr, Any, bool]]  # (conjunct, its JSON tree, understood)
+
+
+_CACHE_SIZE = 64
+_compiled: OrderedDict[tuple[bytes, tuple[str, ...], str], _Compiled] = OrderedDict()
+_evaluated: OrderedDict[tuple[bytes, tuple[str, ...], str, int], tuple[pl.DataFrame, Any, Any]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _compile(predicate: pl.Expr, stats_cols: tuple[str, ...], schema: pl.Schema) -> _Compiled:
+    conj_strs: list[str] = []
+    not_understood: list[str] = []
+    facts: list[tuple[str, pl.Expr, pl.Expr]] = []
+    parts_out: list[tuple[pl.Expr, Any, bool]] = []
+    try:
+        tree = json.loads(predicate.meta.serialize(format="json"))
+        parts = _conjuncts(tree, predicate)
+    except Exception as e:  # an expression Polars cannot serialise: keep everything
+        log.debug("pruner: cannot serialise predicate %s (%s)", predicate, e)
+        parts = []
+    walker = _Walker(set(stats_cols), schema)
+    for part, part_expr in parts:
+        text = str(part_expr)
+        conj_strs.append(text)
+        bounds = walker.walk(part, part_expr)
+        if not bounds.understood:
+            not_understood.append(text)
+        facts.append((text, bounds.never_true.fill_null(False), bounds.all_true.fill_null(False)))
+        parts_out.append((part_expr, part, bounds.understood))
+    if not parts:  # unreadable: one conjunct, not understood, so no block is ever "all"
+        parts_out.append((predicate, None, False))
+        facts.append((str(predicate), _FALSE, _FALSE))
+    return _Compiled(conj_strs, not_understood, facts, parts_out)
+
+
+def _cached(cache: OrderedDict[Any, Any], key: Any, make: Any) -> Any:
+    with _cache_lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _cache_lock:
+        cache[key] = value
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return value
+
+
 def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table: str) -> PruneReport:
-    """Decide, from statistics alone, which blocks of ``snap`` a scan must read."""
+    """Decide, from statistics alone, which blocks of ``snap`` a scan must read, and how many of each
+    block's rows match: none (skip), all (read without the predicate) or some.
+
+    Both steps are cached: the walk of a predicate (by its serialised form and the table's schema),
+    and its verdicts over one statistics frame (frames are immutable: a new block set makes a new
+    one), so a query repeated on an unchanged table plans in microseconds.
+    """
     infos = snap.blocks
     stats = snap.stats if snap.stats is not None else stats_frame(infos, schema)
     n = len(infos)
-    conj_strs: list[str] = []
-    not_understood: list[str] = []
-    reasons: list[tuple[str, pl.Expr]] = []  # (conjunct, "no row can match" over the stats frame)
+    compiled = _Compiled([], [], [], [])
+    key: tuple[bytes, tuple[str, ...], str] | None = None
     if predicate is not None and n:
         try:
-            tree = json.loads(predicate.meta.serialize(format="json"))
-            parts = _conjuncts(tree, predicate)
-        except Exception as e:  # an expression Polars cannot serialise: keep everything
-            log.debug("pruner: cannot serialise predicate %s (%s)", predicate, e)
-            parts = []
-        walker = _Walker(set(stats.columns), schema)
-        for part, part_expr in parts:
-            text = str(part_expr)
-            conj_strs.append(text)
-            bounds = walker.walk(part, part_expr)
-            if not bounds.understood:
-                not_understood.append(text)
-                log.debug("pruner: not (wholly) understood, blocks kept where unsure: %s", text)
-            reasons.append((text, bounds.never_true.fill_null(False)))
-    ident = ["block", "first_lsn", "last_lsn", "rows", "bytes"]
-    details = _evaluate(stats, ident, reasons)
-    scanned = details["scanned"]
-    if scanned.all():
-        survivors = tuple(infos)
+            key = (predicate.meta.serialize(), tuple(stats.columns), str(schema))
+        except Exception:  # not serialisable: compiled every time (and never understood)
+            key = None
+        if key is None:
+            compiled = _compile(predicate, tuple(stats.columns), schema)
+        else:
+            compiled = _cached(_compiled, key, lambda: _compile(predicate, tuple(stats.columns), schema))
+        for text in compiled.not_understood:
+            log.debug("pruner: not (wholly) understood, blocks kept where unsure: %s", text)
+
+    def evaluate() -> tuple[pl.DataFrame, Any, Any]:
+        details, all_true = _evaluate(stats, _IDENT, compiled.facts, has_predicate=predicate is not None)
+        return details, all_true, (stats,)  # the frame is held so that its id stays its own
+
+    if key is not None:
+        details, all_true, _ = _cached(_evaluated, (*key, id(stats)), evaluate)
     else:
-        survivors = tuple(infos[i] for i in scanned.arg_true().to_list())
-    rows, size = details["rows"], details["bytes"]
-    rows_total, bytes_total = int(rows.sum()), int(size.sum())
-    rows_kept = int(rows.filter(scanned).sum()) if n else 0
-    bytes_kept = int(size.filter(scanned).sum()) if n else 0
+        details, all_true, _ = evaluate()
+    scanned = details["scanned"].to_list()
+    keep = [i for i, k in enumerate(scanned) if k]
+    verdict_list = details["verdict"].to_list()
+    if len(keep) == n:
+        survivors = tuple(infos)
+        verdicts = tuple(verdict_list)
+    else:
+        survivors = tuple(infos[i] for i in keep)
+        verdicts = tuple(verdict_list[i] for i in keep)
+    rows, size = details["rows"].to_list(), details["bytes"].to_list()
+    rows_total, bytes_total = sum(rows), sum(size)
+    rows_kept = sum(rows[i] for i in keep)
+    bytes_kept = sum(size[i] for i in keep)
     return PruneReport(
         table=table,
         predicate=str(predicate) if predicate is not None else None,
@@ -697,32 +929,54 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
         hot_rows=snap.hot_rows,
         survivors=survivors,
         details=details,
-        conjuncts=conj_strs,
-        not_understood=not_understood,
+        conjuncts=list(compiled.conjuncts),
+        not_understood=list(compiled.not_understood),
+        verdicts=verdicts,
+        _stats=stats,
+        _schema=schema,
+        _parts=compiled.parts,
+        _all=all_true,
     )
 
 
-def _evaluate(stats: pl.DataFrame, ident: list[str], reasons: list[tuple[str, pl.Expr]]) -> pl.DataFrame:
-    """Per block: its identity, the first conjunct that rules it out (``reason``) and ``scanned``.
+_IDENT = ["block", "first_lsn", "last_lsn", "rows", "bytes"]
+
+
+def _evaluate(
+    stats: pl.DataFrame, ident: list[str], facts: list[tuple[str, pl.Expr, pl.Expr]], *, has_predicate: bool
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Per block: its identity, the first conjunct that rules it out (``reason``), ``scanned`` and its
+    ``verdict``; and per block and conjunct whether every row makes the conjunct true.
 
     One query over the statistics frame; a conjunct Polars cannot evaluate on
-    the statistics (a literal it cannot compare, say) is left out: it keeps blocks.
+    the statistics (a literal it cannot compare, say) is left out: it keeps
+    blocks and is never true for every row.
     """
 
-    def query(rs: list[tuple[str, pl.Expr]]) -> pl.DataFrame:
-        reason = pl.coalesce(*(pl.when(e).then(pl.lit(text)) for text, e in rs)) if rs else pl.lit(None)
-        return stats.select(*ident, reason.cast(pl.String).alias("reason")).with_columns(
-            pl.col("reason").is_null().alias("scanned")
+    def query(fs: list[tuple[str, pl.Expr, pl.Expr]]) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        reason = pl.coalesce(*(pl.when(nt).then(pl.lit(text)) for text, nt, _ in fs)) if fs else pl.lit(None)
+        alls = [at.alias(f"all{i}") for i, (_, _, at) in enumerate(fs)]
+        out = stats.select(*ident, reason.cast(pl.String).alias("reason"), *alls)
+        every = pl.all_horizontal(pl.col(f"all{i}") for i in range(len(fs))) if fs else pl.lit(not has_predicate)
+        verdict = (
+            pl.when(pl.col("reason").is_not_null())
+            .then(pl.lit(NONE))
+            .when(every)
+            .then(pl.lit(ALL))
+            .otherwise(pl.lit(SOME))
         )
+        details = out.select(*ident, "reason", pl.col("reason").is_null().alias("scanned"), verdict.alias("verdict"))
+        return details, (out.select([f"all{i}" for i in range(len(fs))]) if fs else None)
 
     try:
-        return query(reasons)
+        return query(facts)
     except Exception:
         usable = []
-        for text, e in reasons:
+        for text, nt, at in facts:
             try:
-                stats.select(e)
-                usable.append((text, e))
+                stats.select(nt, at)
+                usable.append((text, nt, at))
             except Exception as err:
                 log.debug("pruner: cannot evaluate %s on statistics (%s); keeping blocks", text, err)
+                usable.append((text, _FALSE, _FALSE))
         return query(usable)

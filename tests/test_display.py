@@ -136,6 +136,11 @@ def test_prune_report_repr_and_html_show_totals_and_reasons(filled: bt.Table) ->
     )
     assert text[1].startswith('  predicate: [(col("ts")) >= (')
     assert text[2].startswith('  1 block(s) pruned by [(col("ts")) >= (')
+    # block 2 holds only rows from second 1,000 on: some match; its count needs a read (ts has no value counts)
+    assert text[3] == (
+        "  verdicts: 1 none, 1 some, 0 all; 1/2 blocks answered from metadata "
+        "(0 matching rows counted without reading a byte)"
+    )
     out = report._repr_html_()
     assert "<th>blocks</th><td>2</td><td>1</td><td>1</td>" in out
     assert "<th>rows</th><td>2,000</td><td>1,000</td><td>1,000</td>" in out
@@ -143,3 +148,4 @@ def test_prune_report_repr_and_html_show_totals_and_reasons(filled: bt.Table) ->
     assert "<th>hot rows</th><td>300</td>" in out
     assert "width:50.0%" in out  # the pruned share of the bar
     assert "1 block(s) pruned by <code>" in out
+    assert "verdicts: 1 none, 1 some, 0 all" in out
