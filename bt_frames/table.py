@@ -45,6 +45,7 @@ from bt_frames.storage import blocks as blk
 from bt_frames.storage import catalog, fs, layout, recovery, wal
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.hot import Frozen, HotBuffer
+from bt_frames.storage.pins import PinSet
 from bt_frames.storage.recovery import Recovery
 from bt_frames.storage.snapshot import Snapshot
 from bt_frames.storage.writer import BlockWriter
@@ -135,7 +136,7 @@ class Table:
         self._manifest_lock = threading.Lock()
         self._pending_forget: list[str] = []  # retired files deleted, to be forgotten by the next version
         self._pending_wal: list[int] = []  # segments created whose "rotate" version failed to commit
-        self._pins: dict[str, int] = {}  # block file name -> running scans reading it
+        self._pins = PinSet()  # the blocks running scans read
         self._problems: dict[str, str] = {}  # what failed after a commit point (see Health)
         self._last_attempt = 0.0
         self.recovery = Recovery()
@@ -212,7 +213,7 @@ class Table:
                 writer=writer,
                 durability=self._store.durability,
                 grace_s=self._store.retired_grace,
-                pinned=lambda n: bool(self._pins.get(n)),
+                pinned=self._pins.holds,
                 progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
             )
         hot = HotBuffer()
@@ -477,26 +478,27 @@ class Table:
     # -- pins and retired blocks: a running read never loses its files ---------
 
     def _snapshot(self, *, pin: bool) -> Snapshot:
-        """The blocks and hot chunks as of now; with ``pin``, its blocks are pinned under the same lock."""
+        """The blocks and hot chunks as of now; with ``pin``, its blocks are pinned under the same lock
+        (``snap.pin`` is the token that releases them: :meth:`_unpin`)."""
         self._check_open()
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
-            snap = Snapshot(tuple(self._blocks), hot, self._stats())
-            if pin:
-                for b in snap.blocks:
-                    self._pins[b.filename] = self._pins.get(b.filename, 0) + 1
-            return snap
+            blocks = tuple(self._blocks)
+            return Snapshot(blocks, hot, self._stats(), self._pins.pin(blocks) if pin else None)
 
-    def _unpin(self, blocks: Iterable[blk.BlockInfo]) -> None:
+    def _repin(self, token: int, blocks: Sequence[blk.BlockInfo]) -> int:
+        """Narrow pin ``token`` to ``blocks`` (a subset of what it holds): a new token for them."""
         with self._lock:
-            released = False
-            for b in blocks:
-                n = self._pins.get(b.filename, 0) - 1
-                if n > 0:
-                    self._pins[b.filename] = n
-                else:
-                    released = self._pins.pop(b.filename, None) is not None or released
+            new = self._pins.pin(tuple(blocks))
+        self._unpin(token)
+        return new
+
+    def _unpin(self, token: int | None) -> None:
+        if token is None:
+            return
+        with self._lock:
+            released = self._pins.unpin(token)
             if released and not self._closed and self._manifest is not None and self._manifest.state.retired:
                 self._purge_retired()
 
@@ -508,7 +510,7 @@ class Table:
         now = dt.datetime.now(dt.UTC)
         gone = []
         for r in self._manifest.state.retired:
-            if r.block in self._pending_forget or self._pins.get(r.block) or r.age_s(now) < grace:
+            if r.block in self._pending_forget or self._pins.holds(r.block) or r.age_s(now) < grace:
                 continue
             try:
                 fs.unlink(self._dir / layout.BLOCKS_DIR / r.block, missing_ok=True)
@@ -810,11 +812,10 @@ class Table:
         return _plot.plot_blocks(self, where, ax=ax)
 
     def read(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
-        """The table (or the rows matching ``where``) as one Polars DataFrame: ``scan(where).select(columns)``."""
-        lf = self.scan(where)
-        if columns is not None:
-            lf = lf.select(columns)
-        return lf.collect()
+        """The table (or the rows matching ``where``) as one Polars DataFrame: ``scan(where).select(columns)``,
+        planned once and read by one Polars query over the surviving blocks and the hot rows."""
+        self._check_open()
+        return _scan.collect(self, where, columns=columns)
 
     def to_polars(self, where: Where | None = None, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """Same as :meth:`read` (named like ``to_pandas``)."""

@@ -20,6 +20,7 @@ class Snapshot:
     blocks: tuple[blk.BlockInfo, ...]
     hot: tuple[pl.DataFrame, ...]
     stats: pl.DataFrame | None = field(default=None, compare=False)
+    pin: int | None = field(default=None, compare=False)  # the token of its pin (Table._snapshot(pin=True))
 
     @property
     def hot_rows(self) -> int:
