@@ -12,6 +12,26 @@ What the source promises Polars, for the arguments Polars 2.1 pushes down:
 
 Rows come in table order: blocks in LSN order, then the hot rows.
 
+Height-only reads. ``select(pl.len())`` needs no column, but Polars asks an
+IO source for at least one: the first of its schema. So the source's schema
+starts with a hidden, null-typed column (``HEIGHT``), which :func:`scan`
+drops at once; Polars asks for it exactly when the query needs the rows'
+count and no column of the table (tested in ``tests/test_scan.py``, so a
+Polars that stops doing this is noticed; if it does stop, reads stay correct,
+only slower). Columns listed next to it are the pushed-down predicate's. For
+such a read, a block whose matching rows the plan knows from statistics
+(:attr:`~bt_frames.prune.PruneReport.rows_matching`), and whose requested
+columns hold one known value over those rows, is never opened: its rows are
+built from the statistics. The values are the true ones, never stand-ins,
+so the frame is exact whatever Polars does with it.
+
+Blocks where every row matches (verdict "all") are read without evaluating
+the predicate.
+
+Eager readers (``table.read()``, ``to_pandas()``, :func:`collect`) skip the
+IO plugin: one plan, then one Polars query over the surviving files and the
+hot rows.
+
 Housekeeping never breaks a reader. In the writer's process a read pins its
 snapshot's blocks before the table's lock is released, so a compaction
 retires them but deletes the files only when the last read lets go. A
@@ -29,7 +49,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from polars.io.plugins import register_io_source
@@ -48,6 +68,7 @@ log = logging.getLogger("bt_frames")
 EAGER_ROWS = 1 << 20  # survivors with fewer rows are read in one collect() (less overhead than streaming)
 GROUP_ROWS = 4 << 20  # larger reads go a group of blocks at a time, each group verified just before it is read
 MAX_RESTARTS = 5  # a read-only read restarts at most this often when the writer deletes its blocks (_refreshing)
+HEIGHT = "__bt_frames_height__"  # the hidden first column of the IO source (see the module docstring)
 
 
 @dataclass
@@ -69,23 +90,36 @@ class ReadStats:
     block_rows: int = 0
     hot_rows: int = 0
     batches: int = 0
+    blocks_from_metadata: int = 0  # blocks answered from statistics, never opened
+    rows_from_metadata: int = 0
+    blocks_unfiltered: int = 0  # blocks read without evaluating the predicate (every row matches)
 
 
 def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.LazyFrame:
     schema = table.schema
     where_expr = _prune.to_expr(where, schema, table=table.name)
+    hidden = HEIGHT not in schema  # a table with a column of that name just goes without the shortcut
+    names = schema.names()
 
     def source(
         with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
     ) -> Iterator[pl.DataFrame]:
-        return _start(table, predicate, with_columns, n_rows, batch_size, prune=prune)
+        if not hidden:
+            return _start(table, predicate, with_columns, n_rows, batch_size, prune=prune)
+        wanted = [HEIGHT, *names] if with_columns is None else with_columns
+        if HEIGHT not in wanted:
+            return _start(table, predicate, wanted, n_rows, batch_size, prune=prune)
+        return _start(table, predicate, wanted, n_rows, batch_size, prune=prune, height=True)
 
+    source_schema = pl.Schema({HEIGHT: pl.Null(), **schema}) if hidden else schema
     lf = register_io_source(
         source,
-        schema=schema,
+        schema=source_schema,
         explain_name="bt_frames",
         explain_detail=f"table {table.name!r} at {table.path}",
     )
+    if hidden:
+        lf = lf.drop(HEIGHT)
     if where_expr is not None:
         lf = lf.filter(where_expr)
     return lf
@@ -99,11 +133,13 @@ def _start(
     batch_size: int | None,
     *,
     prune: bool = True,
+    height: bool = False,
+    eager: bool = False,
 ) -> Iterator[pl.DataFrame]:
     """One read (see :func:`_open`); on a read-only table, restarted once if a block file vanished first."""
 
     def open_read() -> _Pinned:
-        return _open(table, predicate, columns, n_rows, batch_size, prune=prune)
+        return _open(table, predicate, columns, n_rows, batch_size, prune=prune, height=height, eager=eager)
 
     if not table.read_only:  # pinned: a compaction here never deletes what the read needs
         return open_read()
@@ -118,12 +154,18 @@ def _open(
     batch_size: int | None,
     *,
     prune: bool = True,
+    height: bool = False,
+    eager: bool = False,
 ) -> _Pinned:
     """One read: a snapshot (one consistent state), its plan (recorded and logged), its blocks pinned.
 
     The snapshot's blocks are pinned before the table's lock is released, so a
     compaction between the snapshot and the read cannot delete them; the
     blocks the plan prunes are unpinned at once, the survivors when the read ends.
+
+    ``height``: ``columns`` holds ``HEIGHT`` (see the module docstring): the
+    frames carry it as a null column, and blocks known from statistics are not read.
+    ``eager``: one frame, from one Polars query over every survivor and the hot rows.
     """
     snap = table._snapshot(pin=True)
     # with a limit, the predicate applies to the limited rows (see read()): pruning by it would drop rows
@@ -132,21 +174,131 @@ def _open(
     try:
         report = _prune.plan(snap, table.schema, prune_by, table=table.name)
     except BaseException:
-        table._unpin(snap.blocks)
+        table._unpin(snap.pin)
         raise
-    survivors = set(map(id, report.survivors))
-    table._unpin([b for b in snap.blocks if id(b) not in survivors])
+    assert snap.pin is not None
+    pin = table._repin(snap.pin, report.survivors) if len(report.survivors) < len(snap.blocks) else snap.pin
     stats = ReadStats(columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors))
     table._record_scan(report, stats)
     log.debug("%s", report.summary())
-    if columns is not None and not columns:
+    real = [c for c in columns if c != HEIGHT] if columns is not None else None
+    # the verdicts and counts hold for the predicate only if the plan was made with it (not with prune=False)
+    planned = prune_by is predicate
+    plan: _prune.PruneReport | _Plan = (
+        report if planned else _Plan(report.survivors, [_prune.SOME] * len(report.survivors))
+    )
+    frames: Iterator[pl.DataFrame]
+    if height and planned and n_rows is None and columns is not None:
+        frames = _with_height(_counted(snap, report, predicate, real or [], batch_size, stats), columns)
+    elif real is not None and not real:
         # Polars wants the rows but no column (e.g. with_row_index().select("index")); a zero-width select
         # loses the row count, so read one column and drop it, keeping the height
         one = [table.time_column or table.schema.names()[0]]
-        frames = _heights(read(snap, report.survivors, one, predicate, n_rows, batch_size, stats))
+        frames = _heights(read(snap, plan, one, predicate, n_rows, batch_size, stats))
+        if height:
+            frames = _with_height(frames, [HEIGHT])
     else:
-        frames = read(snap, report.survivors, columns, predicate, n_rows, batch_size, stats)
-    return _Pinned(table, report.survivors, frames)
+        frames = read(snap, plan, real, predicate, n_rows, batch_size, stats, eager=eager)
+        if height and columns is not None:
+            frames = _with_height(frames, columns)
+    return _Pinned(table, pin, frames)
+
+
+_NULLS = pl.Series(HEIGHT, [None], dtype=pl.Null)
+
+
+def _with_height(frames: Iterator[pl.DataFrame], columns: list[str]) -> Iterator[pl.DataFrame]:
+    """``frames`` with the hidden ``HEIGHT`` column added (all null), in the order of ``columns``."""
+    try:
+        for df in frames:
+            got = {c: df.get_column(c) for c in df.columns}
+            got[HEIGHT] = _NULLS.new_from_index(0, df.height) if df.height else _NULLS.clear()
+            yield pl.DataFrame([got[c] for c in columns], height=df.height)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+def _counted(
+    snap: Snapshot,
+    report: _prune.PruneReport,
+    predicate: pl.Expr | None,
+    columns: list[str],
+    batch_size: int | None,
+    stats: ReadStats,
+) -> Iterator[pl.DataFrame]:
+    """A height-only read: the rows matching ``predicate`` with ``columns`` (the predicate's own, or
+    none), table order. A block whose matching rows and their values of ``columns`` are known from
+    statistics is built from them; the others are read (only ``columns``)."""
+    survivors = report.survivors
+    counts = report.rows_matching.filter(report.details["scanned"]).to_list() if survivors else []
+    known = [n is not None for n in counts]
+    values: dict[str, list[tuple[bool, Any]]] = {}
+    for c in columns:
+        if not any(known):
+            break
+        values[c] = report.known_values(c)
+        known = [k and v[0] for k, v in zip(known, values[c], strict=True)]
+    schema = report._schema
+    assert schema is not None
+    i = 0
+    while i < len(survivors):
+        j = i
+        while j < len(survivors) and known[j] == known[i]:
+            j += 1
+        if known[i]:
+            # consecutive blocks whose rows hold the same values make one frame (often: all of them)
+            run: tuple[Any, ...] | None = None
+            n_run = 0
+            for k in range(i, j):
+                n = counts[k]
+                stats.blocks_from_metadata += 1
+                stats.rows_from_metadata += n
+                if not n:
+                    continue
+                key = tuple(values[c][k][1] for c in columns)
+                if run is not None and key != run:
+                    yield _repeated(columns, run, n_run, schema, stats)
+                    n_run = 0
+                run = key
+                n_run += n
+            if run is not None and n_run:
+                yield _repeated(columns, run, n_run, schema, stats)
+        else:
+            sub = _Plan(survivors[i:j], report.verdicts[i:j])
+            cols = columns or [schema.names()[0]]
+            frames = _read(snap, sub, cols, predicate, None, batch_size, stats, hot=False)
+            for df in frames:
+                yield df if columns else pl.DataFrame(height=df.height)
+        i = j
+    if snap.hot:
+        hot = pl.concat([c.lazy() for c in snap.hot])
+        if predicate is not None:
+            hot = hot.filter(predicate)
+        df = hot.select(columns).collect() if columns else pl.DataFrame(height=hot.select(pl.len()).collect().item())
+        if df.height:
+            stats.hot_rows += df.height
+            stats.batches += 1
+            yield df
+
+
+def _repeated(columns: list[str], values: tuple[Any, ...], n: int, schema: pl.Schema, stats: ReadStats) -> pl.DataFrame:
+    """``n`` rows holding ``values`` in ``columns`` (zero-width if there are none)."""
+    stats.batches += 1
+    if not columns:
+        return pl.DataFrame(height=n)
+    return pl.DataFrame(
+        [pl.Series(c, [v], dtype=schema[c]).new_from_index(0, n) for c, v in zip(columns, values, strict=True)]
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a read reads: the surviving blocks and, per block, its verdict ("all": no predicate needed)."""
+
+    survivors: Sequence[blk.BlockInfo]
+    verdicts: Sequence[str]
 
 
 def _refreshing(table: Table, open_read: Callable[[], _Pinned]) -> Iterator[pl.DataFrame]:
@@ -243,9 +395,9 @@ class _Pinned(Iterator[pl.DataFrame]):
     """Iterates a read while its blocks are pinned: a compaction running meanwhile
     retires them but deletes the files only when the last reader lets go."""
 
-    def __init__(self, table: Table, blocks: Sequence[blk.BlockInfo], it: Iterator[pl.DataFrame]) -> None:
+    def __init__(self, table: Table, pin: int, it: Iterator[pl.DataFrame]) -> None:
         self._table = table
-        self._blocks = list(blocks)  # pinned by _start
+        self._pin = pin  # the pin of the blocks read (taken by _open)
         self._it: Iterator[pl.DataFrame] | None = it
 
     def __next__(self) -> pl.DataFrame:
@@ -265,7 +417,7 @@ class _Pinned(Iterator[pl.DataFrame]):
                 if close is not None:
                     close()
             finally:
-                self._table._unpin(self._blocks)
+                self._table._unpin(self._pin)
 
     def __del__(self) -> None:
         self.close()
@@ -273,30 +425,34 @@ class _Pinned(Iterator[pl.DataFrame]):
 
 def read(
     snap: Snapshot,
-    survivors: Sequence[blk.BlockInfo],
+    plan: _prune.PruneReport | _Plan,
     with_columns: list[str] | None,
     predicate: pl.Expr | None,
     n_rows: int | None,
     batch_size: int | None,
     stats: ReadStats | None = None,
+    *,
+    eager: bool = False,
 ) -> Iterator[pl.DataFrame]:
     """Blocks in LSN order (read by Polars), then the hot rows: the first ``n_rows`` rows, then the predicate.
 
     Polars pushes a limit into the source only from below every filter: ``head(n).filter(p)`` arrives as
     ``n_rows=n, predicate=p`` (n source rows, then filtered), while ``filter(p).head(n)`` arrives as
     ``predicate=p`` alone with Polars applying the head itself. So when both arrive the limit counts the
-    rows *before* the predicate, and ``survivors`` must not have been pruned by it.
+    rows *before* the predicate, and ``plan`` must not have been pruned by it.
     """
+    survivors = plan.survivors
     stats = stats if stats is not None else ReadStats(with_columns, n_rows, None, len(survivors))
     if n_rows is not None and n_rows <= 0:
         return
     if predicate is None or n_rows is None:
-        yield from _read(snap, survivors, with_columns, predicate, n_rows, batch_size, stats)
+        yield from _read(snap, plan, with_columns, predicate, n_rows, batch_size, stats, eager=eager)
         return
     columns = None
     if with_columns is not None:  # the predicate may need columns the projection drops
         columns = list(dict.fromkeys([*with_columns, *predicate.meta.root_names()]))
-    for df in _read(snap, survivors, columns, None, n_rows, batch_size, stats):
+    unpruned = _Plan(survivors, [_prune.SOME] * len(survivors))  # the limit comes first: no verdict applies
+    for df in _read(snap, unpruned, columns, None, n_rows, batch_size, stats):
         df = df.filter(predicate)
         if with_columns is not None:
             df = df.select(with_columns)
@@ -306,20 +462,50 @@ def read(
 
 def _read(
     snap: Snapshot,
-    survivors: Sequence[blk.BlockInfo],
+    plan: _prune.PruneReport | _Plan,
     with_columns: list[str] | None,
     predicate: pl.Expr | None,
     n_rows: int | None,
     batch_size: int | None,
     stats: ReadStats,
+    *,
+    hot: bool = True,
+    eager: bool = False,
 ) -> Iterator[pl.DataFrame]:
-    """The first ``n_rows`` rows matching ``predicate`` (filter, then limit), counted into ``stats``."""
+    """The first ``n_rows`` rows matching ``predicate`` (filter, then limit), counted into ``stats``.
+
+    Consecutive blocks with the same verdict are read together; "all" blocks without the predicate.
+    ``eager``: everything in one Polars query and one frame (no limit then).
+    """
+    survivors = plan.survivors
+    verdicts = plan.verdicts if predicate is not None else [_prune.ALL] * len(survivors)
+    if eager and n_rows is None:
+        parts: list[pl.LazyFrame] = []
+        for group, verdict in _groups(survivors, verdicts, None):
+            for b in group:
+                blk.verify_block(b.path)
+            lf = pl.scan_parquet([b.file for b in group], glob=False)
+            if predicate is not None and verdict == _prune.ALL:
+                stats.blocks_unfiltered += len(group)
+            parts.append(_apply(lf, predicate if verdict != _prune.ALL else None, with_columns, None))
+        if hot and snap.hot:
+            parts.append(_apply(pl.concat([c.lazy() for c in snap.hot]), predicate, with_columns, None))
+        if not parts:
+            return
+        df = pl.concat(parts, how="vertical").collect() if len(parts) > 1 else parts[0].collect()
+        stats.block_rows += df.height
+        stats.batches += 1
+        yield df
+        return
     remaining = n_rows
     eager = sum(b.rows for b in survivors) <= EAGER_ROWS
-    for group in _groups(survivors, GROUP_ROWS):
+    for group, verdict in _groups(survivors, verdicts, GROUP_ROWS):
         for b in group:  # verified just before their first read, not all up front: head() stops early
             blk.verify_block(b.path)
-        lf = _apply(pl.scan_parquet([b.file for b in group], glob=False), predicate, with_columns, remaining)
+        pred = predicate if verdict != _prune.ALL else None
+        if predicate is not None and pred is None:
+            stats.blocks_unfiltered += len(group)
+        lf = _apply(pl.scan_parquet([b.file for b in group], glob=False), pred, with_columns, remaining)
         frames: Iterable[pl.DataFrame] = (
             [lf.collect()] if eager else lf.collect_batches(chunk_size=batch_size, maintain_order=True)
         )
@@ -335,26 +521,30 @@ def _read(
             yield df
             if remaining is not None and remaining <= 0:
                 return
-    if snap.hot:
-        hot = _apply(pl.concat([c.lazy() for c in snap.hot]), predicate, with_columns, remaining).collect()
-        if hot.height:
-            stats.hot_rows += hot.height
+    if hot and snap.hot:
+        frame = _apply(pl.concat([c.lazy() for c in snap.hot]), predicate, with_columns, remaining).collect()
+        if frame.height:
+            stats.hot_rows += frame.height
             stats.batches += 1
-            yield hot
+            yield frame
 
 
-def _groups(blocks: Sequence[blk.BlockInfo], rows: int) -> Iterator[list[blk.BlockInfo]]:
-    """Consecutive runs of blocks of about ``rows`` rows (at least one block each)."""
+def _groups(
+    blocks: Sequence[blk.BlockInfo], verdicts: Sequence[str], rows: int | None
+) -> Iterator[tuple[list[blk.BlockInfo], str]]:
+    """Consecutive runs of blocks with one verdict, of about ``rows`` rows (at least one block each)."""
     group: list[blk.BlockInfo] = []
+    verdict = ""
     n = 0
-    for b in blocks:
-        if group and n + b.rows > rows:
-            yield group
+    for b, v in zip(blocks, verdicts, strict=True):
+        if group and (v != verdict or (rows is not None and n + b.rows > rows)):
+            yield group, verdict
             group, n = [], 0
         group.append(b)
+        verdict = v
         n += b.rows
     if group:
-        yield group
+        yield group, verdict
 
 
 def _apply(
@@ -369,6 +559,46 @@ def _apply(
     return lf
 
 
+def _columns(table: Table, columns: Sequence[str] | None) -> list[str] | None:
+    """``columns`` checked against the table: a list, or None for all."""
+    if columns is None:
+        return None
+    if isinstance(columns, str):
+        columns = [columns]
+    cols = list(columns)
+    schema = table.schema
+    missing = [c for c in cols if c not in schema]
+    if missing:
+        raise SchemaMismatchError(
+            f"table {table.name!r} has no column(s) {missing}; columns: {', '.join(schema.names())}",
+            table=table.name,
+            columns=missing,
+        )
+    twice = sorted({c for c in cols if cols.count(c) > 1})
+    if twice:
+        raise BtError(f"table {table.name!r}: column(s) {twice} asked for more than once in columns={cols!r}")
+    return cols
+
+
+def collect(table: Table, where: _prune.Where | None, *, columns: Sequence[str] | None) -> pl.DataFrame:
+    """``scan(where).select(columns).collect()`` without the IO plugin: the whole query is known, so
+    it is planned once and read by one Polars query over the surviving files plus the hot rows."""
+    predicate = _prune.to_expr(where, table.schema, table=table.name)
+    cols = _columns(table, columns)
+    if cols is not None and not cols:
+        return pl.DataFrame()
+    frames = _start(table, predicate, cols, None, None, eager=True)
+    try:
+        got = list(frames)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+    if not got:
+        return pl.DataFrame(schema={c: table.schema[c] for c in cols} if cols is not None else table.schema)
+    return got[0] if len(got) == 1 else pl.concat(got)
+
+
 def iter_batches(
     table: Table, where: _prune.Where | None, *, columns: Sequence[str] | None, batch_size: int
 ) -> Iterator[pl.DataFrame]:
@@ -376,17 +606,8 @@ def iter_batches(
     that a consumer who stops early releases the snapshot's blocks at once."""
     if batch_size < 1:
         raise BtError(f"table {table.name!r}: batch_size must be >= 1, got {batch_size}")
-    schema = table.schema
-    predicate = _prune.to_expr(where, schema, table=table.name)
-    cols = list(columns) if columns is not None else None
-    if cols is not None:
-        missing = [c for c in cols if c not in schema]
-        if missing:
-            raise SchemaMismatchError(
-                f"table {table.name!r} has no column(s) {missing}; columns: {', '.join(schema.names())}",
-                table=table.name,
-                columns=missing,
-            )
+    predicate = _prune.to_expr(where, table.schema, table=table.name)
+    cols = _columns(table, columns)
     frames = _start(table, predicate, cols, None, batch_size)
     try:
         for df in frames:

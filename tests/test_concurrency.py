@@ -100,7 +100,7 @@ def test_lazyframe_built_before_a_compaction_reads_after_it(tmp_path: Path) -> N
 READS: dict[str, Callable[[bt.Table], pl.DataFrame]] = {
     "collect": lambda t: t.scan().collect(),
     "filter": lambda t: t.scan(where=pl.col("id") >= 4_000).collect(),
-    "len": lambda t: t.scan().select(pl.len()).collect(),
+    "len_where": lambda t: t.scan().filter(pl.col("id") >= 10).select(pl.len()).collect(),  # reads column id
     "iter_batches": lambda t: pl.concat(list(t.iter_batches(batch_size=300))),
     "row_index": lambda t: t.scan().with_row_index().select("index").collect(),
     "head": lambda t: t.scan().head(10).collect(),
@@ -114,7 +114,7 @@ def test_read_only_reader_refreshes_once_when_its_blocks_were_compacted_away(
     """The writer (another store object: as good as another process) compacts with retired_grace=0, so the
     reader's blocks are deleted at once; its next scan refreshes and reads the new blocks transparently."""
     with bt.open(tmp_path / "db", retired_grace=0) as writer, bt.open(tmp_path / "db", read_only=True) as ro:
-        t, data = _fill(writer)
+        t, _data = _fill(writer)
         rt = ro["t"]
         old = [b.path for b in rt.snapshot().blocks]
         t.append(rows(5_000, 100))  # hot in the writer: the reader sees it only after a refresh
@@ -128,6 +128,24 @@ def test_read_only_reader_refreshes_once_when_its_blocks_were_compacted_away(
         if kind == "collect":
             assert_frame_equal(got, rows(0, 5_100))  # the refresh also brought the newer append
         assert [b.path for b in rt.snapshot().blocks] == [b.path for b in t.snapshot().blocks]
+
+
+def test_a_count_answered_from_statistics_needs_no_file_and_no_refresh(tmp_path: Path) -> None:
+    """select(pl.len()) reads no block, so the files the writer deleted do not matter: the count is the
+    reader's snapshot's (as of opening, like every read-only read before a refresh)."""
+    with bt.open(tmp_path / "db", retired_grace=0) as writer, bt.open(tmp_path / "db", read_only=True) as ro:
+        t, data = _fill(writer)
+        rt = ro["t"]
+        old = [b.path for b in rt.snapshot().blocks]
+        t.append(rows(5_000, 100))
+        t.compact(target_rows=10_000, min_rows=5_000)
+        assert not any(p.exists() for p in old)
+        assert rt.scan().select(pl.len()).collect().item() == data.height  # no refresh: its own snapshot
+        assert rt.last_read is not None
+        assert rt.last_read.blocks_from_metadata == len(old)
+        assert [b.path for b in rt.snapshot().blocks] == old
+        rt.refresh()
+        assert rt.scan().select(pl.len()).collect().item() == data.height + 100
     assert data.height == 5_000
 
 

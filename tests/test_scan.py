@@ -12,6 +12,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import bt_frames as bt
+from bt_frames import _scan
+from bt_frames.errors import SchemaMismatchError
 from tests.conftest import ORDERS_SCHEMA, T0, make_orders
 
 ROWS = 10 * 1_000 + 300  # ten blocks of 1,000 rows, 300 hot rows
@@ -90,7 +92,7 @@ def test_a_read_of_no_columns_keeps_the_row_count(filled: tuple[bt.Table, pl.Dat
     t, data = filled
     got = t.scan().with_row_index().select("index").collect()
     assert t.last_read is not None
-    assert t.last_read.columns == []
+    assert t.last_read.columns in ([], ["ts"])  # Polars asks for no column, or the first one (after the hidden one)
     assert_frame_equal(got, data.with_row_index().select("index"))
     eth = pl.col("symbol") == "ETH"
     got = t.scan().filter(eth).with_row_index().select(pl.col("index").max()).collect(engine="streaming")
@@ -311,3 +313,115 @@ def test_a_pruned_block_is_never_opened(filled: tuple[bt.Table, pl.DataFrame]) -
     assert last not in t.last_plan.survivors
     with pytest.raises(bt.CorruptionError, match=last.path.name):
         t.scan().filter(pl.col("ts") >= T0 + dt.timedelta(seconds=9_500)).collect()
+
+
+# -- height-only reads and answers from statistics (see bt_frames/_scan.py) -----------------------------------------
+
+
+def test_polars_asks_for_the_hidden_column_when_a_query_needs_only_the_height(
+    filled: tuple[bt.Table, pl.DataFrame],
+) -> None:
+    """The behaviour of Polars the height-only reads rest on. If a Polars release changes it, this test
+    fails (and counts stay right, only slower: see the tests below)."""
+    t, data = filled
+    for engine in ("in-memory", "streaming"):
+        assert t.scan().select(pl.len()).collect(engine=engine).item() == ROWS
+        assert t.last_read is not None
+        assert t.last_read.columns == [_scan.HEIGHT]
+        eth = pl.col("symbol") == "ETH"
+        assert t.scan().filter(eth).select(pl.len()).collect(engine=engine).item() == data.filter(eth).height
+        assert t.last_read.columns == [_scan.HEIGHT, "symbol"]  # the hidden column + the predicate's
+        got = t.scan().filter(eth).select(pl.col("symbol").len()).collect(engine=engine).item()
+        assert got == data.filter(eth).height
+        assert t.last_read.columns == [_scan.HEIGHT, "symbol"]
+        # a query that needs a column's values never gets the hidden column
+        t.scan().filter(eth).select(pl.col("symbol").first()).collect(engine=engine)
+        assert t.last_read.columns == ["symbol"]
+    assert _scan.HEIGHT not in t.scan().collect_schema()
+
+
+def test_counts_are_answered_from_statistics_without_opening_a_block(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    blocks = len(t.snapshot().blocks)
+    assert t.scan().select(pl.len()).collect().item() == ROWS
+    assert t.last_read is not None
+    assert (t.last_read.blocks_from_metadata, t.last_read.block_rows, t.last_read.hot_rows) == (blocks, 0, 300)
+    for pred in [
+        pl.col("symbol") == "ETH",
+        pl.col("symbol").is_in(["SOL"]),
+        pl.col("symbol").is_null(),
+        pl.col("price").is_null(),
+    ]:
+        got = t.scan().filter(pred).select(pl.len()).collect().item()
+        assert got == data.filter(pred).height, pred
+        assert t.last_read.blocks_from_metadata == t.last_read.blocks, pred
+        assert t.last_read.block_rows == 0, pred  # not a row read from a block
+    # the same answers through where= and DNF tuples, which push the same predicate down
+    n = t.scan(where=[("symbol", "==", "BTC")]).select(pl.len()).collect().item()
+    assert n == data.filter(pl.col("symbol") == "BTC").height
+    assert t.last_read.block_rows == 0
+    # two values of the column: counted, but the rows (in an unknown order) must be read
+    both = pl.col("symbol").is_in(["ETH", "BTC"])
+    assert t.scan().filter(both).select(pl.len()).collect().item() == data.filter(both).height
+    assert t.last_read.blocks_from_metadata == 0
+    report = t.prune(both)
+    assert report.blocks_counted == blocks
+    assert report.rows_counted == data.head(10_000).filter(both).height
+
+
+def test_a_time_window_count_reads_only_the_time_column(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, _data = filled
+    window = (pl.col("ts") >= T0 + dt.timedelta(seconds=1_500)) & (pl.col("ts") < T0 + dt.timedelta(seconds=4_000))
+    for engine in ("in-memory", "streaming"):
+        assert t.scan().filter(window).select(pl.len()).collect(engine=engine).item() == 2_500
+        assert t.last_read is not None
+        assert t.last_read.columns == [_scan.HEIGHT, "ts"]
+        # blocks 3 and 4 lie inside the window: read (for their ts values) without the predicate
+        assert t.last_read.blocks_unfiltered == 2
+
+
+def test_counts_stay_right_without_the_hidden_column(store: bt.BacktraceStore) -> None:
+    """A table with a column of the hidden column's name goes without the shortcut: same answers."""
+    schema = {"ts": pl.Int64, _scan.HEIGHT: pl.String}
+    t = store.create_table("odd", schema, time_column="ts", max_block_rows=100)
+    data = pl.DataFrame({"ts": range(350), _scan.HEIGHT: ["a", "b", None, "a", "c"] * 70}, schema=schema)
+    t.append(data)
+    for engine in ("in-memory", "streaming"):
+        assert t.scan().select(pl.len()).collect(engine=engine).item() == 350
+        pred = pl.col(_scan.HEIGHT) == "a"
+        assert t.scan().filter(pred).select(pl.len()).collect(engine=engine).item() == 140
+        assert_frame_equal(t.scan().filter(pred).collect(engine=engine), data.filter(pred))
+    assert t.last_read is not None
+    assert t.last_read.blocks_from_metadata == 0
+
+
+def test_prune_false_never_uses_verdicts_or_counts(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    window = pl.col("ts") >= T0 + dt.timedelta(seconds=1_500)
+    assert_frame_equal(t.scan(prune=False).filter(window).collect(), data.filter(window))
+    assert t.last_read is not None
+    assert t.last_read.blocks_unfiltered == 0
+    eth = pl.col("symbol") == "ETH"
+    assert t.scan(prune=False).filter(eth).select(pl.len()).collect().item() == data.filter(eth).height
+    assert t.last_read.blocks_from_metadata == 0
+
+
+def test_eager_readers_plan_once_and_read_in_one_polars_query(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    t, data = filled
+    window = pl.col("ts") >= T0 + dt.timedelta(seconds=1_500)
+    scans = t.scans
+    got = t.read(window, columns=["price", "ts"])
+    assert_frame_equal(got, data.filter(window).select("price", "ts"))
+    assert t.scans == scans + 1  # one plan
+    assert t.last_read is not None
+    assert t.last_read.batches == 1  # one frame from one query, not a stream through the IO plugin
+    assert t.last_read.blocks_unfiltered == 8  # blocks 3..10 hold only rows in the window
+    assert_frame_equal(t.to_polars(), data)
+    assert t.last_read.batches == 1
+    empty = t.read(pl.col("ts") < T0, columns=["qty"])
+    assert empty.schema == pl.Schema({"qty": pl.Int64})
+    assert empty.height == 0
+    with pytest.raises(SchemaMismatchError, match="no column"):
+        t.read(columns=["nope"])
+    with pytest.raises(bt.BtError, match="more than once"):
+        t.read(columns=["qty", "qty"])
