@@ -24,6 +24,10 @@ EXPECTED = {
         r"scanned 1 of 50 blocks",
         r"min/max alone would scan 50 of 50 blocks",
         r"with distinct sets: scanned 3 of 50 blocks",
+        r"verdicts: 0 none, 50 some, 0 all; 50/50 blocks answered from metadata",
+        r"ETH orders: 50 of 50 blocks answered from metadata, 0 rows read from block files -- rows counted "
+        r"without reading a byte",
+        r"ts >= 101 h: 36 blocks none, 13 all, 1 some",
         r"identical \d+ rows",
     ],
 }
