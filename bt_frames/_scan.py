@@ -499,7 +499,7 @@ def _read(
         return
     remaining = n_rows
     eager = sum(b.rows for b in survivors) <= EAGER_ROWS
-    for group, verdict in _groups(survivors, verdicts, GROUP_ROWS):
+    for group, verdict in _groups(survivors, verdicts, GROUP_ROWS, unverified_only=True):
         for b in group:  # verified just before their first read, not all up front: head() stops early
             blk.verify_block(b.path)
         pred = predicate if verdict != _prune.ALL else None
@@ -530,19 +530,25 @@ def _read(
 
 
 def _groups(
-    blocks: Sequence[blk.BlockInfo], verdicts: Sequence[str], rows: int | None
+    blocks: Sequence[blk.BlockInfo], verdicts: Sequence[str], rows: int | None, *, unverified_only: bool = False
 ) -> Iterator[tuple[list[blk.BlockInfo], str]]:
-    """Consecutive runs of blocks with one verdict, of about ``rows`` rows (at least one block each)."""
+    """Consecutive runs of blocks with one verdict, of about ``rows`` rows (at least one block each).
+
+    ``unverified_only``: count only the rows of blocks not yet verified in this process. Groups
+    exist so that hashing a cold block is done just before it is read; blocks already verified
+    cost nothing to start, and one Polars query over all of them reads fastest.
+    """
     group: list[blk.BlockInfo] = []
     verdict = ""
     n = 0
     for b, v in zip(blocks, verdicts, strict=True):
-        if group and (v != verdict or (rows is not None and n + b.rows > rows)):
+        size = b.rows if not unverified_only or not blk.is_verified(b.file) else 0
+        if group and (v != verdict or (rows is not None and n + size > rows)):
             yield group, verdict
             group, n = [], 0
         group.append(b)
         verdict = v
-        n += b.rows
+        n += size
     if group:
         yield group, verdict
 

@@ -131,6 +131,7 @@ def _batched() -> pytest.MonkeyPatch:
     mp = pytest.MonkeyPatch()
     mp.setattr(_scan, "EAGER_ROWS", 0)
     mp.setattr(_scan, "GROUP_ROWS", 150)
+    mp.setattr(_scan.blk, "is_verified", lambda path: False)  # group as a cold read does
     return mp
 
 

@@ -425,3 +425,28 @@ def test_eager_readers_plan_once_and_read_in_one_polars_query(filled: tuple[bt.T
         t.read(columns=["nope"])
     with pytest.raises(bt.BtError, match="more than once"):
         t.read(columns=["qty", "qty"])
+
+
+def test_blocks_already_verified_are_read_in_one_group(filled: tuple[bt.Table, pl.DataFrame]) -> None:
+    """Groups exist so that a cold block is hashed just before it is read; verified blocks need none."""
+    from bt_frames.storage import blocks as blk
+
+    t, _ = filled
+    blocks = t.snapshot().blocks
+    some = [_scan._prune.SOME] * len(blocks)
+    for b in blocks:
+        blk.verify_block(b.path)
+    assert all(blk.is_verified(b.file) for b in blocks)
+    assert [len(g) for g, _ in _scan._groups(blocks, some, 2_500, unverified_only=True)] == [10]
+    assert [len(g) for g, _ in _scan._groups(blocks, some, 2_500)] == [2, 2, 2, 2, 2]
+    verdicts = [_scan._prune.ALL] * 3 + some[3:]
+    assert [(len(g), v) for g, v in _scan._groups(blocks, verdicts, 2_500, unverified_only=True)] == [
+        (3, "all"),
+        (7, "some"),
+    ]
+    # a block file replaced behind the store's back is no longer "verified": it is hashed again
+    path = blocks[0].path
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+    assert not blk.is_verified(blocks[0].file)

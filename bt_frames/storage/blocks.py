@@ -297,6 +297,18 @@ def _mark_verified(path: Path) -> None:
         _verified[str(path)] = key
 
 
+def is_verified(path: str) -> bool:
+    """Whether the block file at ``path`` was verified in this process and is unchanged since (one stat)."""
+    with _verified_lock:
+        known = _verified.get(path)
+    if known is None:
+        return False
+    try:
+        return _file_key(Path(path)) == known
+    except OSError:
+        return False
+
+
 def verify_block(path: Path, *, force: bool = False) -> None:
     """Check a block's bytes against the digest in its name (once per process)."""
     name = layout.parse_block_name(path.name)
