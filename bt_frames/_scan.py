@@ -180,7 +180,8 @@ def _open(
     pin = table._repin(snap.pin, report.survivors) if len(report.survivors) < len(snap.blocks) else snap.pin
     stats = ReadStats(columns, n_rows, str(predicate) if predicate is not None else None, len(report.survivors))
     table._record_scan(report, stats)
-    log.debug("%s", report.summary())
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s", report.summary())
     real = [c for c in columns if c != HEIGHT] if columns is not None else None
     # the verdicts and counts hold for the predicate only if the plan was made with it (not with prune=False)
     planned = prune_by is predicate
@@ -484,7 +485,7 @@ def _read(
         for group, verdict in _groups(survivors, verdicts, None):
             for b in group:
                 blk.verify_block(b.path)
-            lf = pl.scan_parquet([b.file for b in group], glob=False)
+            lf = _parquet(snap, group)
             if predicate is not None and verdict == _prune.ALL:
                 stats.blocks_unfiltered += len(group)
             parts.append(_apply(lf, predicate if verdict != _prune.ALL else None, with_columns, None))
@@ -505,7 +506,7 @@ def _read(
         pred = predicate if verdict != _prune.ALL else None
         if predicate is not None and pred is None:
             stats.blocks_unfiltered += len(group)
-        lf = _apply(pl.scan_parquet([b.file for b in group], glob=False), pred, with_columns, remaining)
+        lf = _apply(_parquet(snap, group), pred, with_columns, remaining)
         frames: Iterable[pl.DataFrame] = (
             [lf.collect()] if eager else lf.collect_batches(chunk_size=batch_size, maintain_order=True)
         )
@@ -527,6 +528,12 @@ def _read(
             stats.hot_rows += frame.height
             stats.batches += 1
             yield frame
+
+
+def _parquet(snap: Snapshot, blocks: Sequence[blk.BlockInfo]) -> pl.LazyFrame:
+    """Polars' scan of ``blocks``. The schema is given, as every block holds the table's columns (and
+    a block that did not would fail the read, not change it): Polars then reads no footer to plan."""
+    return pl.scan_parquet([b.file for b in blocks], glob=False, schema=snap.schema)
 
 
 def _groups(

@@ -485,7 +485,8 @@ class Table:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
             blocks = tuple(self._blocks)
-            return Snapshot(blocks, hot, self._stats(), self._pins.pin(blocks) if pin else None)
+            token = self._pins.pin(blocks) if pin else None
+            return Snapshot(blocks, hot, self._stats(), token, self._meta.schema)
 
     def _repin(self, token: int, blocks: Sequence[blk.BlockInfo]) -> int:
         """Narrow pin ``token`` to ``blocks`` (a subset of what it holds): a new token for them."""

@@ -21,6 +21,7 @@ class Snapshot:
     hot: tuple[pl.DataFrame, ...]
     stats: pl.DataFrame | None = field(default=None, compare=False)
     pin: int | None = field(default=None, compare=False)  # the token of its pin (Table._snapshot(pin=True))
+    schema: pl.Schema | None = field(default=None, compare=False)  # the table's columns: every block's schema
 
     @property
     def hot_rows(self) -> int:
