@@ -33,14 +33,13 @@ blocks at once; nothing reads a block file.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
-
-from bt_frames.storage.catalog import literal_dtype
+import pyarrow as pa
 
 log = logging.getLogger("bt_frames")
 
@@ -64,51 +63,6 @@ def _nullness_only(node: Any, col: str) -> bool:
         if name in ("IsNull", "IsNotNull") and len(args) == 1:
             return args[0] == {"Column": col}
     return False
-
-
-def _distribution(
-    stats: pl.DataFrame, schema: pl.Schema, col: str, blocks: Sequence[int], *, nullness: bool
-) -> tuple[pl.LazyFrame, pl.LazyFrame] | None:
-    """The value counts of ``col`` in each of ``blocks`` (row numbers of ``stats``), null as one value:
-    rows ``(_BLOCK, col, _N)``, and per block whether they are complete (``known``); None if they
-    cannot be built at all.
-
-    ``nullness``: the caller only asks whether values are null, so a block is described by its null
-    count and one stand-in non-null value (any value of the type): always complete.
-    """
-    dtype = schema[col]
-    nulls, rows, dist, cnt = f"null_count.{col}", "rows", f"distinct.{col}", f"counts.{col}"
-    if not nullness and cnt not in stats.columns:
-        return None
-    picked = [pl.col(nulls), pl.col(rows)] + ([] if nullness else [pl.col(dist), pl.col(cnt)])
-    base = stats.lazy().select(pl.int_range(pl.len(), dtype=pl.Int64).alias(_BLOCK), *picked)
-    if len(blocks) != stats.height:
-        base = base.filter(pl.col(_BLOCK).is_in(pl.Series(list(blocks), dtype=pl.Int64).implode()))
-    null_part = base.filter(pl.col(nulls) > 0).select(
-        _BLOCK, pl.lit(None, dtype=dtype).alias(col), pl.col(nulls).alias(_N)
-    )
-    if nullness:
-        filler = _stand_in(dtype)
-        if filler is None:
-            return None
-        value_part = base.filter(pl.col(rows) > pl.col(nulls)).select(
-            _BLOCK, pl.lit(filler, dtype=dtype).alias(col), (pl.col(rows) - pl.col(nulls)).alias(_N)
-        )
-        known = base.select(_BLOCK, pl.lit(True).alias("known"))
-    else:
-        value_part = (
-            base.filter(pl.col(nulls) < pl.col(rows))
-            .select(_BLOCK, pl.col(dist).alias(col), pl.col(cnt).alias(_N))
-            .explode([col, _N])
-        )
-        if literal_dtype(dtype) != dtype:  # categorical/enum values are kept as strings
-            value_part = value_part.with_columns(pl.col(col).cast(dtype))
-        # every non-null value counted: counts known (and adding up), or the block is all null
-        complete = (pl.col(cnt).is_not_null() & (pl.col(cnt).list.sum() + pl.col(nulls) == pl.col(rows))) | (
-            pl.col(nulls) == pl.col(rows)
-        )
-        known = base.select(_BLOCK, complete.alias("known"))
-    return pl.concat([value_part.select(_BLOCK, col, _N), null_part]), known
 
 
 def _stand_in(dtype: pl.DataType) -> Any:
@@ -138,38 +92,85 @@ def matching(
     nullness: bool,
     blocks: Sequence[int],
 ) -> pl.DataFrame | None:
-    """Per block of ``blocks``: ``_BLOCK``, ``rows`` matching ``residual`` (an elementwise predicate on
-    ``col`` alone; null where the block's value counts are incomplete), ``n_values`` (distinct values
-    among those rows, null counted) and ``value`` (one of them). None when nothing can be computed.
+    """Per block of ``blocks`` (row numbers of ``stats``): ``_BLOCK``, ``rows`` matching ``residual``
+    (an elementwise predicate on ``col`` alone; null where the block's value counts are incomplete),
+    ``n_values`` (distinct values among those rows, null counted) and ``value`` (one of them). None
+    when nothing can be computed.
 
-    One Polars query over the statistics frame, whatever the number of blocks.
+    The value counts of every block go into one small frame, ``(block, value, count)`` with null as a
+    value, which ``residual`` filters in one Polars call; the sums per block are numpy's.
+    ``nullness``: ``residual`` only asks whether values are null, so each block is described by its
+    null count and one stand-in non-null value (any value of the type): always complete.
     """
-    built = _distribution(stats, schema, col, blocks, nullness=nullness)
-    if built is None:
-        return None
-    table, known = built
-    if nullness:  # the non-null row is a stand-in: only "every matching row is null" is a known value
-        value_aggs = [
-            pl.when(pl.col(col).is_not_null().any()).then(2).otherwise(1).alias("n_values"),
-            pl.lit(None, dtype=schema[col]).alias("value"),
-        ]
-    else:
-        value_aggs = [pl.col(col).n_unique().alias("n_values"), pl.col(col).first().alias("value")]
-    try:
-        hits = table.filter(residual).group_by(_BLOCK).agg(pl.col(_N).sum().alias("rows"), *value_aggs)
-        out = (
-            known.join(hits, on=_BLOCK, how="left", maintain_order="left")
-            .with_columns(
-                pl.when(pl.col("known")).then(pl.col("rows").fill_null(0)).alias("rows"),
-                pl.when(pl.col("known")).then(pl.col("n_values").fill_null(0)).alias("n_values"),
-            )
-            .collect()
+    dtype = schema[col]
+    k = len(blocks)
+    idx = np.asarray(blocks, dtype=np.int64)
+    # numpy and Arrow here: each Polars Series method would be a query of its own
+    nulls = stats.get_column(f"null_count.{col}").to_numpy()[idx]
+    rows = stats.get_column("rows").to_numpy()[idx]
+    if nullness:
+        filler = _stand_in(dtype)
+        if filler is None:
+            return None
+        bid = np.flatnonzero(rows > nulls)  # blocks with non-null rows: one stand-in row each
+        vals = (
+            pl.Series(col, [filler], dtype=dtype).new_from_index(0, len(bid))
+            if len(bid)
+            else pl.Series(col, [], dtype=dtype)
         )
+        cnts = (rows - nulls)[bid]
+        known = np.ones(k, dtype=bool)
+    else:
+        cnt = f"counts.{col}"
+        if cnt not in stats.columns:
+            return None
+        take = pa.array(idx)
+        counts = stats.get_column(cnt).to_arrow().take(take)
+        lens = counts.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        bid = np.repeat(np.arange(k), lens)
+        cnts = counts.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        sums = np.bincount(bid, weights=cnts, minlength=k).astype(np.int64)
+        has = counts.is_valid().to_numpy(zero_copy_only=False)
+        known = (has & (sums + nulls == rows)) | (nulls == rows)
+        keep = known[bid]
+        distinct = stats.get_column(f"distinct.{col}").to_arrow().take(take).flatten()
+        vals = pl.Series(col, distinct.filter(pa.array(keep)))
+        if vals.dtype != dtype:  # categorical/enum values are kept as strings
+            vals = vals.cast(dtype)
+        cnts, bid = cnts[keep], bid[keep]
+    with_nulls = np.flatnonzero(nulls > 0)
+    table = pl.DataFrame(
+        [
+            pl.concat([vals.alias(col), pl.Series(col, [None] * len(with_nulls), dtype=dtype)]),
+            pl.Series(_N, np.concatenate([np.asarray(cnts, dtype=np.int64), nulls[with_nulls].astype(np.int64)])),
+            pl.Series(_BLOCK, np.concatenate([bid, with_nulls]).astype(np.int64)),
+        ]
+    )
+    try:
+        hits = table.filter(residual)
     except Exception as e:  # a literal Polars cannot compare with the values: read the blocks instead
         log.debug("counts: cannot evaluate %s on the value counts of %r (%s)", residual, col, e)
         return None
-    return out
-
-
-def tree(expr: pl.Expr) -> Any:
-    return json.loads(expr.meta.serialize(format="json"))
+    hit_block = hits.get_column(_BLOCK).to_numpy()
+    matched = np.bincount(hit_block, weights=hits.get_column(_N).to_numpy(), minlength=k).astype(np.int64)
+    n_values = np.bincount(hit_block, minlength=k)
+    value: list[Any] = [None] * k
+    hit_values = hits.get_column(col)
+    if nullness:
+        # the non-null rows are a stand-in: only "every matching row is null" names a value
+        null_hit = hit_values.is_null().to_numpy()
+        n_values = np.where(np.bincount(hit_block[~null_hit], minlength=k) > 0, 2, n_values)
+    else:
+        first = np.unique(hit_block, return_index=True)
+        for b, i in zip(first[0].tolist(), first[1].tolist(), strict=True):
+            value[b] = hit_values[i]
+    known_list = known.tolist()
+    return pl.DataFrame(
+        {
+            _BLOCK: list(blocks),
+            "rows": [int(m) if ok else None for m, ok in zip(matched.tolist(), known_list, strict=True)],
+            "n_values": [int(v) if ok else None for v, ok in zip(n_values.tolist(), known_list, strict=True)],
+            "value": pl.Series("value", value, dtype=dtype),
+        },
+        schema_overrides={"rows": pl.Int64, "n_values": pl.Int64},
+    )
