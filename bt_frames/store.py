@@ -328,6 +328,11 @@ class BacktraceStore:
         the first datetime/date column without nulls. Returns the LSN of the append.
         """
         self._check_writable()
+        t = self._tables.get(name)
+        if t is not None and time_column is None and not options and not (t._closed or t._dropped):
+            # Open in this process: this writer's table.json cannot have gone (drop_table forgets the table;
+            # a new one of that name is opened anew). No stat() of table.json per append.
+            return t.append(data)
         layout.validate_table_name(name)
         with self._lock:
             if not (self._path / name / layout.TABLE_JSON).is_file():
