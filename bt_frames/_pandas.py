@@ -54,6 +54,16 @@ Rows that were appended from Polars or Arrow into a pandas-described table
 come back through the same codecs; where they hold something the pandas dtype
 cannot (a null in an ``int64`` or ``bool`` column) that column comes back as
 the matching nullable dtype (``Int64``, ``boolean``) instead of losing values.
+
+Repeated appends: the first frame of a structure (column labels and dtypes,
+index names and dtypes, ``freq``) goes through the full conversion and its
+checks; that teaches a *plan* (``_PLANS``: the metadata, which stored column
+comes from where, the Arrow types). Later frames of the same structure are
+converted by the plan, one Arrow conversion per column, to exactly what the
+full conversion stores (checked when the plan is made), and the table encodes
+their WAL record from Arrow directly. Structures whose checks depend on the
+values (object and categorical columns, ``attrs``, a MultiIndex) never get a
+plan.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ import logging
 import math
 import zoneinfo
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -300,14 +311,7 @@ def _encode_values(values: pd.Series, *, table: str, label: object) -> pl.Series
     ):
         raise _unsupported(table, label, dtype, "no Polars equivalent")
     try:
-        arr = pa.array(values, from_pandas=True)
-        if pa.types.is_timestamp(arr.type) and arr.type.tz is not None and not _polars_zone(arr.type.tz):
-            arr = arr.cast(pa.timestamp(arr.type.unit, "UTC"))  # the instants; the zone is in the metadata
-        if pa.types.is_dictionary(arr.type) and not (
-            pa.types.is_string(arr.type.value_type) or pa.types.is_large_string(arr.type.value_type)
-        ):
-            arr = arr.dictionary_decode()  # Polars categoricals hold strings only; keep the values
-        out = pl.Series(values=arr)
+        out = pl.Series(values=_fit_arrow(pa.array(values, from_pandas=True)))
     except _ArrowErrors as e:
         kinds = sorted({type(v).__name__ for v in values.dropna().head(10_000)})
         mixed = f" (it mixes {', '.join(kinds)})" if len(kinds) > 1 else ""
@@ -322,6 +326,17 @@ def _encode_values(values: pd.Series, *, table: str, label: object) -> pl.Series
     if isinstance(dtype, np.dtype) and dtype.kind == "O":
         _check_object_values(values, out, table=table, label=label)
     return out
+
+
+def _fit_arrow(arr: Any) -> Any:
+    """The Arrow values of one pandas column as Polars can hold them (the same instants, the same values)."""
+    if pa.types.is_timestamp(arr.type) and arr.type.tz is not None and not _polars_zone(arr.type.tz):
+        arr = arr.cast(pa.timestamp(arr.type.unit, "UTC"))  # the instants; the zone is in the metadata
+    if pa.types.is_dictionary(arr.type) and not (
+        pa.types.is_string(arr.type.value_type) or pa.types.is_large_string(arr.type.value_type)
+    ):
+        arr = arr.dictionary_decode()  # Polars categoricals hold strings only; keep the values
+    return arr
 
 
 _ZONES: dict[str, bool] = {}
@@ -362,8 +377,198 @@ def _is_default_index(idx: pd.Index) -> bool:
     return isinstance(idx, pd.RangeIndex) and idx.name is None
 
 
+# -- the plan cache: what does not change between appends of frames of the same shape ------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to store frames of one structure (labels, dtypes, index), learnt from a full conversion.
+
+    ``meta`` is shared by every frame with this structure: callers must not
+    change it (``Table.append`` stores a copy). ``columns`` holds, per stored
+    column in order, its source (``-1``: the index; else the column position)
+    and, for tz-aware datetimes, the Arrow type of their UTC instants.
+    ``arrow_types`` are the Arrow types of the stored columns and ``dtypes``
+    the Polars dtypes they become (checked once, when the plan is made).
+    """
+
+    meta: dict[str, Any]
+    names: list[str]
+    columns: tuple[tuple[int, Any], ...]
+    arrow_types: list[Any]
+    dtypes: list[pl.DataType]
+
+
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+_MAX_PLANS = 256
+
+_MASKED = (
+    pd.Int8Dtype,
+    pd.Int16Dtype,
+    pd.Int32Dtype,
+    pd.Int64Dtype,
+    pd.UInt8Dtype,
+    pd.UInt16Dtype,
+    pd.UInt32Dtype,
+    pd.UInt64Dtype,
+    pd.Float32Dtype,
+    pd.Float64Dtype,
+    pd.BooleanDtype,
+)
+
+
+def _fast_dtype(dtype: Any) -> bool:
+    """A dtype whose stored values and metadata depend on nothing but the dtype (no per-value checks).
+
+    Object columns (value checks, the spelling of their missing values) and
+    categoricals take the full path on every append.
+    """
+    if isinstance(dtype, np.dtype):
+        return dtype.kind in "iufbmM"
+    return isinstance(dtype, (pd.DatetimeTZDtype, pd.StringDtype, pd.ArrowDtype, *_MASKED))
+
+
+def _dtype_key(dtype: Any) -> Any:
+    """A dtype as a cache key: cheap to hash, and zones told apart by their object (pandas equates some)."""
+    if isinstance(dtype, np.dtype):
+        return dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return (pd.DatetimeTZDtype, dtype.unit, type(dtype.tz), repr(dtype.tz))
+    if isinstance(dtype, pd.StringDtype):
+        na = getattr(dtype, "na_value", pd.NA)
+        return (pd.StringDtype, dtype.storage, "nan" if _is_nan(na) else repr(na))
+    return dtype
+
+
+def _plan_key(df: pd.DataFrame) -> tuple[tuple[Any, ...], list[Any]] | None:
+    """(structure key, column arrays) of a frame the plan cache can take, else None."""
+    if df.attrs:
+        return None
+    cols = df.columns
+    if type(cols) not in (pd.Index, pd.RangeIndex):  # MultiIndex (refused by the full path) and friends
+        return None
+    get = getattr(df, "_get_column_array", None)  # pandas 2.2 and 3: the column's array, no Series built
+    if get is None:  # pragma: no cover - a pandas without it: the full path
+        return None
+    arrays = [get(i) for i in range(len(cols))]
+    dtypes = [a.dtype for a in arrays]
+    if not all(map(_fast_dtype, dtypes)):
+        return None
+    idx = df.index
+    if _is_default_index(idx):
+        index_key: Any = None
+    elif isinstance(idx, pd.MultiIndex) or not _fast_dtype(idx.dtype):
+        return None
+    else:
+        index_key = (type(idx), type(idx.name), idx.name, _dtype_key(idx.dtype), getattr(idx, "freqstr", None))
+    labels = cols.tolist()
+    key = (
+        type(cols),
+        _dtype_key(cols.dtype),
+        type(cols.name),
+        cols.name,
+        tuple(labels),
+        tuple(map(type, labels)),
+        tuple(map(_dtype_key, dtypes)),
+        index_key,
+    )
+    return key, arrays
+
+
+def _plan_arrays(df: pd.DataFrame, columns: tuple[tuple[int, Any], ...], arrays: list[Any]) -> list[Any]:
+    """The Arrow arrays of the stored columns: one conversion per column, the same values as the full path."""
+    out = []
+    for src, tz_type in columns:
+        values = df.index.array if src < 0 else arrays[src]
+        if tz_type is not None:  # the UTC instants as they are, without pyarrow's per-zone detour
+            utc = np.asarray(values, dtype=f"datetime64[{tz_type.unit}]")
+            out.append(pa.array(utc, from_pandas=True).view(tz_type))
+        else:
+            out.append(_fit_arrow(pa.array(values, from_pandas=True)))
+    return out
+
+
+def _make_plan(df: pd.DataFrame, arrays: list[Any], out: pl.DataFrame, meta: dict[str, Any]) -> _Plan | None:
+    """A plan that gives ``out`` for ``df``, or None if the Arrow route would store anything else."""
+    index_cols = {lv["column"] for lv in (meta.get("index") or {}).get("levels") or []}
+    positions = {doc["column"]: i for i, doc in enumerate(meta["columns"])}
+    columns = []
+    for name in out.columns:
+        src = -1 if name in index_cols else positions[name]
+        dtype = df.index.dtype if src < 0 else arrays[src].dtype
+        tz_type = None
+        if isinstance(dtype, pd.DatetimeTZDtype):  # the type the full path gives its UTC instants
+            tz_type = _fit_arrow(pa.array(pd.Series([], dtype=dtype), from_pandas=True)).type
+        columns.append((src, tz_type))
+    try:
+        got = _plan_arrays(df, tuple(columns), arrays)
+        back = pl.from_arrow(pa.Table.from_arrays(got, names=out.columns))
+    except (*_ArrowErrors, pl.exceptions.PolarsError, TypeError, ValueError):
+        return None
+    if not isinstance(back, pl.DataFrame) or back.dtypes != out.dtypes or not back.equals(out, null_equal=True):
+        return None
+    return _Plan(meta, out.columns, tuple(columns), [a.type for a in got], out.dtypes)
+
+
+def arrow_of(df: pd.DataFrame) -> tuple[pa.Table, list[pl.DataType], dict[str, Any]] | None:
+    """(stored columns as Arrow, their Polars dtypes, ``pandas`` metadata) if a plan knows ``df``'s structure.
+
+    None when no plan applies (the first frame of a structure, object or
+    categorical columns, ``attrs``, a value Arrow refuses): then
+    ``from_pandas`` does the full conversion and its checks. The metadata is
+    shared between frames: do not change it.
+    """
+    found = _plan_key(df)
+    if found is None:
+        return None
+    key, arrays = found
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable label or name
+        return None
+    if plan is None:
+        return None
+    try:
+        got = _plan_arrays(df, plan.columns, arrays)
+    except (*_ArrowErrors, pl.exceptions.PolarsError, TypeError, ValueError):
+        return None  # the full path says what is wrong
+    if [a.type for a in got] != plan.arrow_types:
+        return None
+    return pa.Table.from_arrays(got, names=plan.names), plan.dtypes, plan.meta
+
+
 def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """(stored Polars frame, ``pandas`` metadata) for a pandas frame; see the module docstring for the rules."""
+    """(stored Polars frame, ``pandas`` metadata) for a pandas frame; see the module docstring for the rules.
+
+    The metadata and the column mapping of a frame's structure (labels,
+    dtypes, index) are computed once, by the full conversion, and reused for
+    later frames of the same structure (``_PLANS``, see ``arrow_of``), which
+    then cost one Arrow conversion per column. Frames whose checks depend on
+    their values (object and categorical columns, ``attrs``) always take the
+    full path. The metadata returned is shared between frames: do not change it.
+    """
+    fast = arrow_of(df)
+    if fast is not None:
+        tbl, dtypes, meta = fast
+        out = pl.from_arrow(tbl)
+        if isinstance(out, pl.DataFrame) and out.dtypes == dtypes:
+            return out, meta
+    out, meta = _from_pandas_full(df, table=table)
+    found = _plan_key(df)
+    if found is not None:
+        plan = _make_plan(df, found[1], out, meta)
+        if plan is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            try:
+                _PLANS[found[0]] = plan
+            except TypeError:  # an unhashable label or name: no plan
+                pass
+    return out, meta
+
+
+def _from_pandas_full(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """``from_pandas`` without the plan cache: every check, the metadata built from scratch."""
     if isinstance(df.columns, pd.MultiIndex):
         raise SchemaMismatchError(
             f"table {table!r}: the frame has MultiIndex columns, which cannot be column names. Fix: flatten "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -389,6 +390,7 @@ class BacktraceStore:
     def _set_pandas_meta(self, table: Table, meta: dict[str, Any]) -> None:
         if self._read_only:
             return
+        meta = copy.deepcopy(meta)  # the caller's may be shared with later frames (the pandas plan cache)
         new = dataclasses.replace(table._meta, pandas=meta)
         with os_errors(f"table {table.name!r}: recording its pandas metadata in table.json"):
             layout.atomic_write(table.path / layout.TABLE_JSON, new.to_json().encode())

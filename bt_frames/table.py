@@ -106,6 +106,16 @@ def _from_ipc(payload: bytes | memoryview) -> pl.DataFrame:
     return pl.read_ipc_stream(io.BytesIO(payload))
 
 
+def _arrow_ipc_bytes(tbl: Any) -> bytes:
+    """A pyarrow Table as one Arrow IPC stream (a WAL payload, like ``_ipc_bytes``)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, tbl.schema) as w:
+        w.write_table(tbl)
+    return sink.getvalue().to_pybytes()
+
+
 class Table:
     """One table of a :class:`~bt_frames.BacktraceStore`. Get it from the store; do not construct."""
 
@@ -113,6 +123,8 @@ class Table:
         self._store = store
         self._dir = directory
         self._meta = meta
+        self._names = meta.schema.names()  # the schema as lists, compared with every pandas append's
+        self._dtypes = meta.schema.dtypes()
         self._lock = threading.RLock()
         self._closed = False
         self._dropped = False  # set by BacktraceStore.drop_table (after close())
@@ -293,23 +305,51 @@ class Table:
         nothing.
         """
         self._check_writable()
-        df, pandas_meta = _convert.to_polars(data, table=self.name)
-        df = _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
-        if pandas_meta is not None and self._meta.pandas is None and (df.height or self._next_lsn == 1):
+        meta = self._meta
+        df: pl.DataFrame | None = None
+        payload: bytes | None = None
+        chunk: pl.DataFrame | None = None
+        pandas_meta: dict[str, Any] | None
+        fast = _convert.pandas_arrow(data)  # a pandas frame of a known structure: already Arrow
+        if fast is not None:
+            tbl, dtypes, pandas_meta = fast
+            n = tbl.num_rows
+            tc = meta.time_column
+            if (
+                0 < n < meta.max_block_rows
+                and dtypes == self._dtypes
+                and tbl.column_names == self._names
+                and (tc is None or tbl.column(tc).null_count == 0)
+            ):  # nothing to coerce: the record is encoded from Arrow, the hot rows decoded from it
+                payload = _arrow_ipc_bytes(tbl)
+                chunk = _from_ipc(payload)
+                if chunk.schema != meta.schema:  # pragma: no cover - the plan's dtypes say it cannot happen
+                    payload = chunk = None
+            if payload is None:
+                got = pl.from_arrow(tbl)
+                assert isinstance(got, pl.DataFrame)
+                df = _convert.coerce(got, meta.schema, table=self.name, time_column=tc)
+        else:
+            df, pandas_meta = _convert.to_polars(data, table=self.name)
+            df = _convert.coerce(df, meta.schema, table=self.name, time_column=meta.time_column)
+        n = df.height if df is not None else n
+        if pandas_meta is not None and meta.pandas is None and (n or self._next_lsn == 1):
             # the first pandas append says what the table is for pandas (dtypes, index, labels) -- even an
             # empty one, if the table is still empty: reading it back then gives the same empty frame
             self._store._set_pandas_meta(self, pandas_meta)
-        if df.height == 0:  # no rows: no WAL record, no LSN
+        if n == 0:  # no rows: no WAL record, no LSN
             return None
         with self._lock, os_errors(f"table {self.name!r}: append"):
             self._check_writable()
             assert self._wal is not None
-            if df.height >= self._meta.max_block_rows:
+            if df is not None and n >= meta.max_block_rows:
                 return self._append_blocks(df)
-            if self._hot and self._hot.rows + df.height > self._meta.max_block_rows:
+            if self._hot and self._hot.rows + n > meta.max_block_rows:
                 self._after_commit(self._freeze_async)  # not a commit point, but never worth failing for
                 self._check_writable()  # waiting for the block writer released the lock: close() may have run
-            payload = _ipc_bytes(df)
+            if payload is None:
+                assert df is not None
+                payload = _ipc_bytes(df)
             lsn = self._next_lsn
             self._wal.append(lsn, payload)  # the commit point: nothing below raises
             self._next_lsn = lsn + 1
@@ -317,7 +357,7 @@ class Table:
             self._wal_records += 1
             self._wal_bytes += size
             # The hot rows are decoded from the record: they share no memory with the caller's arrays.
-            self._hot.add(lsn, _from_ipc(payload), size)
+            self._hot.add(lsn, chunk if chunk is not None else _from_ipc(payload), size)
             if self._hot.rows >= self._meta.max_block_rows:
                 self._after_commit(self._freeze_async)
             return lsn
