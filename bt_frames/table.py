@@ -140,8 +140,14 @@ class Table:
         # Freezing: hot rows handed to the block writer (a background thread) stay hot -- in the WAL,
         # visible to scans -- until their block is durable. Every observer waits for the writer.
         self._writer = BlockWriter(
-            self._lock, meta.name, prepare=self._covered_segments, write=self._write_run, publish=self._publish
+            self._lock,
+            meta.name,
+            prepare=self._covered_segments,
+            write=self._write_run,
+            publish=self._publish,
+            settle=self._settle,
         )
+        self._cache_lock = threading.Lock()  # one stats-cache write at a time (they share a tmp file name)
         # The manifest: commits are serialised by _manifest_lock (the block writer commits without the table lock).
         self._manifest: mf.Manifest | None = None
         self._manifest_lock = threading.Lock()
@@ -636,29 +642,40 @@ class Table:
             if next_first <= unfrozen and (self._wal is None or path != self._wal.path)
         ]
 
-    def _publish(self, entry: Frozen, info: blk.BlockInfo, covered: list[tuple[int, Path]]) -> None:
-        """A block's version is committed (``entry`` has left the writer's queue): the WAL segments it covers go."""
+    def _publish(self, entry: Frozen, info: blk.BlockInfo, covered: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
+        """A block's version is committed (``entry`` has left the writer's queue): the block joins the table.
+
+        Under the lock, so in memory only (``_write_run`` left the manifest's
+        folder synced); returns the WAL segments ``_settle`` deletes.
+        """
         self._blocks.append(info)
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
-        # No directory fsync: a deletion lost in a crash leaves a segment that recovery removes again.
         # While the manifest's folder is not synced, a power loss could lose the version naming the block:
         # its records then must still be in the WAL (recovery removes the segments later).
         if self._manifest is not None and not self._manifest.sync():
             covered = []
+        self._purge_retired()
+        log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, entry.first, entry.last,
+                  info.filename, info.rows)  # fmt: skip
+        return covered
+
+    def _settle(self, covered: list[tuple[int, Path]]) -> None:
+        """After a publish, without the table lock (appends go on): delete the covered segments, write the cache."""
+        # No directory fsync: a deletion lost in a crash leaves a segment that recovery removes again.
         for _first, path in covered:
             try:
                 fs.unlink(path, missing_ok=True)
             except OSError as e:  # removed by the next open: no version names it
                 log.warning("table %r: could not delete WAL segment %s (%s)", self.name, path.name, e)
         self._write_cache()
-        self._purge_retired()
-        log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, entry.first, entry.last,
-                  info.filename, info.rows)  # fmt: skip
 
     def _write_cache(self) -> None:
+        """Write the statistics cache of the current blocks (needs no table lock; never raises)."""
         try:
-            catalog.write_cache(self._dir, self._stats(), self._meta.schema)
+            stats = self._stats()  # before the cache lock: never wait for the table lock while holding it
+            with self._cache_lock:
+                catalog.write_cache(self._dir, stats, self._meta.schema)
         except Exception as e:  # only a cache: rebuilt from footers on the next open
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
 
@@ -707,13 +724,21 @@ class Table:
         self.scans += 1
 
     def _stats(self) -> pl.DataFrame:
-        """The statistics frame of ``self._blocks`` (kept in step with them incrementally)."""
+        """The statistics frame of ``self._blocks`` (kept in step with them incrementally).
+
+        The merge runs outside the table lock unless the caller holds it (the
+        block writer's ``_settle`` does not: appends go on meanwhile).
+        """
         with self._lock:
-            blocks, key = self._blocks, self._stats_key
-            if self._stats_frame is None or len(key) != len(blocks) or not all(map(operator.is_, key, blocks)):
-                self._stats_frame = catalog.merge_stats(self._stats_frame, blocks, self._meta.schema)
-                self._stats_key = tuple(blocks)
-            return self._stats_frame
+            frame, key, blocks = self._stats_frame, self._stats_key, tuple(self._blocks)
+            if frame is not None and len(key) == len(blocks) and all(map(operator.is_, key, blocks)):
+                return frame
+        merged = catalog.merge_stats(frame, list(blocks), self._meta.schema)
+        with self._lock:
+            now = self._blocks
+            if len(now) == len(blocks) and all(map(operator.is_, now, blocks)):
+                self._stats_frame, self._stats_key = merged, blocks
+        return merged
 
     @property
     def blocks(self) -> pl.DataFrame:

@@ -8,12 +8,17 @@ In-memory contract:
   is ever written: a later block is never published before an earlier one.
 - Every method but the thread body runs under ``lock`` (the table's); the
   thread takes it only around ``prepare`` and ``publish``, so appends go on
-  while a block is encoded, written and fsynced.
-- One write at a time, in three steps the table supplies:
+  while a block is encoded, written and fsynced, and while the clean-up after
+  it touches the file system.
+- One write at a time, in four steps the table supplies:
   ``prepare(run)`` (under the lock: what the publish will clean up),
   ``write(run, ctx) -> BlockInfo`` (no lock: the block file and its manifest
-  version, the commit point; raises if nothing was committed), and
-  ``publish(run, info, ctx)`` (under the lock: the run leaves the queue).
+  version, the commit point; raises if nothing was committed),
+  ``publish(run, info, ctx) -> done`` (under the lock: the run leaves the
+  queue; only in-memory work, so that an append never waits for a file
+  system call of the block writer), and ``settle(done)`` (no lock: deleting
+  what the block made redundant, caches; never raises). The thread stays
+  ``draining`` until ``settle`` has returned.
 - A failed write records its exception on the run (``run.error``) and stops
   the thread; nothing later is written until ``retry()`` clears it. Every
   observer calls ``wait_idle()`` first, so what it sees is as if freezing
@@ -42,14 +47,15 @@ class BlockWriter:
         *,
         prepare: Callable[[Frozen], Any],
         write: Callable[[Frozen, Any], blk.BlockInfo],
-        publish: Callable[[Frozen, blk.BlockInfo, Any], None],
+        publish: Callable[[Frozen, blk.BlockInfo, Any], Any],
+        settle: Callable[[Any], None] = lambda done: None,
     ) -> None:
         self.lock = lock
         self.cond = threading.Condition(lock)
         self.name = name
         self.frozen: list[Frozen] = []
         self.draining = False
-        self._prepare, self._write, self._publish = prepare, write, publish
+        self._prepare, self._write, self._publish, self._settle = prepare, write, publish, settle
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -111,8 +117,12 @@ class BlockWriter:
                     return
                 with self.lock:
                     self.frozen.remove(run)
-                    self._publish(run, info, ctx)
+                    done = self._publish(run, info, ctx)
                     self.cond.notify_all()
+                try:
+                    self._settle(done)  # appends go on meanwhile
+                except Exception as e:  # pragma: no cover - settle logs its own failures
+                    log.warning("table %r: cleaning up after a block failed: %s", self.name, e)
         finally:
             with self.lock:
                 self.draining = False
