@@ -89,16 +89,15 @@ RECORD_MAGIC = 0xB7F0A1E5
 RECORD_HEADER = struct.Struct("<IIIQ")  # magic, length, crc, lsn
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 20
 _LEN = struct.Struct("<I")
-_LSN = struct.Struct("<Q")
+_LEN_LSN = struct.Struct("<IQ")  # length then lsn, as the CRC covers them (no padding with "<")
 _MAGIC_BYTES = _LEN.pack(RECORD_MAGIC)
 MAX_PAYLOAD = 2**32 - 1
 BATCH_INTERVAL_S = 0.005
 
 
 def record_crc(length: int, lsn: int, payload: bytes | memoryview) -> int:
-    crc = zlib.crc32(_LEN.pack(length))
-    crc = zlib.crc32(_LSN.pack(lsn), crc)
-    return zlib.crc32(payload, crc)
+    """CRC-32 of length (u32), lsn (u64) and payload: two calls, the header fields packed once."""
+    return zlib.crc32(payload, zlib.crc32(_LEN_LSN.pack(length, lsn)))
 
 
 def encode_record(lsn: int, payload: bytes | memoryview) -> bytes:
