@@ -26,6 +26,7 @@ import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,20 @@ def _ipc_bytes(df: pl.DataFrame) -> bytes:
 
 def _from_ipc(payload: bytes | memoryview) -> pl.DataFrame:
     return pl.read_ipc_stream(io.BytesIO(payload))
+
+
+_decoder: ThreadPoolExecutor | None = None
+_decoder_lock = threading.Lock()
+
+
+def _decode_async(payload: bytes) -> Future[pl.DataFrame]:
+    """``_from_ipc(payload)`` in the decoder thread (one per process, started on first use)."""
+    global _decoder
+    if _decoder is None:
+        with _decoder_lock:
+            if _decoder is None:
+                _decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt_frames-decode")
+    return _decoder.submit(_from_ipc, payload)
 
 
 def _arrow_ipc_bytes(tbl: Any) -> bytes:
@@ -356,14 +371,18 @@ class Table:
             if payload is None:
                 assert df is not None
                 payload = _ipc_bytes(df)
+            # The hot rows are decoded from the record: they share no memory with the caller's arrays. While
+            # the record is fdatasync'ed (no GIL held) a helper thread decodes it: the sync hides the decode.
+            decoding = _decode_async(payload) if chunk is None and self._wal.durability == "fsync" else None
             lsn = self._next_lsn
             self._wal.append(lsn, payload)  # the commit point: nothing below raises
             self._next_lsn = lsn + 1
             size = wal.RECORD_HEADER_SIZE + len(payload)
             self._wal_records += 1
             self._wal_bytes += size
-            # The hot rows are decoded from the record: they share no memory with the caller's arrays.
-            self._hot.add(lsn, chunk if chunk is not None else _from_ipc(payload), size)
+            if chunk is None:
+                chunk = decoding.result() if decoding is not None else _from_ipc(payload)
+            self._hot.add(lsn, chunk, size)
             if self._hot.rows >= self._meta.max_block_rows:
                 self._after_commit(self._freeze_async)
             return lsn
