@@ -76,10 +76,10 @@ def to_polars(obj: object, *, table: str) -> tuple[pl.DataFrame, dict[str, Any] 
     )
 
 
-def pandas_arrow(obj: object) -> tuple[Any, list[pl.DataType], dict[str, Any]] | None:
-    """(pyarrow Table, its Polars dtypes, pandas metadata) for a pandas frame of a known structure, else None.
+def pandas_arrow(obj: object) -> Any:
+    """A pandas frame of a known structure as ``_pandas.Planned`` (Arrow table, dtypes, metadata), else None.
 
-    ``pl.from_arrow`` of the table equals ``to_polars(obj)[0]``; None means
+    ``pl.from_arrow`` of its table equals ``to_polars(obj)[0]``; None means
     "call ``to_polars``" (not pandas, a structure not seen yet, or one whose
     checks depend on the values). See ``_pandas.arrow_of``.
     """

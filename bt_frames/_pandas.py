@@ -388,15 +388,50 @@ class _Plan:
     change it (``Table.append`` stores a copy). ``columns`` holds, per stored
     column in order, its source (``-1``: the index; else the column position)
     and, for tz-aware datetimes, the Arrow type of their UTC instants.
-    ``arrow_types`` are the Arrow types of the stored columns and ``dtypes``
-    the Polars dtypes they become (checked once, when the plan is made).
+    ``dtypes`` are the Polars dtypes of the stored columns (checked once, when
+    the plan is made, to be the full conversion's).
     """
 
     meta: dict[str, Any]
     names: list[str]
     columns: tuple[tuple[int, Any], ...]
-    arrow_types: list[Any]
     dtypes: list[pl.DataType]
+    schema: pa.Schema
+    schema_ipc: bytes | None  # the IPC stream's schema message, when its batches need no dictionary messages
+
+
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the end-of-stream marker of an Arrow IPC stream
+
+
+def _writer_ipc(tbl: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, tbl.schema) as w:
+        w.write_table(tbl)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A pandas frame converted by a plan: its stored columns as Arrow, their Polars dtypes, the metadata.
+
+    ``pl.from_arrow(table)`` equals what ``from_pandas`` returns. ``meta`` is
+    shared with every frame of this structure: do not change it.
+    """
+
+    table: pa.Table
+    dtypes: list[pl.DataType]
+    meta: dict[str, Any]
+    schema_ipc: bytes | None
+
+    def ipc(self) -> bytes:
+        """The table as one Arrow IPC stream, byte for byte what ``pa.ipc.new_stream`` writes.
+
+        With the plan's schema message cached, only the record batches are
+        serialised (the writer's own framing: schema, batches, end marker).
+        """
+        if self.schema_ipc is None:
+            return _writer_ipc(self.table)
+        return b"".join([self.schema_ipc, *(b.serialize() for b in self.table.to_batches()), _EOS])
 
 
 _PLANS: dict[tuple[Any, ...], _Plan] = {}
@@ -417,27 +452,35 @@ _MASKED = (
 )
 
 
-def _fast_dtype(dtype: Any) -> bool:
-    """A dtype whose stored values and metadata depend on nothing but the dtype (no per-value checks).
+_FAST_EXTENSION = (pd.ArrowDtype, *_MASKED)
 
+
+def _dtype_key(dtype: Any) -> Any:
+    """A dtype as a plan-cache key, or None if its checks depend on the values (no plan then).
+
+    Plans take numeric, bool, datetime and timedelta numpy dtypes, tz-aware
+    datetimes (told apart by their zone object: pandas equates some zones
+    that the metadata writes differently), string, nullable and Arrow dtypes.
     Object columns (value checks, the spelling of their missing values) and
     categoricals take the full path on every append.
     """
     if isinstance(dtype, np.dtype):
-        return dtype.kind in "iufbmM"
-    return isinstance(dtype, (pd.DatetimeTZDtype, pd.StringDtype, pd.ArrowDtype, *_MASKED))
-
-
-def _dtype_key(dtype: Any) -> Any:
-    """A dtype as a cache key: cheap to hash, and zones told apart by their object (pandas equates some)."""
-    if isinstance(dtype, np.dtype):
-        return dtype
+        return dtype if dtype.kind in "iufbmM" else None
     if isinstance(dtype, pd.DatetimeTZDtype):
         return (pd.DatetimeTZDtype, dtype.unit, type(dtype.tz), repr(dtype.tz))
     if isinstance(dtype, pd.StringDtype):
         na = getattr(dtype, "na_value", pd.NA)
         return (pd.StringDtype, dtype.storage, "nan" if _is_nan(na) else repr(na))
-    return dtype
+    return dtype if isinstance(dtype, _FAST_EXTENSION) else None
+
+
+def _labels(index: pd.Index) -> list[Any]:
+    """``index.tolist()``, without pandas' per-element path for Arrow-backed strings (pandas 3's default)."""
+    values = getattr(index, "_values", None)  # the backing array (pandas 2.2 and 3)
+    arrow = getattr(values, "_pa_array", None)
+    if arrow is not None and isinstance(index.dtype, pd.StringDtype):
+        return list(arrow.to_pylist())
+    return list(index.tolist())
 
 
 def _plan_key(df: pd.DataFrame) -> tuple[tuple[Any, ...], list[Any]] | None:
@@ -451,25 +494,28 @@ def _plan_key(df: pd.DataFrame) -> tuple[tuple[Any, ...], list[Any]] | None:
     if get is None:  # pragma: no cover - a pandas without it: the full path
         return None
     arrays = [get(i) for i in range(len(cols))]
-    dtypes = [a.dtype for a in arrays]
-    if not all(map(_fast_dtype, dtypes)):
+    dtype_keys = tuple([_dtype_key(a.dtype) for a in arrays])
+    if any(k is None for k in dtype_keys):  # not "None in": np.dtype("float64") == None is True
         return None
     idx = df.index
     if _is_default_index(idx):
         index_key: Any = None
-    elif isinstance(idx, pd.MultiIndex) or not _fast_dtype(idx.dtype):
+    elif isinstance(idx, pd.MultiIndex):
         return None
     else:
-        index_key = (type(idx), type(idx.name), idx.name, _dtype_key(idx.dtype), getattr(idx, "freqstr", None))
-    labels = cols.tolist()
+        idx_dtype = _dtype_key(idx.dtype)
+        if idx_dtype is None:
+            return None
+        index_key = (type(idx), type(idx.name), idx.name, idx_dtype, getattr(idx, "freqstr", None))
+    labels = _labels(cols)
     key = (
         type(cols),
-        _dtype_key(cols.dtype),
+        _dtype_key(cols.dtype) or cols.dtype,
         type(cols.name),
         cols.name,
         tuple(labels),
         tuple(map(type, labels)),
-        tuple(map(_dtype_key, dtypes)),
+        dtype_keys,
         index_key,
     )
     return key, arrays
@@ -481,7 +527,9 @@ def _plan_arrays(df: pd.DataFrame, columns: tuple[tuple[int, Any], ...], arrays:
     for src, tz_type in columns:
         values = df.index.array if src < 0 else arrays[src]
         if tz_type is not None:  # the UTC instants as they are, without pyarrow's per-zone detour
-            utc = np.asarray(values, dtype=f"datetime64[{tz_type.unit}]")
+            utc = getattr(values, "_ndarray", None)  # a DatetimeArray's UTC datetime64 values (pandas 2.2 and 3)
+            if not isinstance(utc, np.ndarray) or utc.dtype != np.dtype(f"datetime64[{tz_type.unit}]"):
+                utc = np.asarray(values, dtype=f"datetime64[{tz_type.unit}]")
             out.append(pa.array(utc, from_pandas=True).view(tz_type))
         else:
             out.append(_fit_arrow(pa.array(values, from_pandas=True)))
@@ -507,11 +555,16 @@ def _make_plan(df: pd.DataFrame, arrays: list[Any], out: pl.DataFrame, meta: dic
         return None
     if not isinstance(back, pl.DataFrame) or back.dtypes != out.dtypes or not back.equals(out, null_equal=True):
         return None
-    return _Plan(meta, out.columns, tuple(columns), [a.type for a in got], out.dtypes)
+    tbl = pa.Table.from_arrays(got, names=out.columns)
+    flat = not any(pa.types.is_dictionary(t) or pa.types.is_nested(t) for t in tbl.schema.types)
+    schema_ipc = bytes(tbl.schema.serialize().to_pybytes()) if flat else None
+    if schema_ipc is not None and Planned(tbl, out.dtypes, meta, schema_ipc).ipc() != _writer_ipc(tbl):
+        schema_ipc = None  # pragma: no cover - a pyarrow that frames streams otherwise: use its writer
+    return _Plan(meta, out.columns, tuple(columns), out.dtypes, tbl.schema, schema_ipc)
 
 
-def arrow_of(df: pd.DataFrame) -> tuple[pa.Table, list[pl.DataType], dict[str, Any]] | None:
-    """(stored columns as Arrow, their Polars dtypes, ``pandas`` metadata) if a plan knows ``df``'s structure.
+def arrow_of(df: pd.DataFrame) -> Planned | None:
+    """``df`` converted by the plan of its structure (see ``Planned``), if there is one.
 
     None when no plan applies (the first frame of a structure, object or
     categorical columns, ``attrs``, a value Arrow refuses): then
@@ -532,9 +585,10 @@ def arrow_of(df: pd.DataFrame) -> tuple[pa.Table, list[pl.DataType], dict[str, A
         got = _plan_arrays(df, plan.columns, arrays)
     except (*_ArrowErrors, pl.exceptions.PolarsError, TypeError, ValueError):
         return None  # the full path says what is wrong
-    if [a.type for a in got] != plan.arrow_types:
-        return None
-    return pa.Table.from_arrays(got, names=plan.names), plan.dtypes, plan.meta
+    # The Arrow types follow from the dtypes in the key; callers check the Polars dtypes they get.
+    tbl = pa.Table.from_arrays(got, names=plan.names)
+    schema_ipc = plan.schema_ipc if tbl.schema.equals(plan.schema) else None
+    return Planned(tbl, plan.dtypes, plan.meta, schema_ipc)
 
 
 def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -549,10 +603,9 @@ def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str
     """
     fast = arrow_of(df)
     if fast is not None:
-        tbl, dtypes, meta = fast
-        out = pl.from_arrow(tbl)
-        if isinstance(out, pl.DataFrame) and out.dtypes == dtypes:
-            return out, meta
+        out = pl.from_arrow(fast.table)
+        if isinstance(out, pl.DataFrame) and out.dtypes == fast.dtypes:
+            return out, fast.meta
     out, meta = _from_pandas_full(df, table=table)
     found = _plan_key(df)
     if found is not None:

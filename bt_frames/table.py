@@ -121,16 +121,6 @@ def _decode_async(payload: bytes) -> Future[pl.DataFrame]:
     return _decoder.submit(_from_ipc, payload)
 
 
-def _arrow_ipc_bytes(tbl: Any) -> bytes:
-    """A pyarrow Table as one Arrow IPC stream (a WAL payload, like ``_ipc_bytes``)."""
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, tbl.schema) as w:
-        w.write_table(tbl)
-    return sink.getvalue().to_pybytes()
-
-
 class Table:
     """One table of a :class:`~bt_frames.BacktraceStore`. Get it from the store; do not construct."""
 
@@ -333,18 +323,18 @@ class Table:
         pandas_meta: dict[str, Any] | None
         fast = _convert.pandas_arrow(data)  # a pandas frame of a known structure: already Arrow
         if fast is not None:
-            tbl, dtypes, pandas_meta = fast
+            tbl, pandas_meta = fast.table, fast.meta
             n = tbl.num_rows
             tc = meta.time_column
             if (
                 0 < n < meta.max_block_rows
-                and dtypes == self._dtypes
+                and fast.dtypes == self._dtypes
                 and tbl.column_names == self._names
                 and (tc is None or tbl.column(tc).null_count == 0)
             ):  # nothing to coerce: the record is encoded from Arrow, the hot rows decoded from it
-                payload = _arrow_ipc_bytes(tbl)
+                payload = fast.ipc()
                 chunk = _from_ipc(payload)
-                if chunk.schema != meta.schema:  # pragma: no cover - the plan's dtypes say it cannot happen
+                if chunk.dtypes != self._dtypes:  # pragma: no cover - the plan's dtypes say it cannot happen
                     payload = chunk = None
             if payload is None:
                 got = pl.from_arrow(tbl)

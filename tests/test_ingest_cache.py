@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Callable
 
 import numpy as np
@@ -78,12 +79,12 @@ def test_a_planned_conversion_stores_what_the_full_conversion_stores(name: str) 
     full, full_meta = _pandas.from_pandas(df, table="t")  # the full path, which makes the plan
     fast = _pandas.arrow_of(FRAMES[name]())  # a new frame of the same structure
     assert fast is not None, "this structure should have a plan"
-    tbl, dtypes, meta = fast
-    got = pl.from_arrow(tbl)
+    got = pl.from_arrow(fast.table)
     assert isinstance(got, pl.DataFrame)
-    assert got.dtypes == dtypes == full.dtypes
+    assert got.dtypes == fast.dtypes == full.dtypes
     assert_frame_equal(got, full)
-    assert meta == full_meta
+    assert fast.meta == full_meta
+    assert_frame_equal(pl.read_ipc_stream(io.BytesIO(fast.ipc())), full)  # the WAL payload of a planned append
     planned, planned_meta = _pandas.from_pandas(FRAMES[name](), table="t")
     assert_frame_equal(planned, full)
     assert planned_meta == full_meta
@@ -154,8 +155,8 @@ def test_the_pandas_metadata_stored_is_not_the_shared_plan(tmp_path: object) -> 
     with bt.open(tmp_path) as s:  # type: ignore[arg-type]
         df.bt.append(s, "t")
         stored = s["t"]._meta.pandas
-        assert stored == fast[2]
-        assert stored is not fast[2]
+        assert stored == fast.meta
+        assert stored is not fast.meta
 
 
 @pytest.mark.parametrize("flush", [False, True])
