@@ -213,3 +213,37 @@ def test_store_append_with_creation_options_still_checks_them(tmp_path: object) 
         with pytest.raises(bt.SchemaMismatchError):
             s.append("t", pl.DataFrame({"a": [3]}), max_block_rows=20)
         assert s["t"].rows == 2
+
+
+@pytest.mark.parametrize("before", [0.005, 0.002, 0.0005])
+def test_the_block_writer_gives_the_switch_interval_back(tmp_path: object, before: float) -> None:
+    """While a block is written the GIL switch interval is at most 1 ms (appenders get the GIL back sooner);
+    afterwards it is what it was."""
+    import sys
+    import threading
+
+    from bt_frames.storage import writer
+
+    seen: list[float] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(before)
+    try:
+        with bt.open(tmp_path) as s:  # type: ignore[arg-type]
+            t = s.create_table("t", {"a": pl.Int64}, max_block_rows=10)
+            real = t._write_run
+
+            def spy(*args: object) -> object:
+                assert threading.current_thread().name.startswith("bt_frames-freeze")
+                seen.append(sys.getswitchinterval())
+                return real(*args)  # type: ignore[arg-type]
+
+            t._writer._write = spy
+            for i in range(6):  # 5 rows each: the hot buffer hands 10 rows at a time to the block writer
+                t.append(pl.DataFrame({"a": list(range(i * 5, i * 5 + 5))}))
+            t.flush()
+            assert t.cold_rows == 30
+        assert seen
+        assert all(x == min(before, writer.WRITER_SWITCH_INTERVAL_S) for x in seen)
+        assert sys.getswitchinterval() == pytest.approx(before)
+    finally:
+        sys.setswitchinterval(old)

@@ -28,6 +28,7 @@ In-memory contract:
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,33 @@ from bt_frames.storage import blocks as blk
 from bt_frames.storage.hot import Frozen
 
 log = logging.getLogger("bt_frames")
+
+# While a block is written, threads waiting for the GIL (appenders back from their fdatasync) get it after
+# this long instead of Python's default 5 ms: the writer's Python work (statistics, Parquet set-up) would
+# otherwise hold it for whole 5 ms slices at a time. Process-wide, so it is set by the first writer to
+# start and given back by the last to stop, unless someone else changed it meanwhile.
+WRITER_SWITCH_INTERVAL_S = 0.001
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+def _writer_started() -> None:
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        _switch_users += 1
+        if _switch_users == 1:
+            _switch_saved = sys.getswitchinterval()
+            if _switch_saved > WRITER_SWITCH_INTERVAL_S:
+                sys.setswitchinterval(WRITER_SWITCH_INTERVAL_S)
+
+
+def _writer_stopped() -> None:
+    global _switch_users
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0 and sys.getswitchinterval() == WRITER_SWITCH_INTERVAL_S < _switch_saved:
+            sys.setswitchinterval(_switch_saved)
 
 
 class BlockWriter:
@@ -100,6 +128,7 @@ class BlockWriter:
             self._pool = None
 
     def _drain(self) -> None:
+        _writer_started()
         try:
             while True:
                 with self.lock:
@@ -124,6 +153,7 @@ class BlockWriter:
                 except Exception as e:  # pragma: no cover - settle logs its own failures
                     log.warning("table %r: cleaning up after a block failed: %s", self.name, e)
         finally:
+            _writer_stopped()
             with self.lock:
                 self.draining = False
                 self.cond.notify_all()
