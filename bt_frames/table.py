@@ -18,6 +18,7 @@ WAL, writing a block, the statistics cache) is logged, kept in
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import itertools
 import logging
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 
@@ -107,18 +108,27 @@ def _from_ipc(payload: bytes | memoryview) -> pl.DataFrame:
     return pl.read_ipc_stream(io.BytesIO(payload))
 
 
-_decoder: ThreadPoolExecutor | None = None
-_decoder_lock = threading.Lock()
+def _decode_and_merge(
+    chunks: list[pl.DataFrame], levels: list[int], payload: bytes, chunk: pl.DataFrame | None
+) -> tuple[list[pl.DataFrame], list[int]]:
+    """The hot chunks and levels after adding the record's rows (decoded from ``payload`` unless given)."""
+    return HotBuffer.merged(chunks, levels, chunk if chunk is not None else _from_ipc(payload))
 
 
-def _decode_async(payload: bytes) -> Future[pl.DataFrame]:
-    """``_from_ipc(payload)`` in the decoder thread (one per process, started on first use)."""
-    global _decoder
-    if _decoder is None:
-        with _decoder_lock:
-            if _decoder is None:
-                _decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt_frames-decode")
-    return _decoder.submit(_from_ipc, payload)
+_helper: ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+_T = TypeVar("_T")
+
+
+def _run_async(job: Callable[[], _T]) -> Future[_T]:
+    """``job()`` in the helper thread (one per process, started on first use)."""
+    global _helper
+    if _helper is None:
+        with _helper_lock:
+            if _helper is None:
+                _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt_frames-decode")
+    return _helper.submit(job)
 
 
 class Table:
@@ -362,17 +372,23 @@ class Table:
                 assert df is not None
                 payload = _ipc_bytes(df)
             # The hot rows are decoded from the record: they share no memory with the caller's arrays. While
-            # the record is fdatasync'ed (no GIL held) a helper thread decodes it: the sync hides the decode.
-            decoding = _decode_async(payload) if chunk is None and self._wal.durability == "fsync" else None
+            # the record is fdatasync'ed (no GIL held) a helper thread decodes it and consolidates the hot
+            # chunks (HotBuffer.merged; the lock we hold keeps the buffer as it is): the sync hides both.
+            hot = self._hot
+            work: list[Future[tuple[list[pl.DataFrame], list[int]]]] = []
+            job = functools.partial(_decode_and_merge, list(hot.chunks), list(hot.levels), payload, chunk)
             lsn = self._next_lsn
-            self._wal.append(lsn, payload)  # the commit point: nothing below raises
-            self._next_lsn = lsn + 1
+            self._wal.append(lsn, payload, before_sync=lambda: work.append(_run_async(job)))  # the commit point
+            self._next_lsn = lsn + 1  # nothing from here on raises
             size = wal.RECORD_HEADER_SIZE + len(payload)
             self._wal_records += 1
             self._wal_bytes += size
-            if chunk is None:
-                chunk = decoding.result() if decoding is not None else _from_ipc(payload)
-            self._hot.add(lsn, chunk, size)
+            try:
+                merged = work[0].result() if work else job()
+            except Exception:  # pragma: no cover - the decode or a merge failed: the plain way, as before
+                hot.add(lsn, chunk if chunk is not None else _from_ipc(payload), size)
+            else:
+                hot.add_merged(lsn, n, size, *merged)
             if self._hot.rows >= self._meta.max_block_rows:
                 self._after_commit(self._freeze_async)
             return lsn

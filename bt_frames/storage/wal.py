@@ -70,7 +70,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -307,11 +307,13 @@ class WalWriter:
         """Records written but not yet synced ("batch"; 0 in the other modes once they return)."""
         return self._written - self._synced
 
-    def append(self, lsn: int, payload: bytes | memoryview) -> None:
+    def append(self, lsn: int, payload: bytes | memoryview, *, before_sync: Callable[[], object] | None = None) -> None:
         """Write one record; return once it is durable under the policy.
 
         Raises only if the record is not in the WAL: a failed write or sync
-        cuts the file back to its previous size.
+        cuts the file back to its previous size. ``before_sync`` (``"fsync"``
+        mode) is called once the record is written, just before the sync: the
+        caller starts work there that runs while the sync waits for the disk.
         """
         header = encode_record(lsn, payload)
         want = len(header) + len(payload)
@@ -319,6 +321,8 @@ class WalWriter:
             try:
                 fs.writev_all(self._fd, [header, payload])
                 if self.durability == "fsync":
+                    if before_sync is not None:
+                        before_sync()
                     fs.fdatasync(self._fd)
             except BaseException:
                 # Leave no partial record behind: the append was not acknowledged.
