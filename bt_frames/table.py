@@ -24,6 +24,7 @@ import itertools
 import logging
 import math
 import operator
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -129,6 +130,16 @@ def _run_async(job: Callable[[], _T]) -> Future[_T]:
             if _helper is None:
                 _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt_frames-decode")
     return _helper.submit(job)
+
+
+def _forget_helper() -> None:
+    """In a forked child the helper thread is gone: start a new one on first use (else a job never runs)."""
+    global _helper, _helper_lock
+    _helper, _helper_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
 
 
 class Table:
