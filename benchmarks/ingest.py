@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    repeat {rep + 1}: {name:<40} {run.rows_per_s:>12,.0f} rows/s", flush=True)
         pandas_result = None
         if not args.no_pandas:
-            pandas_result = bench_pandas_vs_polars(max(n // 4, 50), args.rows, args.repeat, work)
+            pandas_result = bench_pandas_vs_polars(max(n // 8, 50), args.rows, args.repeat, work)
 
     base = results["baseline: IPC+write+fsync"].rows_per_s
     base_fd = results["baseline: IPC+write+fdatasync"].rows_per_s
