@@ -10,6 +10,12 @@ batches as Arrow IPC streams with pyarrow and appends each to one file with
 ``os.write`` + ``os.fsync`` (and a second variant with ``os.fdatasync``, which
 is what bt_frames' "fsync" mode calls). Every measurement is repeated and the
 median repeat is reported. Prints numbers only: it never fails on a target.
+
+Also (issue 9 section 5): the latency of the appends that ran while the block
+writer was writing a block (p50/p99, and p99 over the p50 of all appends:
+target <= 2x), and pandas ``df.bt.append(store, name)`` vs Polars
+``table.append`` of the same 500-row frames with a UTC DatetimeIndex
+(``durability="none"``; target <= 2x per append).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ import bt_frames as bt
 
 TARGET_FSYNC_RATIO = 0.8
 FLOOR_FSYNC_RATIO = 0.7
+TARGET_P99_OVER_P50 = 2.0  # appends while a block is written vs the p50 of all appends
+TARGET_PANDAS_RATIO = 2.0  # df.bt.append (pandas) per append / table.append (Polars), same rows
+AIM_PANDAS_RATIO = 1.3
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Run:
     freeze_ns: int = 0  # time spent in the appends that handed a full hot buffer to the block writer
     freezes: int = 0
     settled_s: float = 0.0  # until the last block was written too (bt_frames: after a final flush())
+    during_block_ns: list[int] | None = None  # appends that ran while the block writer was busy
 
     @property
     def rows_per_s(self) -> float:
@@ -83,14 +93,19 @@ def bench_bt(frames: Sequence[pl.DataFrame], durability: str, workdir: Path, *, 
         append = table.append
         clock = time.perf_counter_ns
         freeze_ns = freezes = hot = 0
+        writer = table._writer  # peeked at (not waited for): is a block being written around this append?
+        during: list[int] = []
         gc.collect()
         t0 = clock()
         for df in frames:
             n = df.height
+            busy = writer.draining
             t = clock()
             append(df)
             dt = clock() - t
             lat.append(dt)
+            if busy and writer.draining:
+                during.append(dt)
             # Did this append hand a full buffer to the block writer? The table's rule, replayed here:
             # asking the table (table.hot_rows) would wait for the writer and serialise what runs beside us.
             froze = bool(hot) and hot + n > max_block_rows
@@ -106,7 +121,7 @@ def bench_bt(frames: Sequence[pl.DataFrame], durability: str, workdir: Path, *, 
         rows = table.rows
     finally:
         store.close()
-    return Run(lat, wall, rows, dir_files(path), freeze_ns, freezes, settled)
+    return Run(lat, wall, rows, dir_files(path), freeze_ns, freezes, settled, during)
 
 
 def bench_baseline(batches: Sequence[pa.Table], sync: Callable[[int], None], workdir: Path) -> Run:
@@ -135,6 +150,47 @@ def bench_baseline(batches: Sequence[pa.Table], sync: Callable[[int], None], wor
     return Run(lat, wall, rows, 1)
 
 
+def bench_pandas_vs_polars(n: int, rows: int, repeat: int, workdir: Path) -> tuple[float, float, int]:
+    """Median µs per append: pandas ``df.bt.append(store, name)`` and Polars ``table.append``, same rows.
+
+    Frames of ``rows`` rows with a UTC DatetimeIndex (pandas) / a ``ts`` column
+    (Polars); ``durability="none"`` so that the conversion, not the disk, is
+    what is compared. Each repeat appends every frame to a fresh table, the two
+    kinds interleaved per repeat; returns the medians over all appends of all
+    repeats (and the number of appends timed per kind).
+    """
+    import pandas as pd
+
+    pl_frames = [make_orders(rows, start=i * rows, seed=2) for i in range(n)]
+    pd_frames = [f.to_pandas().set_index("ts") for f in pl_frames]
+    assert isinstance(pd_frames[0].index, pd.DatetimeIndex)
+    assert str(pd_frames[0].index.tz) == "UTC"
+    clock = time.perf_counter_ns
+    pd_ns: list[int] = []
+    pl_ns: list[int] = []
+    for rep in range(repeat + 1):  # the first repeat warms up (imports, first-use costs) and is not counted
+        path = Path(tempfile.mkdtemp(prefix="bt-pandas-", dir=workdir))
+        with bt.BacktraceStore(path, durability="none", progress=False) as store:
+            pd_frames[0].bt.append(store, "pd")  # creates the table (and learns the frame's structure)
+            store.append("pl", pl_frames[0])
+            table = store["pl"]
+            gc.collect()
+            for df in pd_frames[1:]:
+                t = clock()
+                df.bt.append(store, "pd")
+                if rep:
+                    pd_ns.append(clock() - t)
+            gc.collect()
+            append = table.append
+            for f in pl_frames[1:]:
+                t = clock()
+                append(f)
+                if rep:
+                    pl_ns.append(clock() - t)
+            assert store["pd"].rows == store["pl"].rows == n * rows
+    return median(pd_ns) / 1e3, median(pl_ns) / 1e3, len(pd_ns)
+
+
 def _name(mode: str, max_block_rows: int) -> str:
     return f"bt_frames {mode!r}, blocks of {max_block_rows:,}"
 
@@ -152,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "so that 10 blocks are written during the run)",
     )
     ap.add_argument("--dir", type=Path, default=None, help="where to make temp stores (default: system temp dir)")
+    ap.add_argument("--no-pandas", action="store_true", help="skip the pandas vs Polars comparison")
     args = ap.parse_args(argv)
     n = args.batches or (400 if args.quick else 2_000)
     block_sizes = [int(x) for x in str(args.max_block_rows).split(",")]
@@ -182,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                 run = fn()
                 results.setdefault(name, Result(name, [])).runs.append(run)
                 print(f"    repeat {rep + 1}: {name:<40} {run.rows_per_s:>12,.0f} rows/s", flush=True)
+        pandas_result = None
+        if not args.no_pandas:
+            pandas_result = bench_pandas_vs_polars(max(n // 8, 50), args.rows, args.repeat, work)
 
     base = results["baseline: IPC+write+fsync"].rows_per_s
     base_fd = results["baseline: IPC+write+fdatasync"].rows_per_s
@@ -225,6 +285,39 @@ def main(argv: list[str] | None = None) -> int:
                 f"({run.freeze_ns / 1e6 / run.freezes:.1f} ms each in the appending thread): {steady:.2f}x; "
                 f"until the block writer finished too: {run.settled_rows_per_s / base:.2f}x"
             )
+        during = [x for x in fsync.runs if x.during_block_ns]
+        if during:
+            p50_all = median([percentile(x.latencies_ns, 50) / 1e3 for x in during])
+            p50_in = median([percentile(x.during_block_ns or [], 50) / 1e3 for x in during])
+            p99_in = median([percentile(x.during_block_ns or [], 99) / 1e3 for x in during])
+            count = median([len(x.during_block_ns or []) for x in during])
+            ratio99 = p99_in / p50_all
+            print(
+                f"  'fsync' appends while a block was being written (~{count:.0f} per run): p50 {p50_in:,.0f} µs, "
+                f"p99 {p99_in:,.0f} µs; p99 / p50 of all appends ({p50_all:,.0f} µs): {ratio99:.2f}x "
+                f"(target <= {TARGET_P99_OVER_P50:.0f}x: {verdict(ratio99, TARGET_P99_OVER_P50)})"
+            )
+    if pandas_result is not None:
+        pd_us, pl_us, timed = pandas_result
+        ratio = pd_us / pl_us
+        print()
+        print(f"pandas vs Polars appends, {args.rows} rows with a UTC DatetimeIndex, durability='none' "
+              f"(median of {timed:,} appends each):")  # fmt: skip
+        print(
+            fmt_table(
+                ["append", "µs per append", "ratio", "target", "verdict"],
+                [
+                    ["Polars table.append(df)", pl_us, 1.0, "-", "-"],
+                    [
+                        "pandas df.bt.append(store, name)",
+                        pd_us,
+                        ratio,
+                        f"<= {TARGET_PANDAS_RATIO:g}x (aim {AIM_PANDAS_RATIO:g}x)",
+                        verdict(ratio, TARGET_PANDAS_RATIO),
+                    ],
+                ],
+            )
+        )
     print()
     print(
         "rows/s: until the last append was acknowledged (durable in the WAL); 'incl. blocks': until the "

@@ -2,7 +2,10 @@
 
 ``to_polars`` turns any supported input (Polars, pandas, pyarrow, anything
 with ``__arrow_c_stream__``) into a ``pl.DataFrame``; ``coerce`` fits it to a
-table's schema or explains, per column, why it cannot.
+table's schema or explains, per column, why it cannot. ``pandas_arrow`` is the
+short cut for a pandas frame whose structure was seen before: its stored
+columns as one Arrow table (what ``to_polars`` would give, not yet in Polars),
+so that an append can encode its WAL record from Arrow directly.
 
 Coercion rules (a cast is allowed only when no value changes):
 
@@ -28,7 +31,7 @@ import polars as pl
 
 from bt_frames.errors import SchemaMismatchError, UnsupportedInputError
 
-__all__ = ["UnsupportedInputError", "coerce", "normalize_schema", "to_polars"]
+__all__ = ["UnsupportedInputError", "coerce", "normalize_schema", "pandas_arrow", "to_polars"]
 
 
 def _is_pandas(obj: object) -> bool:
@@ -71,6 +74,20 @@ def to_polars(obj: object, *, table: str) -> tuple[pl.DataFrame, dict[str, Any] 
         f"table {table!r}: cannot append a {type(obj).__module__}.{type(obj).__qualname__}{reason}; pass a "
         "polars.DataFrame, pandas.DataFrame, pyarrow.Table/RecordBatch or an Arrow C stream."
     )
+
+
+def pandas_arrow(obj: object) -> Any:
+    """A pandas frame of a known structure as ``_pandas.Planned`` (Arrow table, dtypes, metadata), else None.
+
+    ``pl.from_arrow`` of its table equals ``to_polars(obj)[0]``; None means
+    "call ``to_polars``" (not pandas, a structure not seen yet, or one whose
+    checks depend on the values). See ``_pandas.arrow_of``.
+    """
+    if not _is_pandas(obj):
+        return None
+    from bt_frames import _pandas
+
+    return _pandas.arrow_of(obj)  # type: ignore[arg-type]
 
 
 def _check_unique(names: list[str], *, table: str, what: str) -> None:

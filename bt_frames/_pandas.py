@@ -54,6 +54,16 @@ Rows that were appended from Polars or Arrow into a pandas-described table
 come back through the same codecs; where they hold something the pandas dtype
 cannot (a null in an ``int64`` or ``bool`` column) that column comes back as
 the matching nullable dtype (``Int64``, ``boolean``) instead of losing values.
+
+Repeated appends: the first frame of a structure (column labels and dtypes,
+index names and dtypes, ``freq``) goes through the full conversion and its
+checks; that teaches a *plan* (``_PLANS``: the metadata, which stored column
+comes from where, the Arrow types). Later frames of the same structure are
+converted by the plan, one Arrow conversion per column, to exactly what the
+full conversion stores (checked when the plan is made), and the table encodes
+their WAL record from Arrow directly. Structures whose checks depend on the
+values (object and categorical columns, ``attrs``, a MultiIndex) never get a
+plan.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ import logging
 import math
 import zoneinfo
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -300,14 +311,7 @@ def _encode_values(values: pd.Series, *, table: str, label: object) -> pl.Series
     ):
         raise _unsupported(table, label, dtype, "no Polars equivalent")
     try:
-        arr = pa.array(values, from_pandas=True)
-        if pa.types.is_timestamp(arr.type) and arr.type.tz is not None and not _polars_zone(arr.type.tz):
-            arr = arr.cast(pa.timestamp(arr.type.unit, "UTC"))  # the instants; the zone is in the metadata
-        if pa.types.is_dictionary(arr.type) and not (
-            pa.types.is_string(arr.type.value_type) or pa.types.is_large_string(arr.type.value_type)
-        ):
-            arr = arr.dictionary_decode()  # Polars categoricals hold strings only; keep the values
-        out = pl.Series(values=arr)
+        out = pl.Series(values=_fit_arrow(pa.array(values, from_pandas=True)))
     except _ArrowErrors as e:
         kinds = sorted({type(v).__name__ for v in values.dropna().head(10_000)})
         mixed = f" (it mixes {', '.join(kinds)})" if len(kinds) > 1 else ""
@@ -322,6 +326,17 @@ def _encode_values(values: pd.Series, *, table: str, label: object) -> pl.Series
     if isinstance(dtype, np.dtype) and dtype.kind == "O":
         _check_object_values(values, out, table=table, label=label)
     return out
+
+
+def _fit_arrow(arr: Any) -> Any:
+    """The Arrow values of one pandas column as Polars can hold them (the same instants, the same values)."""
+    if pa.types.is_timestamp(arr.type) and arr.type.tz is not None and not _polars_zone(arr.type.tz):
+        arr = arr.cast(pa.timestamp(arr.type.unit, "UTC"))  # the instants; the zone is in the metadata
+    if pa.types.is_dictionary(arr.type) and not (
+        pa.types.is_string(arr.type.value_type) or pa.types.is_large_string(arr.type.value_type)
+    ):
+        arr = arr.dictionary_decode()  # Polars categoricals hold strings only; keep the values
+    return arr
 
 
 _ZONES: dict[str, bool] = {}
@@ -362,8 +377,251 @@ def _is_default_index(idx: pd.Index) -> bool:
     return isinstance(idx, pd.RangeIndex) and idx.name is None
 
 
+# -- the plan cache: what does not change between appends of frames of the same shape ------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to store frames of one structure (labels, dtypes, index), learnt from a full conversion.
+
+    ``meta`` is shared by every frame with this structure: callers must not
+    change it (``Table.append`` stores a copy). ``columns`` holds, per stored
+    column in order, its source (``-1``: the index; else the column position)
+    and, for tz-aware datetimes, the Arrow type of their UTC instants.
+    ``dtypes`` are the Polars dtypes of the stored columns (checked once, when
+    the plan is made, to be the full conversion's).
+    """
+
+    meta: dict[str, Any]
+    names: list[str]
+    columns: tuple[tuple[int, Any], ...]
+    dtypes: list[pl.DataType]
+    schema: pa.Schema
+    schema_ipc: bytes | None  # the IPC stream's schema message, when its batches need no dictionary messages
+
+
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the end-of-stream marker of an Arrow IPC stream
+
+
+def _writer_ipc(tbl: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, tbl.schema) as w:
+        w.write_table(tbl)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A pandas frame converted by a plan: its stored columns as Arrow, their Polars dtypes, the metadata.
+
+    ``pl.from_arrow(table)`` equals what ``from_pandas`` returns. ``meta`` is
+    shared with every frame of this structure: do not change it.
+    """
+
+    table: pa.Table
+    dtypes: list[pl.DataType]
+    meta: dict[str, Any]
+    schema_ipc: bytes | None
+
+    def ipc(self) -> bytes:
+        """The table as one Arrow IPC stream, byte for byte what ``pa.ipc.new_stream`` writes.
+
+        With the plan's schema message cached, only the record batches are
+        serialised (the writer's own framing: schema, batches, end marker).
+        """
+        if self.schema_ipc is None:
+            return _writer_ipc(self.table)
+        return b"".join([self.schema_ipc, *(b.serialize() for b in self.table.to_batches()), _EOS])
+
+
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+_MAX_PLANS = 256
+
+_MASKED = (
+    pd.Int8Dtype,
+    pd.Int16Dtype,
+    pd.Int32Dtype,
+    pd.Int64Dtype,
+    pd.UInt8Dtype,
+    pd.UInt16Dtype,
+    pd.UInt32Dtype,
+    pd.UInt64Dtype,
+    pd.Float32Dtype,
+    pd.Float64Dtype,
+    pd.BooleanDtype,
+)
+
+
+_FAST_EXTENSION = (pd.ArrowDtype, *_MASKED)
+
+
+def _dtype_key(dtype: Any) -> Any:
+    """A dtype as a plan-cache key, or None if its checks depend on the values (no plan then).
+
+    Plans take numeric, bool, datetime and timedelta numpy dtypes, tz-aware
+    datetimes (told apart by their zone object: pandas equates some zones
+    that the metadata writes differently), string, nullable and Arrow dtypes.
+    Object columns (value checks, the spelling of their missing values) and
+    categoricals take the full path on every append.
+    """
+    if isinstance(dtype, np.dtype):
+        return dtype if dtype.kind in "iufbmM" else None
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return (pd.DatetimeTZDtype, dtype.unit, type(dtype.tz), repr(dtype.tz))
+    if isinstance(dtype, pd.StringDtype):
+        na = getattr(dtype, "na_value", pd.NA)
+        return (pd.StringDtype, dtype.storage, "nan" if _is_nan(na) else repr(na))
+    return dtype if isinstance(dtype, _FAST_EXTENSION) else None
+
+
+def _labels(index: pd.Index) -> list[Any]:
+    """``index.tolist()``, without pandas' per-element path for Arrow-backed strings (pandas 3's default)."""
+    values = getattr(index, "_values", None)  # the backing array (pandas 2.2 and 3)
+    arrow = getattr(values, "_pa_array", None)
+    if arrow is not None and isinstance(index.dtype, pd.StringDtype):
+        return list(arrow.to_pylist())
+    return list(index.tolist())
+
+
+def _plan_key(df: pd.DataFrame) -> tuple[tuple[Any, ...], list[Any]] | None:
+    """(structure key, column arrays) of a frame the plan cache can take, else None."""
+    if df.attrs:
+        return None
+    cols = df.columns
+    if type(cols) not in (pd.Index, pd.RangeIndex):  # MultiIndex (refused by the full path) and friends
+        return None
+    get = getattr(df, "_get_column_array", None)  # pandas 2.2 and 3: the column's array, no Series built
+    if get is None:  # pragma: no cover - a pandas without it: the full path
+        return None
+    arrays = [get(i) for i in range(len(cols))]
+    dtype_keys = tuple([_dtype_key(a.dtype) for a in arrays])
+    if any(k is None for k in dtype_keys):  # not "None in": np.dtype("float64") == None is True
+        return None
+    idx = df.index
+    if _is_default_index(idx):
+        index_key: Any = None
+    elif isinstance(idx, pd.MultiIndex):
+        return None
+    else:
+        idx_dtype = _dtype_key(idx.dtype)
+        if idx_dtype is None:
+            return None
+        index_key = (type(idx), type(idx.name), idx.name, idx_dtype, getattr(idx, "freqstr", None))
+    labels = _labels(cols)
+    key = (
+        type(cols),
+        _dtype_key(cols.dtype) or cols.dtype,
+        type(cols.name),
+        cols.name,
+        tuple(labels),
+        tuple(map(type, labels)),
+        dtype_keys,
+        index_key,
+    )
+    return key, arrays
+
+
+def _plan_arrays(df: pd.DataFrame, columns: tuple[tuple[int, Any], ...], arrays: list[Any]) -> list[Any]:
+    """The Arrow arrays of the stored columns: one conversion per column, the same values as the full path."""
+    out = []
+    for src, tz_type in columns:
+        values = df.index.array if src < 0 else arrays[src]
+        if tz_type is not None:  # the UTC instants as they are, without pyarrow's per-zone detour
+            utc = getattr(values, "_ndarray", None)  # a DatetimeArray's UTC datetime64 values (pandas 2.2 and 3)
+            if not isinstance(utc, np.ndarray) or utc.dtype != np.dtype(f"datetime64[{tz_type.unit}]"):
+                utc = np.asarray(values, dtype=f"datetime64[{tz_type.unit}]")
+            out.append(pa.array(utc, from_pandas=True).view(tz_type))
+        else:
+            out.append(_fit_arrow(pa.array(values, from_pandas=True)))
+    return out
+
+
+def _make_plan(df: pd.DataFrame, arrays: list[Any], out: pl.DataFrame, meta: dict[str, Any]) -> _Plan | None:
+    """A plan that gives ``out`` for ``df``, or None if the Arrow route would store anything else."""
+    index_cols = {lv["column"] for lv in (meta.get("index") or {}).get("levels") or []}
+    positions = {doc["column"]: i for i, doc in enumerate(meta["columns"])}
+    columns = []
+    for name in out.columns:
+        src = -1 if name in index_cols else positions[name]
+        dtype = df.index.dtype if src < 0 else arrays[src].dtype
+        tz_type = None
+        if isinstance(dtype, pd.DatetimeTZDtype):  # the type the full path gives its UTC instants
+            tz_type = _fit_arrow(pa.array(pd.Series([], dtype=dtype), from_pandas=True)).type
+        columns.append((src, tz_type))
+    try:
+        got = _plan_arrays(df, tuple(columns), arrays)
+        back = pl.from_arrow(pa.Table.from_arrays(got, names=out.columns))
+    except (*_ArrowErrors, pl.exceptions.PolarsError, TypeError, ValueError):
+        return None
+    if not isinstance(back, pl.DataFrame) or back.dtypes != out.dtypes or not back.equals(out, null_equal=True):
+        return None
+    tbl = pa.Table.from_arrays(got, names=out.columns)
+    flat = not any(pa.types.is_dictionary(t) or pa.types.is_nested(t) for t in tbl.schema.types)
+    schema_ipc = bytes(tbl.schema.serialize().to_pybytes()) if flat else None
+    if schema_ipc is not None and Planned(tbl, out.dtypes, meta, schema_ipc).ipc() != _writer_ipc(tbl):
+        schema_ipc = None  # pragma: no cover - a pyarrow that frames streams otherwise: use its writer
+    return _Plan(meta, out.columns, tuple(columns), out.dtypes, tbl.schema, schema_ipc)
+
+
+def arrow_of(df: pd.DataFrame) -> Planned | None:
+    """``df`` converted by the plan of its structure (see ``Planned``), if there is one.
+
+    None when no plan applies (the first frame of a structure, object or
+    categorical columns, ``attrs``, a value Arrow refuses): then
+    ``from_pandas`` does the full conversion and its checks. The metadata is
+    shared between frames: do not change it.
+    """
+    found = _plan_key(df)
+    if found is None:
+        return None
+    key, arrays = found
+    try:
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable label or name
+        return None
+    if plan is None:
+        return None
+    try:
+        got = _plan_arrays(df, plan.columns, arrays)
+    except (*_ArrowErrors, pl.exceptions.PolarsError, TypeError, ValueError):
+        return None  # the full path says what is wrong
+    # The Arrow types follow from the dtypes in the key; callers check the Polars dtypes they get.
+    tbl = pa.Table.from_arrays(got, names=plan.names)
+    schema_ipc = plan.schema_ipc if tbl.schema.equals(plan.schema) else None
+    return Planned(tbl, plan.dtypes, plan.meta, schema_ipc)
+
+
 def from_pandas(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """(stored Polars frame, ``pandas`` metadata) for a pandas frame; see the module docstring for the rules."""
+    """(stored Polars frame, ``pandas`` metadata) for a pandas frame; see the module docstring for the rules.
+
+    The metadata and the column mapping of a frame's structure (labels,
+    dtypes, index) are computed once, by the full conversion, and reused for
+    later frames of the same structure (``_PLANS``, see ``arrow_of``), which
+    then cost one Arrow conversion per column. Frames whose checks depend on
+    their values (object and categorical columns, ``attrs``) always take the
+    full path. The metadata returned is shared between frames: do not change it.
+    """
+    fast = arrow_of(df)
+    if fast is not None:
+        out = pl.from_arrow(fast.table)
+        if isinstance(out, pl.DataFrame) and out.dtypes == fast.dtypes:
+            return out, fast.meta
+    out, meta = _from_pandas_full(df, table=table)
+    found = _plan_key(df)
+    if found is not None:
+        plan = _make_plan(df, found[1], out, meta)
+        if plan is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            try:
+                _PLANS[found[0]] = plan
+            except TypeError:  # an unhashable label or name: no plan
+                pass
+    return out, meta
+
+
+def _from_pandas_full(df: pd.DataFrame, *, table: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """``from_pandas`` without the plan cache: every check, the metadata built from scratch."""
     if isinstance(df.columns, pd.MultiIndex):
         raise SchemaMismatchError(
             f"table {table!r}: the frame has MultiIndex columns, which cannot be column names. Fix: flatten "

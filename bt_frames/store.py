@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -328,6 +329,11 @@ class BacktraceStore:
         the first datetime/date column without nulls. Returns the LSN of the append.
         """
         self._check_writable()
+        t = self._tables.get(name)
+        if t is not None and time_column is None and not options and not (t._closed or t._dropped):
+            # Open in this process: this writer's table.json cannot have gone (drop_table forgets the table;
+            # a new one of that name is opened anew). No stat() of table.json per append.
+            return t.append(data)
         layout.validate_table_name(name)
         with self._lock:
             if not (self._path / name / layout.TABLE_JSON).is_file():
@@ -384,6 +390,7 @@ class BacktraceStore:
     def _set_pandas_meta(self, table: Table, meta: dict[str, Any]) -> None:
         if self._read_only:
             return
+        meta = copy.deepcopy(meta)  # the caller's may be shared with later frames (the pandas plan cache)
         new = dataclasses.replace(table._meta, pandas=meta)
         with os_errors(f"table {table.name!r}: recording its pandas metadata in table.json"):
             layout.atomic_write(table.path / layout.TABLE_JSON, new.to_json().encode())

@@ -18,17 +18,20 @@ WAL, writing a block, the statistics cache) is logged, kept in
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import itertools
 import logging
 import math
 import operator
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 
@@ -107,6 +110,39 @@ def _from_ipc(payload: bytes | memoryview) -> pl.DataFrame:
     return pl.read_ipc_stream(io.BytesIO(payload))
 
 
+def _decode_and_merge(
+    chunks: list[pl.DataFrame], levels: list[int], payload: bytes, chunk: pl.DataFrame | None
+) -> tuple[list[pl.DataFrame], list[int]]:
+    """The hot chunks and levels after adding the record's rows (decoded from ``payload`` unless given)."""
+    return HotBuffer.merged(chunks, levels, chunk if chunk is not None else _from_ipc(payload))
+
+
+_helper: ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+_T = TypeVar("_T")
+
+
+def _run_async(job: Callable[[], _T]) -> Future[_T]:
+    """``job()`` in the helper thread (one per process, started on first use)."""
+    global _helper
+    if _helper is None:
+        with _helper_lock:
+            if _helper is None:
+                _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt_frames-decode")
+    return _helper.submit(job)
+
+
+def _forget_helper() -> None:
+    """In a forked child the helper thread is gone: start a new one on first use (else a job never runs)."""
+    global _helper, _helper_lock
+    _helper, _helper_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
+
+
 class Table:
     """One table of a :class:`~bt_frames.BacktraceStore`. Get it from the store; do not construct."""
 
@@ -114,6 +150,8 @@ class Table:
         self._store = store
         self._dir = directory
         self._meta = meta
+        self._names = meta.schema.names()  # the schema as lists, compared with every pandas append's
+        self._dtypes = meta.schema.dtypes()
         self._lock = threading.RLock()
         self._closed = False
         self._dropped = False  # set by BacktraceStore.drop_table (after close())
@@ -129,8 +167,14 @@ class Table:
         # Freezing: hot rows handed to the block writer (a background thread) stay hot -- in the WAL,
         # visible to scans -- until their block is durable. Every observer waits for the writer.
         self._writer = BlockWriter(
-            self._lock, meta.name, prepare=self._covered_segments, write=self._write_run, publish=self._publish
+            self._lock,
+            meta.name,
+            prepare=self._covered_segments,
+            write=self._write_run,
+            publish=self._publish,
+            settle=self._settle,
         )
+        self._cache_lock = threading.Lock()  # one stats-cache write at a time (they share a tmp file name)
         # The manifest: commits are serialised by _manifest_lock (the block writer commits without the table lock).
         self._manifest: mf.Manifest | None = None
         self._manifest_lock = threading.Lock()
@@ -294,31 +338,69 @@ class Table:
         nothing.
         """
         self._check_writable()
-        df, pandas_meta = _convert.to_polars(data, table=self.name)
-        df = _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
-        if pandas_meta is not None and self._meta.pandas is None and (df.height or self._next_lsn == 1):
+        meta = self._meta
+        df: pl.DataFrame | None = None
+        payload: bytes | None = None
+        chunk: pl.DataFrame | None = None
+        pandas_meta: dict[str, Any] | None
+        fast = _convert.pandas_arrow(data)  # a pandas frame of a known structure: already Arrow
+        if fast is not None:
+            tbl, pandas_meta = fast.table, fast.meta
+            n = tbl.num_rows
+            tc = meta.time_column
+            if (
+                0 < n < meta.max_block_rows
+                and fast.dtypes == self._dtypes
+                and tbl.column_names == self._names
+                and (tc is None or tbl.column(tc).null_count == 0)
+            ):  # nothing to coerce: the record is encoded from Arrow, the hot rows decoded from it
+                payload = fast.ipc()
+                chunk = _from_ipc(payload)
+                if chunk.dtypes != self._dtypes:  # pragma: no cover - the plan's dtypes say it cannot happen
+                    payload = chunk = None
+            if payload is None:
+                got = pl.from_arrow(tbl)
+                assert isinstance(got, pl.DataFrame)
+                df = _convert.coerce(got, meta.schema, table=self.name, time_column=tc)
+        else:
+            df, pandas_meta = _convert.to_polars(data, table=self.name)
+            df = _convert.coerce(df, meta.schema, table=self.name, time_column=meta.time_column)
+        n = df.height if df is not None else n
+        if pandas_meta is not None and meta.pandas is None and (n or self._next_lsn == 1):
             # the first pandas append says what the table is for pandas (dtypes, index, labels) -- even an
             # empty one, if the table is still empty: reading it back then gives the same empty frame
             self._store._set_pandas_meta(self, pandas_meta)
-        if df.height == 0:  # no rows: no WAL record, no LSN
+        if n == 0:  # no rows: no WAL record, no LSN
             return None
         with self._lock, os_errors(f"table {self.name!r}: append"):
             self._check_writable()
             assert self._wal is not None
-            if df.height >= self._meta.max_block_rows:
+            if df is not None and n >= meta.max_block_rows:
                 return self._append_blocks(df)
-            if self._hot and self._hot.rows + df.height > self._meta.max_block_rows:
+            if self._hot and self._hot.rows + n > meta.max_block_rows:
                 self._after_commit(self._freeze_async)  # not a commit point, but never worth failing for
                 self._check_writable()  # waiting for the block writer released the lock: close() may have run
-            payload = _ipc_bytes(df)
+            if payload is None:
+                assert df is not None
+                payload = _ipc_bytes(df)
+            # The hot rows are decoded from the record: they share no memory with the caller's arrays. While
+            # the record is fdatasync'ed (no GIL held) a helper thread decodes it and consolidates the hot
+            # chunks (HotBuffer.merged; the lock we hold keeps the buffer as it is): the sync hides both.
+            hot = self._hot
+            work: list[Future[tuple[list[pl.DataFrame], list[int]]]] = []
+            job = functools.partial(_decode_and_merge, list(hot.chunks), list(hot.levels), payload, chunk)
             lsn = self._next_lsn
-            self._wal.append(lsn, payload)  # the commit point: nothing below raises
-            self._next_lsn = lsn + 1
+            self._wal.append(lsn, payload, before_sync=lambda: work.append(_run_async(job)))  # the commit point
+            self._next_lsn = lsn + 1  # nothing from here on raises
             size = wal.RECORD_HEADER_SIZE + len(payload)
             self._wal_records += 1
             self._wal_bytes += size
-            # The hot rows are decoded from the record: they share no memory with the caller's arrays.
-            self._hot.add(lsn, _from_ipc(payload), size)
+            try:
+                merged = work[0].result() if work else job()
+            except Exception:  # pragma: no cover - the decode or a merge failed: the plain way, as before
+                hot.add(lsn, chunk if chunk is not None else _from_ipc(payload), size)
+            else:
+                hot.add_merged(lsn, n, size, *merged)
             if self._hot.rows >= self._meta.max_block_rows:
                 self._after_commit(self._freeze_async)
             return lsn
@@ -599,29 +681,40 @@ class Table:
             if next_first <= unfrozen and (self._wal is None or path != self._wal.path)
         ]
 
-    def _publish(self, entry: Frozen, info: blk.BlockInfo, covered: list[tuple[int, Path]]) -> None:
-        """A block's version is committed (``entry`` has left the writer's queue): the WAL segments it covers go."""
+    def _publish(self, entry: Frozen, info: blk.BlockInfo, covered: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
+        """A block's version is committed (``entry`` has left the writer's queue): the block joins the table.
+
+        Under the lock, so in memory only (``_write_run`` left the manifest's
+        folder synced); returns the WAL segments ``_settle`` deletes.
+        """
         self._blocks.append(info)
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
-        # No directory fsync: a deletion lost in a crash leaves a segment that recovery removes again.
         # While the manifest's folder is not synced, a power loss could lose the version naming the block:
         # its records then must still be in the WAL (recovery removes the segments later).
         if self._manifest is not None and not self._manifest.sync():
             covered = []
+        self._purge_retired()
+        log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, entry.first, entry.last,
+                  info.filename, info.rows)  # fmt: skip
+        return covered
+
+    def _settle(self, covered: list[tuple[int, Path]]) -> None:
+        """After a publish, without the table lock (appends go on): delete the covered segments, write the cache."""
+        # No directory fsync: a deletion lost in a crash leaves a segment that recovery removes again.
         for _first, path in covered:
             try:
                 fs.unlink(path, missing_ok=True)
             except OSError as e:  # removed by the next open: no version names it
                 log.warning("table %r: could not delete WAL segment %s (%s)", self.name, path.name, e)
         self._write_cache()
-        self._purge_retired()
-        log.debug("table %r: froze LSNs %d-%d into %s (%d rows)", self.name, entry.first, entry.last,
-                  info.filename, info.rows)  # fmt: skip
 
     def _write_cache(self) -> None:
+        """Write the statistics cache of the current blocks (needs no table lock; never raises)."""
         try:
-            catalog.write_cache(self._dir, self._stats(), self._meta.schema)
+            stats = self._stats()  # before the cache lock: never wait for the table lock while holding it
+            with self._cache_lock:
+                catalog.write_cache(self._dir, stats, self._meta.schema)
         except Exception as e:  # only a cache: rebuilt from footers on the next open
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
 
@@ -670,13 +763,21 @@ class Table:
         self.scans += 1
 
     def _stats(self) -> pl.DataFrame:
-        """The statistics frame of ``self._blocks`` (kept in step with them incrementally)."""
+        """The statistics frame of ``self._blocks`` (kept in step with them incrementally).
+
+        The merge runs outside the table lock unless the caller holds it (the
+        block writer's ``_settle`` does not: appends go on meanwhile).
+        """
         with self._lock:
-            blocks, key = self._blocks, self._stats_key
-            if self._stats_frame is None or len(key) != len(blocks) or not all(map(operator.is_, key, blocks)):
-                self._stats_frame = catalog.merge_stats(self._stats_frame, blocks, self._meta.schema)
-                self._stats_key = tuple(blocks)
-            return self._stats_frame
+            frame, key, blocks = self._stats_frame, self._stats_key, tuple(self._blocks)
+            if frame is not None and len(key) == len(blocks) and all(map(operator.is_, key, blocks)):
+                return frame
+        merged = catalog.merge_stats(frame, list(blocks), self._meta.schema)
+        with self._lock:
+            now = self._blocks
+            if len(now) == len(blocks) and all(map(operator.is_, now, blocks)):
+                self._stats_frame, self._stats_key = merged, blocks
+        return merged
 
     @property
     def blocks(self) -> pl.DataFrame:

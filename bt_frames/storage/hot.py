@@ -14,6 +14,11 @@ In-memory contract:
 - ``take()`` hands every row over to the block writer (``Frozen``) and
   leaves the buffer empty; a frozen run stays visible to scans until its
   block is published.
+- ``merged(chunks, levels, df)`` is the consolidation as a pure function (new
+  lists, nothing changed), so that it can run in another thread while the
+  record's fsync waits for the disk; ``add_merged`` then installs its result.
+  Whoever calls it must keep the buffer unchanged in between (the table holds
+  its lock across the append).
 """
 
 from __future__ import annotations
@@ -56,23 +61,29 @@ class HotBuffer:
 
     def add(self, lsn: int, df: pl.DataFrame, record_bytes: int) -> None:
         """Add the rows of WAL record ``lsn`` (the next one after ``last_lsn``)."""
-        self.chunks.append(df)
-        self.levels.append(0)
-        self.rows += df.height
+        chunks, levels = self.merged(self.chunks, self.levels, df)
+        self.add_merged(lsn, df.height, record_bytes, chunks, levels)
+
+    def add_merged(self, lsn: int, rows: int, record_bytes: int, chunks: list[pl.DataFrame], levels: list[int]) -> None:
+        """Add WAL record ``lsn`` of ``rows`` rows, given ``merged(self.chunks, self.levels, its rows)``."""
+        self.chunks[:] = chunks  # in place: the list object stays the one a later take() hands over
+        self.levels[:] = levels
+        self.rows += rows
         if self.first_lsn < 0:
             self.first_lsn = lsn
         self.last_lsn = lsn
         self.records += 1
         self.bytes += record_bytes
-        self._consolidate()
 
-    def _consolidate(self) -> None:
-        while len(self.levels) >= FANOUT and len(set(self.levels[-FANOUT:])) == 1:
-            level = self.levels[-1]
-            merged = pl.concat(self.chunks[-FANOUT:], rechunk=True)
-            del self.chunks[-FANOUT:], self.levels[-FANOUT:]
-            self.chunks.append(merged)
-            self.levels.append(level + 1)
+    @staticmethod
+    def merged(chunks: list[pl.DataFrame], levels: list[int], df: pl.DataFrame) -> tuple[list[pl.DataFrame], list[int]]:
+        """(chunks, levels) after adding ``df`` and consolidating; the lists passed in are not changed."""
+        chunks, levels = [*chunks, df], [*levels, 0]
+        while len(levels) >= FANOUT and len(set(levels[-FANOUT:])) == 1:
+            level = levels[-1]
+            chunks = [*chunks[:-FANOUT], pl.concat(chunks[-FANOUT:], rechunk=True)]
+            levels = [*levels[:-FANOUT], level + 1]
+        return chunks, levels
 
     def take(self) -> Frozen:
         out = Frozen(self.first_lsn, self.last_lsn, self.chunks, self.rows, self.records, self.bytes)

@@ -70,7 +70,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -89,16 +89,15 @@ RECORD_MAGIC = 0xB7F0A1E5
 RECORD_HEADER = struct.Struct("<IIIQ")  # magic, length, crc, lsn
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 20
 _LEN = struct.Struct("<I")
-_LSN = struct.Struct("<Q")
+_LEN_LSN = struct.Struct("<IQ")  # length then lsn, as the CRC covers them (no padding with "<")
 _MAGIC_BYTES = _LEN.pack(RECORD_MAGIC)
 MAX_PAYLOAD = 2**32 - 1
 BATCH_INTERVAL_S = 0.005
 
 
 def record_crc(length: int, lsn: int, payload: bytes | memoryview) -> int:
-    crc = zlib.crc32(_LEN.pack(length))
-    crc = zlib.crc32(_LSN.pack(lsn), crc)
-    return zlib.crc32(payload, crc)
+    """CRC-32 of length (u32), lsn (u64) and payload: two calls, the header fields packed once."""
+    return zlib.crc32(payload, zlib.crc32(_LEN_LSN.pack(length, lsn)))
 
 
 def encode_record(lsn: int, payload: bytes | memoryview) -> bytes:
@@ -308,11 +307,13 @@ class WalWriter:
         """Records written but not yet synced ("batch"; 0 in the other modes once they return)."""
         return self._written - self._synced
 
-    def append(self, lsn: int, payload: bytes | memoryview) -> None:
+    def append(self, lsn: int, payload: bytes | memoryview, *, before_sync: Callable[[], object] | None = None) -> None:
         """Write one record; return once it is durable under the policy.
 
         Raises only if the record is not in the WAL: a failed write or sync
-        cuts the file back to its previous size.
+        cuts the file back to its previous size. ``before_sync`` (``"fsync"``
+        mode) is called once the record is written, just before the sync: the
+        caller starts work there that runs while the sync waits for the disk.
         """
         header = encode_record(lsn, payload)
         want = len(header) + len(payload)
@@ -320,6 +321,8 @@ class WalWriter:
             try:
                 fs.writev_all(self._fd, [header, payload])
                 if self.durability == "fsync":
+                    if before_sync is not None:
+                        before_sync()
                     fs.fdatasync(self._fd)
             except BaseException:
                 # Leave no partial record behind: the append was not acknowledged.

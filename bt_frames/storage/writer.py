@@ -8,12 +8,17 @@ In-memory contract:
   is ever written: a later block is never published before an earlier one.
 - Every method but the thread body runs under ``lock`` (the table's); the
   thread takes it only around ``prepare`` and ``publish``, so appends go on
-  while a block is encoded, written and fsynced.
-- One write at a time, in three steps the table supplies:
+  while a block is encoded, written and fsynced, and while the clean-up after
+  it touches the file system.
+- One write at a time, in four steps the table supplies:
   ``prepare(run)`` (under the lock: what the publish will clean up),
   ``write(run, ctx) -> BlockInfo`` (no lock: the block file and its manifest
-  version, the commit point; raises if nothing was committed), and
-  ``publish(run, info, ctx)`` (under the lock: the run leaves the queue).
+  version, the commit point; raises if nothing was committed),
+  ``publish(run, info, ctx) -> done`` (under the lock: the run leaves the
+  queue; only in-memory work, so that an append never waits for a file
+  system call of the block writer), and ``settle(done)`` (no lock: deleting
+  what the block made redundant, caches; never raises). The thread stays
+  ``draining`` until ``settle`` has returned.
 - A failed write records its exception on the run (``run.error``) and stops
   the thread; nothing later is written until ``retry()`` clears it. Every
   observer calls ``wait_idle()`` first, so what it sees is as if freezing
@@ -23,6 +28,7 @@ In-memory contract:
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +39,33 @@ from bt_frames.storage.hot import Frozen
 
 log = logging.getLogger("bt_frames")
 
+# While a block is written, threads waiting for the GIL (appenders back from their fdatasync) get it after
+# this long instead of Python's default 5 ms: the writer's Python work (statistics, Parquet set-up) would
+# otherwise hold it for whole 5 ms slices at a time. Process-wide, so it is set by the first writer to
+# start and given back by the last to stop, unless someone else changed it meanwhile.
+WRITER_SWITCH_INTERVAL_S = 0.001
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+def _writer_started() -> None:
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        _switch_users += 1
+        if _switch_users == 1:
+            _switch_saved = sys.getswitchinterval()
+            if _switch_saved > WRITER_SWITCH_INTERVAL_S:
+                sys.setswitchinterval(WRITER_SWITCH_INTERVAL_S)
+
+
+def _writer_stopped() -> None:
+    global _switch_users
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0 and sys.getswitchinterval() == WRITER_SWITCH_INTERVAL_S < _switch_saved:
+            sys.setswitchinterval(_switch_saved)
+
 
 class BlockWriter:
     def __init__(
@@ -42,14 +75,15 @@ class BlockWriter:
         *,
         prepare: Callable[[Frozen], Any],
         write: Callable[[Frozen, Any], blk.BlockInfo],
-        publish: Callable[[Frozen, blk.BlockInfo, Any], None],
+        publish: Callable[[Frozen, blk.BlockInfo, Any], Any],
+        settle: Callable[[Any], None] = lambda done: None,
     ) -> None:
         self.lock = lock
         self.cond = threading.Condition(lock)
         self.name = name
         self.frozen: list[Frozen] = []
         self.draining = False
-        self._prepare, self._write, self._publish = prepare, write, publish
+        self._prepare, self._write, self._publish, self._settle = prepare, write, publish, settle
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -94,6 +128,7 @@ class BlockWriter:
             self._pool = None
 
     def _drain(self) -> None:
+        _writer_started()
         try:
             while True:
                 with self.lock:
@@ -111,9 +146,14 @@ class BlockWriter:
                     return
                 with self.lock:
                     self.frozen.remove(run)
-                    self._publish(run, info, ctx)
+                    done = self._publish(run, info, ctx)
                     self.cond.notify_all()
+                try:
+                    self._settle(done)  # appends go on meanwhile
+                except Exception as e:  # pragma: no cover - settle logs its own failures
+                    log.warning("table %r: cleaning up after a block failed: %s", self.name, e)
         finally:
+            _writer_stopped()
             with self.lock:
                 self.draining = False
                 self.cond.notify_all()
