@@ -293,14 +293,14 @@ class CacheLoad:
 
 def _read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str]:
     try:
-        with open(path, "rb") as f:
-            head = f.readline()
-            body = f.read()
+        data = path.read_bytes()  # one read of the known size (readline + read() costs ~10x more on MBs)
     except FileNotFoundError:
         return None, "missing"
     except OSError as e:  # a directory, no permission, an I/O error: only a cache, rebuilt from the footers
         log.warning("stats cache %s cannot be read (%s); treating it as corrupt and reading block footers", path, e)
         return None, "corrupt"
+    end = data.find(b"\n") + 1 or len(data)  # the header line, newline included (as readline() gave it)
+    head, body = data[:end], memoryview(data)[end:]
     try:
         header = json.loads(head)
         if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
