@@ -7,15 +7,20 @@ taken from the cache frame instead of per-block objects.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 import bt_frames as bt
+from bt_frames.storage import blocks as blk
+from bt_frames.storage import layout as bt_layout
 from tests.conftest import ORDERS_SCHEMA, make_orders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +72,53 @@ def test_scan_result_is_unchanged_by_the_fast_paths(store_path: Path) -> None:
         assert t.recovery.blocks == 12
         got = t.scan().filter(pl.col("qty") > 0).collect()
         assert got.equals(pl.concat([make_orders(10, start=10 * i) for i in range(12)]))
+
+
+# -- per-block objects built in bulk ------------------------------------------------------------------------------
+
+
+def test_block_infos_built_from_the_cache_frame_equal_those_read_from_footers(store_path: Path) -> None:
+    """The bulk path (names, LSNs, parts, rows, bytes from the stats frame's columns) gives the very
+    BlockInfos that parsing the names and reading the footers gives."""
+    _small_store(store_path, appends=12)
+    with bt.BacktraceStore(store_path, read_only=True) as s:
+        t = s["orders"]
+        assert t.recovery.stats_cache == "fresh"
+        assert t.recovery.blocks_from_footer == 0
+        cached = list(t._blocks)
+    (store_path / "orders" / "stats.arrow").unlink()
+    with bt.BacktraceStore(store_path, read_only=True) as s:
+        t = s["orders"]
+        assert t.recovery.blocks_from_footer == 12
+        footer = list(t._blocks)
+    assert cached == footer
+    for c, f in zip(cached, footer, strict=True):
+        assert (c.name, c.file, c.filename, c.rows, c.bytes) == (f.name, f.file, f.filename, f.rows, f.bytes)
+        assert c.name == bt_layout.parse_block_name(c.filename)
+        assert c.path == Path(f.file)
+        assert c.path.is_file()
+        assert c.columns is None
+        assert f.columns is not None
+
+
+def test_block_info_is_immutable_and_equal_by_identity_fields_only(tmp_path: Path) -> None:
+    df = make_orders(5)
+    name = bt_layout.BlockName(1, 1, 1, 1, "0123456789abcdef")
+    a = blk.BlockInfo(name, tmp_path / str(name), 5, 100, blk.compute_stats(df))
+    b = blk.BlockInfo(name, str(tmp_path / str(name)), 5, 100, None)
+    assert isinstance(a.file, str)
+    assert a.file == b.file
+    assert a.filename == str(name)
+    assert a.path == tmp_path / str(name)
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != blk.BlockInfo(name, b.file, 6, 100, None)
+    assert a != (name, b.file, 5, 100, None, str(name))  # not equal to a bare tuple
+    with pytest.raises(AttributeError):
+        a.rows = 6  # type: ignore[misc]
+    assert copy.copy(a) == a
+    assert pickle.loads(pickle.dumps(b)) == b
+    assert blk.BlockInfo.of_cached(name, str(tmp_path) + os.sep, str(name), 5, 100) == b
+
+
+# -- checks that stayed, on the faster path ----------------------------------------------------------------------

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import logging
 import os
@@ -365,7 +366,7 @@ def load_blocks(
             prev = (first, part)
             # the name is the same string, so it parses to these fields (its digest is in it)
             name = layout.BlockName(first, last, part, nparts, n[-24:-8])
-            known[n] = blk.BlockInfo(name, prefix + n, rows, size, None)
+            known[n] = blk.BlockInfo.of_cached(name, prefix, n, rows, size)
     hits = [b for n, b in known.items() if n in listing]
     new = [n for n in listing if n not in known and layout.parse_block_name(n) is not None]
     if state == "fresh" and (new or cached is None or len(hits) != cached.height):
@@ -385,6 +386,20 @@ def load_blocks(
     return CacheLoad(infos, stats, len(hits), len(footer), state, changed, listing)
 
 
+def _cached_infos(cached: pl.DataFrame, prefix: str) -> list[blk.BlockInfo]:
+    """A ``BlockInfo`` per row of the statistics frame, built from its columns in bulk.
+
+    The name fields come from the frame's columns, written from the parsed name
+    of the same string (its digest is in it), so nothing is parsed again.
+    """
+    cols = [cached.get_column(c).to_list() for c in ("block", "first_lsn", "last_lsn", "part", "nparts")]
+    digests = [n[-24:-8] for n in cols[0]]
+    names = map(layout.BlockName._make, zip(*cols[1:], digests, strict=True))
+    of = blk.BlockInfo.of_cached
+    rows, size = cached.get_column("rows").to_list(), cached.get_column("bytes").to_list()
+    return list(map(of, names, itertools.repeat(prefix), cols[0], rows, size))
+
+
 def load_named(
     table_dir: Path,
     names: Sequence[str],
@@ -401,12 +416,7 @@ def load_named(
     prefix = os.path.join(os.fspath(blocks_dir), "")
     cached, state = _read_cache(table_dir / layout.STATS_CACHE, schema)
     if cached is not None and cached.height == len(names) and cached.get_column("block").to_list() == list(names):
-        cols = [cached.get_column(c) for c in ("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes")]
-        infos = [
-            blk.BlockInfo(layout.BlockName(first, last, part, nparts, n[-24:-8]), prefix + n, rows, size, None)
-            for n, first, last, part, nparts, rows, size in zip(*(c.to_list() for c in cols), strict=True)
-        ]
-        return CacheLoad(infos, cached, len(infos), 0, "fresh", False)
+        return CacheLoad(_cached_infos(cached, prefix), cached, len(names), 0, "fresh", False)
     if state == "fresh":
         state = "stale"
     known = set(cached.get_column("block").to_list()) if cached is not None else set()
