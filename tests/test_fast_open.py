@@ -21,6 +21,7 @@ import pytest
 import bt_frames as bt
 from bt_frames.storage import blocks as blk
 from bt_frames.storage import layout as bt_layout
+from bt_frames.storage import manifest as mf
 from tests.conftest import ORDERS_SCHEMA, make_orders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +120,32 @@ def test_block_info_is_immutable_and_equal_by_identity_fields_only(tmp_path: Pat
     assert copy.copy(a) == a
     assert pickle.loads(pickle.dumps(b)) == b
     assert blk.BlockInfo.of_cached(name, str(tmp_path) + os.sep, str(name), 5, 100) == b
+
+
+def test_block_entry_validates_once_and_apply_keeps_lsn_order() -> None:
+    with pytest.raises(ValueError, match="not a block file name"):
+        mf.BlockEntry("not-a-block.parquet", 1, 1)
+    with pytest.raises(ValueError, match="not a block file name"):
+        mf.BlockEntry(str(bt_layout.BlockName(5, 4, 1, 1, "0" * 16)), 1, 1)  # first LSN after the last
+
+    def e(first: int, last: int, part: int = 1, nparts: int = 1) -> mf.BlockEntry:
+        return mf.BlockEntry(str(bt_layout.BlockName(first, last, part, nparts, f"{first:016x}")), 10, 100)
+
+    s1 = mf.State().apply(mf.Edit("append", add=[e(1, 1), e(2, 2)]), 1, "t")
+    s2 = s1.apply(mf.Edit("append", add=[e(3, 3, 1, 2), e(3, 3, 2, 2)]), 2, "t")  # in order: appended
+    assert [b.name[:3] for b in s2.blocks] == [(1, 1, 1), (2, 2, 1), (3, 3, 1), (3, 3, 2)]
+    assert [b.name[:3] for b in s1.blocks] == [(1, 1, 1), (2, 2, 1)]  # apply left s1 alone
+    # a compaction: its output lands before later blocks, so the list is sorted, not appended to
+    s3 = s2.apply(mf.Edit("compact", add=[e(1, 2)], remove=[s2.blocks[0].block, s2.blocks[1].block]), 3, "t")
+    assert [b.name[:3] for b in s3.blocks] == [(1, 2, 1), (3, 3, 1), (3, 3, 2)]
+    # an edit whose own entries are out of order is sorted too
+    s4 = s3.apply(mf.Edit("append", add=[e(4, 4, 2, 2), e(4, 4, 1, 2)]), 4, "t")
+    assert [b.name[:3] for b in s4.blocks][-2:] == [(4, 4, 1), (4, 4, 2)]
+    assert s4.added[s4.blocks[-1].block] == 4
+    assert s4.block_lsn == 4
+    assert e(1, 1) == e(1, 1)
+    assert hash(e(1, 1)) == hash(e(1, 1))
+    assert e(1, 1) != e(2, 2)
 
 
 # -- checks that stayed, on the faster path ----------------------------------------------------------------------
