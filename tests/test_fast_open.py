@@ -149,3 +149,37 @@ def test_block_entry_validates_once_and_apply_keeps_lsn_order() -> None:
 
 
 # -- checks that stayed, on the faster path ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_missing_named_block_of_many_is_corruption_at_open(store_path: Path, read_only: bool) -> None:
+    _small_store(store_path, appends=40)
+    blocks = sorted((store_path / "orders" / "blocks").iterdir())
+    assert len(blocks) == 40
+    victim = blocks[17]
+    victim.unlink()
+    with pytest.raises(bt.CorruptionError) as info:
+        bt.BacktraceStore(store_path, read_only=read_only)["orders"]
+    assert victim.name in str(info.value)
+    assert "is missing" in str(info.value)
+    assert sorted((store_path / "orders" / "blocks").iterdir()) == blocks[:17] + blocks[18:]  # nothing deleted
+
+
+def test_a_manifest_row_count_that_disagrees_with_the_cache_is_corruption(store_path: Path) -> None:
+    """Rows are compared as whole lists now; a single differing block must still be caught and named."""
+    _small_store(store_path, appends=5)
+    from bt_frames.storage import catalog
+
+    stats_path = store_path / "orders" / "stats.arrow"
+    cache, state = catalog._read_cache(stats_path, bt.BacktraceStore(store_path, read_only=True)["orders"].schema)
+    assert cache is not None
+    assert state == "fresh"
+    catalog.write_cache(
+        store_path / "orders",
+        cache.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(7).otherwise(pl.col("rows")).alias("rows")),
+        bt.BacktraceStore(store_path, read_only=True)["orders"].schema,
+    )
+    with pytest.raises(bt.CorruptionError) as info:
+        bt.BacktraceStore(store_path, read_only=True)["orders"]
+    assert "holds 7 rows" in str(info.value)
+    assert cache["block"][3] in str(info.value)

@@ -216,8 +216,9 @@ def _recover_once(
         manifest = mf.Manifest(table_dir, state)
     rep.manifest_version = state.version
 
-    # 2. named blocks exist and chain
-    for e in state.blocks:
+    # 2. named blocks exist (one listing of the folder, not a stat() per block) and chain
+    names = [e.block for e in state.blocks]
+    for e in () if listing.issuperset(names) else state.blocks:
         if e.block not in listing:
             bn = e.name
             raise CorruptionError.at(
@@ -228,13 +229,14 @@ def _recover_once(
                 f"({e.rows:,} rows) are lost unless it is restored",
             )
     _check_block_chain(blocks_dir, state)
-    loaded = catalog.load_named(table_dir, [e.block for e in state.blocks], schema, progress=progress)
+    loaded = catalog.load_named(table_dir, names, schema, progress=progress)
     infos = loaded.blocks
-    for info, e in zip(infos, state.blocks, strict=True):
-        if info.rows != e.rows:
-            raise CorruptionError.at(
-                info.path, None, f"holds {info.rows} rows, manifest version {state.version} says {e.rows}"
-            )
+    if len(infos) != len(state.blocks) or [b.rows for b in infos] != [e.rows for e in state.blocks]:
+        for info, e in zip(infos, state.blocks, strict=True):
+            if info.rows != e.rows:
+                raise CorruptionError.at(
+                    info.path, None, f"holds {info.rows} rows, manifest version {state.version} says {e.rows}"
+                )
     rep.stats_cache = loaded.cache_state
     rep.blocks_from_cache = loaded.from_cache
     rep.blocks_from_footer = loaded.from_footer
