@@ -183,3 +183,21 @@ def test_a_manifest_row_count_that_disagrees_with_the_cache_is_corruption(store_
         bt.BacktraceStore(store_path, read_only=True)["orders"]
     assert "holds 7 rows" in str(info.value)
     assert cache["block"][3] in str(info.value)
+
+
+def test_only_a_writer_pins_the_blocks_of_a_running_read(store_path: Path) -> None:
+    """Pins hold off the writer's own deletion of retired blocks; a reader deletes nothing and skips them."""
+    _small_store(store_path, appends=4)
+    with bt.BacktraceStore(store_path) as w:
+        t = w["orders"]
+        it = t.iter_batches(batch_size=5)
+        next(it)
+        assert set(t._pins) == {b.filename for b in t._blocks}  # every block of the snapshot, while reading
+        it.close()
+        assert t._pins == {}
+    with bt.BacktraceStore(store_path, read_only=True) as r:
+        t = r["orders"]
+        it = t.iter_batches(batch_size=5)
+        next(it)
+        assert t._pins == {}
+        assert sum(len(df) for df in it) == 35
