@@ -201,3 +201,58 @@ def test_only_a_writer_pins_the_blocks_of_a_running_read(store_path: Path) -> No
         next(it)
         assert t._pins == {}
         assert sum(len(df) for df in it) == 35
+
+
+def _bn(first: int, last: int, part: int = 1, nparts: int = 1) -> str:
+    return str(bt_layout.BlockName(first, last, part, nparts, f"{first:016x}"))
+
+
+BAD_NAMES = {
+    "empty": "",
+    "junk before": "x" + _bn(1, 1),
+    "junk after": _bn(1, 1) + ".bak",
+    "two names in one": _bn(1, 1) + "\n" + _bn(2, 2),
+    "trailing newline": _bn(1, 1) + "\n",
+    "part 0": _bn(1, 1).replace(".1of1.", ".0of1."),
+    "part above count": _bn(1, 1).replace(".1of1.", ".3of2."),
+    "first after last": _bn(1, 1).replace("-00000000000000000001.", "-00000000000000000000.", 1),
+    "upper-case digest": _bn(10, 10).upper().replace("OF", "of").replace(".PARQUET", ".parquet"),
+    "tmp file": f".{_bn(1, 1)}.123.tmp",
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_NAMES))
+def test_bulk_name_parsing_rejects_exactly_what_parsing_one_by_one_rejects(bad: str) -> None:
+    good = [_bn(1, 1), _bn(2, 5), _bn(6, 6, 1, 12), _bn(6, 6, 12, 12)]
+    assert bt_layout.parse_block_names(good) == [bt_layout.parse_block_name(n) for n in good]
+    assert bt_layout.parse_block_names([]) == []
+    name = BAD_NAMES[bad]
+    assert bt_layout.parse_block_name(name) is None
+    for at in range(len(good) + 1):
+        assert bt_layout.parse_block_names([*good[:at], name, *good[at:]]) is None
+
+
+def test_a_bad_entry_in_a_big_manifest_version_is_corruption_naming_the_version(store_path: Path) -> None:
+    """The bulk path falls back to one-by-one parsing, which raises the precise error, for any odd entry."""
+    _small_store(store_path, appends=3)
+    mdir = store_path / "orders" / mf.MANIFEST_DIR
+    with bt.BacktraceStore(store_path, read_only=True) as s:
+        assert s["orders"].recovery.blocks == 3
+    for entry, expect in [
+        ({"block": "nonsense.parquet", "rows": 10, "bytes": 1}, "is not a block file name"),
+        ({"block": _bn(1, 1).replace(".1of1.", ".2of1."), "rows": 10, "bytes": 1}, "is not a block file name"),
+        ({"block": _bn(1, 1), "rows": "ten", "bytes": 1}, "invalid literal"),
+        ({"rows": 10, "bytes": 1}, "'block'"),
+    ]:
+        newest = max(mdir.iterdir())
+        backup = newest.read_bytes()
+        doc = json.loads(backup)
+        doc["add"] = [*doc["add"], entry]  # a version file that is intact but says something impossible
+        doc.pop("xxh3")
+        doc["xxh3"] = blk.hash_bytes(mf._canonical(doc))
+        newest.write_text(json.dumps(doc))
+        with pytest.raises(bt.CorruptionError) as info:
+            bt.BacktraceStore(store_path, read_only=True)["orders"]
+        assert newest.name in str(info.value)
+        assert expect in str(info.value)
+        newest.write_bytes(backup)

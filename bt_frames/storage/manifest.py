@@ -58,6 +58,7 @@ elsewhere (the WAL, the named blocks) or were never acknowledged.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import operator
 import os
@@ -273,7 +274,7 @@ class State:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], version: int, time: str) -> State:
-        blocks = [_entry(d) for d in doc["blocks"]]
+        blocks = _entries(doc["blocks"])
         return cls(
             version,
             blocks,
@@ -292,6 +293,25 @@ class State:
 
 def _entry(d: dict[str, Any]) -> BlockEntry:
     return BlockEntry(str(d["block"]), int(d["rows"]), int(d["bytes"]))  # ValueError for a bad name
+
+
+def _entries(docs: list[dict[str, Any]]) -> list[BlockEntry]:
+    """``[_entry(d) for d in docs]``, names parsed in bulk (the same checks: a version names thousands).
+
+    Anything unusual (a bad name, a field of another type) takes the one-by-one
+    path, which raises the same error as always.
+    """
+    try:
+        blocks = list(map(operator.itemgetter("block"), docs))
+        rows = list(map(operator.itemgetter("rows"), docs))
+        sizes = list(map(operator.itemgetter("bytes"), docs))
+        typed = set(map(type, blocks)) == {str} and set(map(type, rows + sizes)) == {int}  # as _entry makes them
+    except (KeyError, TypeError):
+        typed = False
+    names = layout.parse_block_names(blocks) if typed else None
+    if names is None:
+        return [_entry(d) for d in docs]
+    return list(map(tuple.__new__, itertools.repeat(BlockEntry), zip(blocks, rows, sizes, names, strict=True)))
 
 
 def entry_of(info: blk.BlockInfo) -> BlockEntry:
@@ -341,7 +361,7 @@ def decode(path: Path, data: bytes, version: int) -> tuple[Edit, str, dict[str, 
             raise ValueError(f"holds version {doc['version']}, its name says {version}")
         edit = Edit(
             str(doc["operation"]),
-            [_entry(d) for d in doc["add"]],
+            _entries(doc["add"]),
             [str(x) for x in doc["remove"]],
             [str(x) for x in doc["forget"]],
             [int(x) for x in doc["wal_add"]],
