@@ -120,6 +120,10 @@ def test_block_info_is_immutable_and_equal_by_identity_fields_only(tmp_path: Pat
     assert copy.copy(a) == a
     assert pickle.loads(pickle.dumps(b)) == b
     assert blk.BlockInfo.of_cached(name, str(tmp_path) + os.sep, str(name), 5, 100) == b
+    many = blk.BlockInfo.of_cached_many([name], str(tmp_path) + os.sep, [str(name)], [5], [100])
+    assert many == [b]
+    assert many[0].columns is None
+    assert many[0].filename == str(name)
 
 
 def test_block_entry_validates_once_and_apply_keeps_lsn_order() -> None:

@@ -36,6 +36,7 @@ by (path, inode, size, mtime).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -113,6 +114,22 @@ class BlockInfo(tuple[Any, ...]):
     def of_cached(cls, name: layout.BlockName, directory: str, filename: str, rows: int, size: int) -> BlockInfo:
         """A block whose statistics are in the cache frame: ``directory`` ends in a separator (the bulk path)."""
         return tuple.__new__(cls, (name, directory + filename, rows, size, None, filename))
+
+    @classmethod
+    def of_cached_many(
+        cls,
+        names: list[layout.BlockName],
+        directory: str,
+        filenames: list[str],
+        rows: list[int],
+        sizes: list[int],
+    ) -> list[BlockInfo]:
+        """``of_cached`` of each, with no Python code per block (an open makes thousands)."""
+        if not len(names) == len(filenames) == len(rows) == len(sizes):
+            raise ValueError("of_cached_many: the columns differ in length")
+        paths = map(directory.__add__, filenames)
+        fields = zip(names, paths, rows, sizes, itertools.repeat(None), filenames, strict=False)  # repeat: endless
+        return list(map(tuple.__new__, itertools.repeat(cls), fields))
 
     @property
     def name(self) -> layout.BlockName:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import json
 import logging
 import os
@@ -392,12 +391,12 @@ def _cached_infos(cached: pl.DataFrame, prefix: str) -> list[blk.BlockInfo]:
     The name fields come from the frame's columns, written from the parsed name
     of the same string (its digest is in it), so nothing is parsed again.
     """
-    cols = [cached.get_column(c).to_list() for c in ("block", "first_lsn", "last_lsn", "part", "nparts")]
-    digests = [n[-24:-8] for n in cols[0]]
-    names = map(layout.BlockName._make, zip(*cols[1:], digests, strict=True))
-    of = blk.BlockInfo.of_cached
-    rows, size = cached.get_column("rows").to_list(), cached.get_column("bytes").to_list()
-    return list(map(of, names, itertools.repeat(prefix), cols[0], rows, size))
+    files, first, last, part, nparts, rows, size = (
+        cached.get_column(c).to_list() for c in ("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes")
+    )
+    digests = [n[-24:-8] for n in files]
+    names = list(map(layout.BlockName._make, zip(first, last, part, nparts, digests, strict=True)))
+    return blk.BlockInfo.of_cached_many(names, prefix, files, rows, size)
 
 
 def load_named(
