@@ -236,6 +236,17 @@ def test_bulk_name_parsing_rejects_exactly_what_parsing_one_by_one_rejects(bad: 
         assert bt_layout.parse_block_names([*good[:at], name, *good[at:]]) is None
 
 
+def test_names_the_bulk_parser_declines_still_parse_one_by_one() -> None:
+    """Decimal digits other than ASCII ones parse one by one (as they always did); the bulk path declines them."""
+    arabic = str.maketrans("0123456789", "".join(map(chr, range(0x660, 0x66A))))
+    odd = _bn(3, 3)[:20].translate(arabic) + _bn(3, 3)[20:]
+    assert bt_layout.parse_block_name(odd) == bt_layout.BlockName(3, 3, 1, 1, f"{3:016x}")
+    assert bt_layout.parse_block_names([_bn(1, 2), odd]) is None
+    docs = [{"block": n, "rows": 1, "bytes": 2} for n in (_bn(1, 2), odd)]
+    assert mf._entries(docs) == [mf._entry(d) for d in docs]
+    assert [e.name for e in mf._entries(docs)] == [bt_layout.parse_block_name(d["block"]) for d in docs]
+
+
 def test_a_bad_entry_in_a_big_manifest_version_is_corruption_naming_the_version(store_path: Path) -> None:
     """The bulk path falls back to one-by-one parsing, which raises the precise error, for any odd entry."""
     _small_store(store_path, appends=3)

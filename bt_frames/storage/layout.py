@@ -108,7 +108,9 @@ def parse_block_name(name: str) -> BlockName | None:
     return BlockName(first, last, part, nparts, m.group(5))
 
 
-_BLOCK_LINE = re.compile(_BLOCK_NAME.pattern.join("^$"), re.MULTILINE)
+# ASCII digits only (a third faster); a name with other decimal digits, which parse_block_name
+# accepts, makes parse_block_names return None, so its caller parses one by one as before
+_BLOCK_LINE = re.compile(_BLOCK_NAME.pattern.join("^$"), re.MULTILINE | re.ASCII)
 
 
 def parse_block_names(names: Sequence[str]) -> list[BlockName] | None:
