@@ -271,3 +271,46 @@ def test_a_bad_entry_in_a_big_manifest_version_is_corruption_naming_the_version(
         assert newest.name in str(info.value)
         assert expect in str(info.value)
         newest.write_bytes(backup)
+
+
+def _loop_says_whole(monkeypatch: pytest.MonkeyPatch, state: mf.State) -> bool:
+    from bt_frames.storage import recovery
+
+    with monkeypatch.context() as m:
+        m.setattr(recovery, "_chain_is_whole", lambda _names: False)  # the checking loop alone
+        try:
+            recovery._check_block_chain(Path("/nonexistent/blocks"), state)
+        except bt.CorruptionError:
+            return False
+    return True
+
+
+def test_the_one_pass_chain_check_never_passes_what_the_loop_rejects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random block lists, whole and damaged: whenever the fast check says whole, the loop agrees; and a
+    whole chain takes the fast path (else it would be no shortcut)."""
+    import random
+
+    from bt_frames.storage import recovery
+
+    rng = random.Random(9)
+    for trial in range(400):
+        sets, lsn = [], 1
+        for _ in range(rng.randint(0, 6)):
+            width, nparts = rng.choice([0, 0, 2]), rng.choice([1, 1, 3])
+            sets.append([(lsn, lsn + width, p, nparts) for p in range(1, nparts + 1)])
+            lsn += width + 1
+        rows = [r for s in sets for r in s]
+        if trial % 2 and rows:  # damage it: drop, repeat, shift or re-count one entry
+            i = rng.randrange(len(rows))
+            f, la, p, n = rows[i]
+            rows[i : i + 1] = rng.choice(
+                [[], [rows[i], rows[i]], [(f + 1, la + 1, p, n)], [(f, la + 1, p, n)], [(f, la, p, n + 1)]]
+            )
+        names = [bt_layout.BlockName(f, la, p, n, f"{f:016x}") for f, la, p, n in rows if f <= la and p <= n]
+        state = mf.State(blocks=[mf.BlockEntry(str(b), 1, 1) for b in names])
+        fast = recovery._chain_is_whole(names)
+        whole = _loop_says_whole(monkeypatch, state)
+        assert not fast or whole, rows
+        if trial % 2 == 0:
+            assert fast, rows
+            assert whole, rows
