@@ -477,26 +477,18 @@ class Table:
     # -- pins and retired blocks: a running read never loses its files ---------
 
     def _snapshot(self, *, pin: bool) -> Snapshot:
-        """The blocks and hot chunks as of now; with ``pin``, its blocks are pinned under the same lock.
-
-        A read-only table pins nothing: pins only hold off this process's own
-        deletions of retired blocks, and a reader deletes nothing (the writer's
-        ``retired_grace`` protects its reads; see ``_scan``).
-        """
+        """The blocks and hot chunks as of now; with ``pin``, its blocks are pinned under the same lock."""
         self._check_open()
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
             snap = Snapshot(tuple(self._blocks), hot, self._stats())
-            if pin and not self._read_only:
-                pins = self._pins
-                for n in map(operator.attrgetter("filename"), snap.blocks):
-                    pins[n] = pins.get(n, 0) + 1
+            if pin:
+                for b in snap.blocks:
+                    self._pins[b.filename] = self._pins.get(b.filename, 0) + 1
             return snap
 
     def _unpin(self, blocks: Iterable[blk.BlockInfo]) -> None:
-        if self._read_only:  # nothing was pinned (see _snapshot)
-            return
         with self._lock:
             released = False
             for b in blocks:

@@ -189,24 +189,6 @@ def test_a_manifest_row_count_that_disagrees_with_the_cache_is_corruption(store_
     assert cache["block"][3] in str(info.value)
 
 
-def test_only_a_writer_pins_the_blocks_of_a_running_read(store_path: Path) -> None:
-    """Pins hold off the writer's own deletion of retired blocks; a reader deletes nothing and skips them."""
-    _small_store(store_path, appends=4)
-    with bt.BacktraceStore(store_path) as w:
-        t = w["orders"]
-        it = t.iter_batches(batch_size=5)
-        next(it)
-        assert set(t._pins) == {b.filename for b in t._blocks}  # every block of the snapshot, while reading
-        it.close()
-        assert t._pins == {}
-    with bt.BacktraceStore(store_path, read_only=True) as r:
-        t = r["orders"]
-        it = t.iter_batches(batch_size=5)
-        next(it)
-        assert t._pins == {}
-        assert sum(len(df) for df in it) == 35
-
-
 def _bn(first: int, last: int, part: int = 1, nparts: int = 1) -> str:
     return str(bt_layout.BlockName(first, last, part, nparts, f"{first:016x}"))
 
