@@ -40,13 +40,13 @@ by (path, inode, size, mtime).
 
 from __future__ import annotations
 
-import functools
 import io
+import itertools
 import json
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -98,36 +98,119 @@ class ColumnStats:
         )
 
 
-@dataclass(frozen=True)
-class BlockInfo:
-    """Everything known about a block without opening it."""
+class BlockInfo(tuple[Any, ...]):
+    """Everything known about a block without opening it (immutable).
 
-    name: layout.BlockName
-    file: str  # its path (a str: a store opens thousands, and Path objects are made only when used)
-    rows: int
-    bytes: int
-    # None when the stats came from the table's statistics cache, which holds them as a frame
-    columns: dict[str, ColumnStats] | None = field(hash=False, compare=False)
+    ``BlockInfo(name, file, rows, bytes, columns)``: ``name`` the parsed file
+    name, ``file`` its path (a str: Path objects are made only when used),
+    ``columns`` its statistics, or None when they came from the table's
+    statistics cache, which holds them as a frame. Equal (and hashed) by
+    name, file, rows and bytes, not ``columns``.
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.file, str):
-            object.__setattr__(self, "file", os.fspath(self.file))
+    A tuple underneath, not a frozen dataclass: an open makes one per block
+    (thousands), and a frozen dataclass costs ~4x more to construct. Use the
+    attributes; the tuple layout is private.
+    """
 
-    @functools.cached_property
-    def path(self) -> Path:
-        return Path(self.file)
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        name: layout.BlockName,
+        file: str | os.PathLike[str],
+        rows: int,
+        bytes: int,  # noqa: A002 - the field's name since the dataclass
+        columns: dict[str, ColumnStats] | None,
+    ) -> BlockInfo:
+        path = file if isinstance(file, str) else os.fspath(file)
+        return tuple.__new__(cls, (name, path, rows, bytes, columns, os.path.basename(path)))
+
+    @classmethod
+    def of_cached(cls, name: layout.BlockName, directory: str, filename: str, rows: int, size: int) -> BlockInfo:
+        """A block whose statistics are in the cache frame: ``directory`` ends in a separator (the bulk path)."""
+        return tuple.__new__(cls, (name, directory + filename, rows, size, None, filename))
+
+    @classmethod
+    def of_cached_many(
+        cls,
+        names: list[layout.BlockName],
+        directory: str,
+        filenames: list[str],
+        rows: list[int],
+        sizes: list[int],
+    ) -> list[BlockInfo]:
+        """``of_cached`` of each, with no Python code per block (an open makes thousands)."""
+        if not len(names) == len(filenames) == len(rows) == len(sizes):
+            raise ValueError("of_cached_many: the columns differ in length")
+        paths = map(directory.__add__, filenames)
+        fields = zip(names, paths, rows, sizes, itertools.repeat(None), filenames, strict=False)  # repeat: endless
+        return list(map(tuple.__new__, itertools.repeat(cls), fields))
+
+    @property
+    def name(self) -> layout.BlockName:
+        n: layout.BlockName = self[0]
+        return n
+
+    @property
+    def file(self) -> str:
+        f: str = self[1]
+        return f
+
+    @property
+    def rows(self) -> int:
+        r: int = self[2]
+        return r
+
+    @property
+    def bytes(self) -> int:
+        b: int = self[3]
+        return b
+
+    @property
+    def columns(self) -> dict[str, ColumnStats] | None:
+        c: dict[str, ColumnStats] | None = self[4]
+        return c
 
     @property
     def filename(self) -> str:
-        return os.path.basename(self.file)
+        f: str = self[5]
+        return f
+
+    @property
+    def path(self) -> Path:
+        return Path(self[1])
 
     @property
     def first_lsn(self) -> int:
-        return self.name.first_lsn
+        n: layout.BlockName = self[0]
+        return n.first_lsn
 
     @property
     def last_lsn(self) -> int:
-        return self.name.last_lsn
+        n: layout.BlockName = self[0]
+        return n.last_lsn
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, BlockInfo)
+        return self[:4] == other[:4]
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        return hash(self[:4])
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockInfo(name={self.name!r}, file={self.file!r}, rows={self.rows!r}, bytes={self.bytes!r}, "
+            f"columns={self.columns!r})"
+        )
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy/pickle: the constructor's arguments
+        return tuple(self[:5])
 
 
 def _prunable(dtype: pl.DataType) -> bool:

@@ -34,8 +34,11 @@ files are ignored rather than fatal.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -103,6 +106,34 @@ def parse_block_name(name: str) -> BlockName | None:
     if first > last or not 1 <= part <= nparts:
         return None
     return BlockName(first, last, part, nparts, m.group(5))
+
+
+# ASCII digits only (a third faster); a name with other decimal digits, which parse_block_name
+# accepts, makes parse_block_names return None, so its caller parses one by one as before
+_BLOCK_LINE = re.compile(_BLOCK_NAME.pattern.join("^$"), re.MULTILINE | re.ASCII)
+
+
+def parse_block_names(names: Sequence[str]) -> list[BlockName] | None:
+    """``parse_block_name`` of every name, in bulk (one regex pass, no Python code per name).
+
+    None if any of them is not a block name: parse them one by one to find which.
+    A manifest names thousands of blocks, and a name parsed alone costs ~2 µs.
+    """
+    if not names:
+        return []
+    joined = "\n".join(names)
+    if joined.count("\n") != len(names) - 1:  # a name holding a newline would pass for two lines
+        return None
+    found = _BLOCK_LINE.findall(joined)  # anchored at both ends of a line: at most one match per name
+    if len(found) != len(names):
+        return None
+    columns = list(zip(*found, strict=True))
+    first, last, part, nparts = (list(map(int, c)) for c in columns[:4])
+    if any(map(operator.gt, first, last)) or min(part) < 1 or any(map(operator.gt, part, nparts)):
+        return None
+    return list(
+        map(tuple.__new__, itertools.repeat(BlockName), zip(first, last, part, nparts, columns[4], strict=True))
+    )
 
 
 def tmp_path(path: Path) -> Path:

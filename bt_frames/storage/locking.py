@@ -6,7 +6,9 @@ and host into the file for the error message of the next would-be writer.
 A second writer — another process or another ``BacktraceStore`` in this one —
 fails at once with ``StoreLockedError``. The kernel drops the lock when the
 process dies (``kill -9`` included), so a crash never leaves a store locked.
-Readers (``read_only=True``) take no lock and never write.
+Readers (``read_only=True``) take no lock and never write; ``filelock`` is
+imported only when a writer makes its lock, so a read-only process never
+pays for importing it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-
-import filelock
+from typing import TYPE_CHECKING
 
 from bt_frames.errors import StoreLockedError
 from bt_frames.storage import layout
 
+if TYPE_CHECKING:
+    import filelock
+
 
 class StoreLock:
     def __init__(self, root: Path) -> None:
+        import filelock  # here, not at import: readers never take the lock
+
         self.path = root / layout.LOCK_NAME
-        self._lock = filelock.FileLock(
+        self._lock: filelock.FileLock = filelock.FileLock(
             self.path,
             timeout=0,
             thread_local=False,
@@ -39,6 +45,8 @@ class StoreLock:
         os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
 
     def acquire(self) -> None:
+        import filelock
+
         try:
             self._lock.acquire()
         except filelock.Timeout:

@@ -216,8 +216,9 @@ def _recover_once(
         manifest = mf.Manifest(table_dir, state)
     rep.manifest_version = state.version
 
-    # 2. named blocks exist and chain
-    for e in state.blocks:
+    # 2. named blocks exist (one listing of the folder, not a stat() per block) and chain
+    names = [e.block for e in state.blocks]
+    for e in () if listing.issuperset(names) else state.blocks:
         if e.block not in listing:
             bn = e.name
             raise CorruptionError.at(
@@ -228,13 +229,14 @@ def _recover_once(
                 f"({e.rows:,} rows) are lost unless it is restored",
             )
     _check_block_chain(blocks_dir, state)
-    loaded = catalog.load_named(table_dir, [e.block for e in state.blocks], schema, progress=progress)
+    loaded = catalog.load_named(table_dir, names, schema, progress=progress)
     infos = loaded.blocks
-    for info, e in zip(infos, state.blocks, strict=True):
-        if info.rows != e.rows:
-            raise CorruptionError.at(
-                info.path, None, f"holds {info.rows} rows, manifest version {state.version} says {e.rows}"
-            )
+    if len(infos) != len(state.blocks) or [b.rows for b in infos] != [e.rows for e in state.blocks]:
+        for info, e in zip(infos, state.blocks, strict=True):
+            if info.rows != e.rows:
+                raise CorruptionError.at(
+                    info.path, None, f"holds {info.rows} rows, manifest version {state.version} says {e.rows}"
+                )
     rep.stats_cache = loaded.cache_state
     rep.blocks_from_cache = loaded.from_cache
     rep.blocks_from_footer = loaded.from_footer
@@ -458,8 +460,31 @@ def _adopt_parts(blocks_dir: Path, listing: set[str], state: mf.State, next_lsn:
         return []
 
 
+def _chain_is_whole(names: Sequence[layout.BlockName]) -> bool:
+    """True when the blocks certainly chain (what ``_check_block_chain`` checks), in one pass over columns.
+
+    Each block either starts a set (part 1) right after the previous set ended
+    (its last part, LSN after the previous last LSN) or continues its set (same
+    LSNs and count, the next part); the first starts at LSN 1 and the last ends
+    its set. False says nothing: the checking loop then finds what is wrong.
+    """
+    if not names:
+        return True
+    first, last, part, nparts, _digest = zip(*names, strict=True)
+    if first[0] != 1 or part[0] != 1 or part[-1] != nparts[-1]:
+        return False
+    cur = zip(first[1:], last[1:], part[1:], nparts[1:], strict=True)
+    prev = zip(first[:-1], last[:-1], part[:-1], nparts[:-1], strict=True)
+    return all(
+        (f == pl + 1 and pp == pn) if p == 1 else (f == pf and l_ == pl and n == pn and p == pp + 1)
+        for (f, l_, p, n), (pf, pl, pp, pn) in zip(cur, prev, strict=True)
+    )
+
+
 def _check_block_chain(blocks_dir: Path, state: mf.State) -> None:
     """Block sets are whole (parts 1..n of one LSN range) and their ranges chain from LSN 1."""
+    if _chain_is_whole([e.name for e in state.blocks]):
+        return
     prev_last = 0
     i, entries = 0, state.blocks
     while i < len(entries):
