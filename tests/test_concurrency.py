@@ -194,6 +194,7 @@ def test_read_only_read_that_already_returned_rows_asks_for_a_retry(
     """A block deleted after the read returned rows: restarting would return them twice, so it says to retry."""
     monkeypatch.setattr(_scan, "EAGER_ROWS", 0)  # stream...
     monkeypatch.setattr(_scan, "GROUP_ROWS", 1)  # ...one block at a time, each opened when reached
+    monkeypatch.setattr(_scan.blk, "is_verified", lambda path: False)  # (as blocks not yet verified are)
     with bt.open(tmp_path / "db", retired_grace=0) as writer, bt.open(tmp_path / "db", read_only=True) as ro:
         t, data = _fill(writer)
         rt = ro["t"]
