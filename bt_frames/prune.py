@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import numpy as np
 import polars as pl
 
 from bt_frames.errors import BtError, SchemaMismatchError
@@ -236,7 +235,8 @@ def _ticks(value: object) -> tuple[int, str, bool] | str:
         return "NaT is not a time; use (column, 'is_null') for missing values"
     if pd is not None and isinstance(value, pd.Timestamp):
         return int(value.as_unit("ns").value), "ns", value.tzinfo is not None
-    if isinstance(value, np.datetime64):
+    np = sys.modules.get("numpy")  # a numpy value exists only if numpy was imported (not by bt_frames: ~80 ms)
+    if np is not None and isinstance(value, np.datetime64):
         if np.isnat(value):
             return "NaT is not a time; use (column, 'is_null') for missing values"
         unit = "ns" if np.datetime_data(value)[0] in ("ns", "ps", "fs", "as") else "us"
@@ -330,7 +330,7 @@ def blocks_frame(infos: Sequence[blk.BlockInfo], stats: pl.DataFrame | None, sch
     """``table.blocks``: the statistics frame with paths and distinct counts instead of sets."""
     st = stats if stats is not None else stats_frame(infos, schema)
     out = st.with_columns(
-        pl.Series("path", [str(b.path) for b in infos], dtype=pl.String),
+        pl.Series("path", [b.file for b in infos], dtype=pl.String),
         pl.Series("checksum", [b.name.digest for b in infos], dtype=pl.String),
         *[
             pl.col(c).list.len().alias(c.replace("distinct.", "distinct_count.", 1))
