@@ -233,7 +233,8 @@ def _counted(
     none), table order. A block whose matching rows and their values of ``columns`` are known from
     statistics is built from them; the others are read (only ``columns``)."""
     survivors = report.survivors
-    counts = report.rows_matching.filter(report.details["scanned"]).to_list() if survivors else []
+    every = report.matching_list()
+    counts = [every[i] for i, kept in enumerate(report.details["scanned"].to_list()) if kept] if survivors else []
     known = [n is not None for n in counts]
     values: dict[str, list[tuple[bool, Any]]] = {}
     for c in columns:
@@ -253,7 +254,7 @@ def _counted(
             run: tuple[Any, ...] | None = None
             n_run = 0
             for k in range(i, j):
-                n = counts[k]
+                n = counts[k] or 0  # known[k]: never None here
                 stats.blocks_from_metadata += 1
                 stats.rows_from_metadata += n
                 if not n:

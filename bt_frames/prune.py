@@ -607,6 +607,7 @@ class PruneReport:
     _parts: list[tuple[pl.Expr, Any, bool]] = field(default_factory=list, repr=False)  # (expr, tree, understood)
     _all: pl.DataFrame | None = field(default=None, repr=False)  # per block: conjunct i true for every row
     _matching: pl.DataFrame | None = field(default=None, repr=False)
+    _matching_list: list[int | None] | None = field(default=None, repr=False)
     _cache: dict[Any, pl.DataFrame | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -642,7 +643,7 @@ class PruneReport:
     def rows_matching(self) -> pl.Series:
         """Per block (all of them, in order): the exact number of rows matching, or null where only
         reading the block can tell. Computed from statistics on first use."""
-        return self._counted()["rows_matching"]
+        return pl.Series("rows_matching", self.matching_list(), dtype=pl.Int64)
 
     @property
     def blocks_counted(self) -> int:
@@ -719,8 +720,14 @@ class PruneReport:
 
     def _counted(self) -> pl.DataFrame:
         if self._matching is None:
-            self._matching = self.details.with_columns(self._count().alias("rows_matching"))
+            self._matching = self.details.with_columns(self.rows_matching)
         return self._matching
+
+    def matching_list(self) -> list[int | None]:
+        """:attr:`rows_matching` as a list (computed once)."""
+        if self._matching_list is None:
+            self._matching_list = self._count()
+        return self._matching_list
 
     def _residuals(self) -> dict[tuple[bool, ...], list[int]]:
         """The "some" blocks grouped by which conjuncts are still open for them (not true for every row)."""
@@ -764,16 +771,19 @@ class PruneReport:
             self._cache[key] = _counts.matching(self._stats, self._schema, expr, col, nullness, blocks)
         return self._cache[key]
 
-    def _count(self) -> pl.Series:
-        d = self.details
-        known = pl.when(pl.col("verdict") == NONE).then(0).when(pl.col("verdict") == ALL).then(pl.col("rows"))
-        out = d.select(known.otherwise(None).cast(pl.Int64)).to_series()
+    def _count(self) -> list[int | None]:
+        rows = self.details["rows"].to_list()
+        out: list[int | None] = [
+            0 if v == NONE else r if v == ALL else None
+            for v, r in zip(self.details["verdict"].to_list(), rows, strict=True)
+        ]
         if self._stats is None or self._schema is None:
             return out
         for mask, blocks in self._residuals().items():
             got = self._match(mask, blocks, None)
             if got is not None:
-                out = out.scatter(blocks, got["rows"])
+                for b, n in zip(blocks, got["rows"].to_list(), strict=True):
+                    out[b] = n
         return out
 
     def known_values(self, column: str) -> list[tuple[bool, Any]]:
@@ -900,6 +910,8 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
         details, all_true = _evaluate(stats, _IDENT, compiled.facts, has_predicate=predicate is not None)
         return details, all_true, (stats,)  # the frame is held so that its id stays its own
 
+    if predicate is None:
+        key = (b"", tuple(stats.columns), "")
     if key is not None:
         details, all_true, _ = _cached(_evaluated, (*key, id(stats)), evaluate)
     else:
