@@ -290,9 +290,20 @@ def _repeated(columns: list[str], values: tuple[Any, ...], n: int, schema: pl.Sc
     stats.batches += 1
     if not columns:
         return pl.DataFrame(height=n)
-    return pl.DataFrame(
-        [pl.Series(c, [v], dtype=schema[c]).new_from_index(0, n) for c, v in zip(columns, values, strict=True)]
-    )
+    return pl.DataFrame([_constant(c, v, schema[c], n) for c, v in zip(columns, values, strict=True)])
+
+
+REPEAT_CHUNK = 1 << 16
+
+
+def _constant(name: str, value: Any, dtype: pl.DataType, n: int) -> pl.Series:
+    """``n`` copies of ``value``: chunks of ``REPEAT_CHUNK`` rows that share one buffer (Arrow arrays are
+    immutable), so five million "ETH" cost a list of chunks, not 80 MB of string views."""
+    if n <= REPEAT_CHUNK:
+        return pl.Series(name, [value], dtype=dtype).new_from_index(0, n)
+    chunk = pl.Series(name, [value], dtype=dtype).new_from_index(0, REPEAT_CHUNK)
+    whole, rest = divmod(n, REPEAT_CHUNK)
+    return pl.concat([chunk] * whole + ([chunk.slice(0, rest)] if rest else []), rechunk=False)
 
 
 @dataclass(frozen=True)

@@ -731,7 +731,10 @@ class PruneReport:
 
     def _residuals(self) -> dict[tuple[bool, ...], list[int]]:
         """The "some" blocks grouped by which conjuncts are still open for them (not true for every row)."""
+        if "residuals" in self._cache:
+            return self._cache["residuals"]  # type: ignore[return-value]
         groups: dict[tuple[bool, ...], list[int]] = {}
+        self._cache["residuals"] = groups  # type: ignore[assignment]
         if self._all is None:
             return groups
         some = (self.details["verdict"] == SOME).to_list()

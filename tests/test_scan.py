@@ -450,3 +450,23 @@ def test_blocks_already_verified_are_read_in_one_group(filled: tuple[bt.Table, p
     path.unlink()
     path.write_bytes(data)
     assert not blk.is_verified(blocks[0].file)
+
+
+def test_rows_built_from_statistics_hold_the_true_values(store: bt.BacktraceStore) -> None:
+    """Large counted blocks are built from shared chunks: the frame Polars gets is still the real rows."""
+    n = _scan.REPEAT_CHUNK * 2 + 17
+    t = store.create_table("big", {"ts": pl.Int64, "sym": pl.String}, time_column="ts", max_block_rows=n)
+    data = pl.DataFrame({"ts": range(n), "sym": ["ETH"] * (n - 5) + ["BTC"] * 5})
+    t.append(data)
+    t.flush()
+    eth = pl.col("sym") == "ETH"
+    for engine in ("in-memory", "streaming"):
+        got = t.scan().filter(eth).select(pl.len(), pl.col("sym").len().alias("n")).collect(engine=engine)
+        assert got.row(0) == (n - 5, n - 5)
+        assert t.last_read is not None
+        assert t.last_read.blocks_from_metadata == 1
+    # the same frame, taken whole, as the source yields it
+    col = _scan._constant("sym", "ETH", pl.String(), n - 5)
+    assert col.len() == n - 5
+    assert col.n_chunks() > 1
+    assert col.equals(data.filter(eth).get_column("sym"))
