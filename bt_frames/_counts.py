@@ -125,15 +125,25 @@ def matching(
         if cnt not in stats.columns:
             return None
         take = pa.array(idx)
-        counts = stats.get_column(cnt).to_arrow().take(take)
-        lens = counts.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        bid = np.repeat(np.arange(k), lens)
-        cnts = counts.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        counts_all = stats.get_column(cnt).to_arrow().take(take)
+        distinct_all = stats.get_column(f"distinct.{col}").to_arrow().take(take)
+        lens = counts_all.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        dlens = distinct_all.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        # a block's counts are usable only with its distinct set beside them, value for value
+        # (blocks written before counts existed have a distinct set and no counts)
+        has = (
+            counts_all.is_valid().to_numpy(zero_copy_only=False)
+            & distinct_all.is_valid().to_numpy(zero_copy_only=False)
+            & (lens == dlens)
+        )
+        sel = np.flatnonzero(has & (lens > 0))
+        bid = np.repeat(sel, lens[sel])
+        cnts = counts_all.take(pa.array(sel, type=pa.int64())).flatten().to_numpy(zero_copy_only=False)
+        cnts = cnts.astype(np.int64)
         sums = np.bincount(bid, weights=cnts, minlength=k).astype(np.int64)
-        has = counts.is_valid().to_numpy(zero_copy_only=False)
         known = (has & (sums + nulls == rows)) | (nulls == rows)
         keep = known[bid]
-        distinct = stats.get_column(f"distinct.{col}").to_arrow().take(take).flatten()
+        distinct = distinct_all.take(pa.array(sel, type=pa.int64())).flatten()
         vals = pl.Series(col, distinct.filter(pa.array(keep)))
         if vals.dtype != dtype:  # categorical/enum values are kept as strings
             vals = vals.cast(dtype)

@@ -473,6 +473,9 @@ class _Walker:
             closed = opts.get("closed", "Both") if isinstance(opts, dict) else "Both"
             a = self.compare(col, "GtEq" if closed in ("Both", "Left") else "Gt", exprs[1])
             b = self.compare(col, "LtEq" if closed in ("Both", "Right") else "Lt", exprs[2])
+            # a null bound makes every row null in Polars' is_between, not (c >= lo) & null
+            if not (a.understood and b.understood) or self.is_null_literal(exprs[1]) or self.is_null_literal(exprs[2]):
+                return _UNKNOWN
             nn = (a.never_null & b.never_null) | a.all_false | b.all_false
             understood = a.understood and b.understood
             return _Bounds(a.never_true | b.never_true, a.never_false & b.never_false, nn, understood)
@@ -481,9 +484,40 @@ class _Walker:
             return self.is_in(col, exprs[1], nulls_equal=nulls_equal)
         return _UNKNOWN
 
+    def is_null_literal(self, lit: pl.Expr) -> bool:
+        try:
+            value = pl.select(lit.alias("v")).to_series()
+        except Exception:
+            return False
+        return value.len() == 1 and value.null_count() == 1
+
+    def exact(self, col: str, lit: pl.Expr) -> bool:
+        """Whether ``lit`` is one non-null value that the column's type holds exactly.
+
+        Anything else is left to Polars: a literal of a finer unit (1.5 ms against a ms column), a
+        float against an integer column, or a null, which Polars may cast or propagate in ways the
+        statistics cannot follow (``is_between(lo, None)`` is null for every row, for one).
+        ``where=`` and eager reads pass the user's expression before Polars coerces it.
+        """
+        try:
+            value = pl.select(lit.alias("v")).to_series()
+            if value.len() != 1 or value.null_count() or isinstance(value.dtype, pl.Null):
+                return False
+            target = _literal_dtype(self.schema[col])
+            if value.dtype == target:
+                return True
+            cast = value.cast(target, strict=True)
+            return bool(cast.null_count() == 0 and cast.cast(value.dtype, strict=True).equals(value))
+        except Exception:
+            return False
+
     def compare(self, col: str, op: str, lit: pl.Expr) -> _Bounds:
         """``col <op> lit``. A null row gives null: neither true nor false."""
-        if not self.has(f"null_count.{col}"):
+        if not self.has(f"null_count.{col}") or col not in self.schema:
+            return _UNKNOWN
+        if self.is_null_literal(lit):  # every row compares to null: null, neither true nor false
+            return _Bounds(_TRUE, _TRUE, pl.col("rows") == 0)
+        if not self.exact(col, lit):
             return _UNKNOWN
         mn, mx = pl.col(f"min.{col}"), pl.col(f"max.{col}")
         nc = pl.col(f"null_count.{col}")
@@ -529,8 +563,14 @@ class _Walker:
             values = values.explode()
         nulls = values.null_count()
         has_null = nulls > 0
+        original = values
         values = values.cast(_literal_dtype(self.schema[col]), strict=False)
         if values.null_count() > nulls:  # a value that does not fit the column's type
+            return _UNKNOWN
+        try:  # a value the column's type holds only approximately (1.5 ms in a ms column): Polars decides
+            if not values.cast(original.dtype, strict=False).equals(original):
+                return _UNKNOWN
+        except Exception:
             return _UNKNOWN
         values = values.drop_nulls().unique().sort()
         nulls_match = nulls_equal and has_null

@@ -412,7 +412,7 @@ def _predicate(draw: Any, st: Any, depth: int = 0) -> pl.Expr:
 
 def matching(df: pl.DataFrame, p: pl.Expr) -> pl.DataFrame:
     """The rows of ``df`` where ``p`` is true, as ``select`` evaluates it (see the Polars bug test below)."""
-    return df.filter(df.select(p.fill_null(False)).to_series())
+    return df.filter(df.select(p).to_series().fill_null(False))
 
 
 def test_polars_filter_drops_a_row_its_select_keeps() -> None:

@@ -470,3 +470,30 @@ def test_rows_built_from_statistics_hold_the_true_values(store: bt.BacktraceStor
     assert col.len() == n - 5
     assert col.n_chunks() > 1
     assert col.equals(data.filter(eth).get_column("sym"))
+
+
+# -- found by an adversarial review: eager readers pass the user's expression before Polars coerces it ------------
+
+
+def test_a_finer_unit_literal_is_left_to_polars_in_every_reader(store: bt.BacktraceStore) -> None:
+    schema = {"ts": pl.Int64, "du": pl.Duration("ms"), "i": pl.Int64}
+    t = store.create_table("units", schema, time_column="ts", max_block_rows=4)
+    data = pl.DataFrame(
+        {"ts": [1, 2, 3, 4], "du": [dt.timedelta(milliseconds=1)] * 4, "i": [5, 6, 7, 8]}, schema=schema
+    )
+    t.append(data)
+    t.flush()
+    for p in [
+        pl.col("du").is_in([dt.timedelta(microseconds=1500)]),
+        ~pl.col("du").is_in([dt.timedelta(microseconds=1500)]),
+        pl.col("du") == dt.timedelta(microseconds=1500),
+        ~pl.col("i").is_between(10, None),
+        ~pl.col("i").is_between(None, 1),
+    ]:
+        expected = data.filter(data.select(p).to_series().fill_null(False))  # (p.fill_null: another answer)
+        assert_frame_equal(t.scan().filter(p).collect(), expected)
+        assert_frame_equal(t.read(p), expected)
+        assert_frame_equal(
+            pl.concat(list(t.iter_batches(p)), how="vertical") if expected.height else expected, expected
+        )
+        assert t.scan().filter(p).select(pl.len()).collect().item() == expected.height

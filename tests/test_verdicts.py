@@ -104,7 +104,7 @@ def _frame(draw: Any, st: Any, n: int) -> pl.DataFrame:
 def _matching(df: pl.DataFrame, p: pl.Expr) -> pl.DataFrame:
     """Rows where ``p`` is true as ``select`` evaluates it (Polars 2.1's ``filter`` has an optimizer bug:
     ``tests/test_prune.py::test_polars_filter_drops_a_row_its_select_keeps``)."""
-    return df.filter(df.select(p.fill_null(False)).to_series())
+    return df.filter(df.select(p).to_series().fill_null(False))
 
 
 def _check(frames: list[pl.DataFrame], predicates: list[pl.Expr]) -> int:
