@@ -649,6 +649,7 @@ class PruneReport:
     _matching: pl.DataFrame | None = field(default=None, repr=False)
     _matching_list: list[int | None] | None = field(default=None, repr=False)
     _cache: dict[Any, pl.DataFrame | None] = field(default_factory=dict, repr=False)
+    _groups: dict[tuple[bool, ...], list[int]] | None = field(default=None, repr=False)  # see _residuals
 
     @property
     def blocks_scanned(self) -> int:
@@ -771,10 +772,10 @@ class PruneReport:
 
     def _residuals(self) -> dict[tuple[bool, ...], list[int]]:
         """The "some" blocks grouped by which conjuncts are still open for them (not true for every row)."""
-        if "residuals" in self._cache:
-            return self._cache["residuals"]  # type: ignore[return-value]
+        if self._groups is not None:
+            return self._groups
         groups: dict[tuple[bool, ...], list[int]] = {}
-        self._cache["residuals"] = groups  # type: ignore[assignment]
+        self._groups = groups
         if self._all is None:
             return groups
         some = (self.details["verdict"] == SOME).to_list()
