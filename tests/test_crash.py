@@ -10,6 +10,7 @@ child, so recovered stores are themselves crashed and recovered.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -175,10 +176,15 @@ def test_kill_at_each_step_of_a_block_write(tmp_path: Path, sizes: str, fault: s
         sizes_mode = sizes
         acked, in_flight = _run_until_fault(path, tmp_path, sizes, mbr, fault)
     leftovers = tmp_files(path)
+    # A reader first: it changes nothing and sees exactly what the next writer will commit.
+    with bt.BacktraceStore(path, read_only=True) as store:
+        seen = check_batches(store.table(TABLE).scan().collect(), mbr, sizes_mode)
+    assert tmp_files(path) == leftovers
     with bt.BacktraceStore(path) as store:
         table = store.table(TABLE)
         rec = table.recovery
         ids = check_batches(table.scan().collect(), mbr, sizes_mode)
+        assert ids == seen, "the read-only view differed from what the writer recovered"
         _check_round(ids, [], acked, in_flight)
         assert store.verify().ok
         assert tmp_files(path) == [], f"left behind after recovery (before: {leftovers})"
@@ -200,6 +206,29 @@ def test_kill_at_each_step_of_a_block_write(tmp_path: Path, sizes: str, fault: s
         assert check_batches(table.scan().collect(), mbr, sizes_mode) == ids
         rec = table.recovery
         assert (rec.tmp_files_removed, rec.incomplete_blocks_removed, rec.torn_tail_bytes) == (0, 0, 0)
+
+
+def test_a_live_writers_parts_in_flight_are_not_shown_a_crashed_writers_are(tmp_path: Path) -> None:
+    """Parts renamed before their version: in flight while a writer holds the lock, adoptable once it is gone."""
+    import fcntl
+
+    mbr = 400
+    path = tmp_path / "db"
+    acked, in_flight = _run_big(path, tmp_path, "renamed-block:6", mbr)
+    fd = os.open(path / "LOCK", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live writer in the middle of that append would
+        with bt.BacktraceStore(path, read_only=True) as store:
+            table = store.table(TABLE)
+            assert check_batches(table.scan().collect(), mbr, "freeze") == acked
+            assert table.recovery.adopted_blocks == 0
+    finally:
+        os.close(fd)
+    with bt.BacktraceStore(path, read_only=True) as store:
+        table = store.table(TABLE)
+        assert check_batches(table.scan().collect(), mbr, "freeze") == [*acked, in_flight]
+        assert table.recovery.adopted_blocks == 3
+        assert "included (the next writer adopts them)" in table.recovery.summary()
 
 
 def _run_big(path: Path, tmp_path: Path, fault: str, mbr: int) -> tuple[list[int], int]:

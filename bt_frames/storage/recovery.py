@@ -49,7 +49,7 @@ import polars as pl
 
 from bt_frames.errors import CorruptionError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, fs, layout, wal
+from bt_frames.storage import catalog, fs, layout, locking, wal
 from bt_frames.storage import manifest as mf
 
 log = logging.getLogger("bt_frames")
@@ -101,7 +101,8 @@ class Recovery:
         if self.incomplete_blocks_removed:
             parts.append(f"{self.incomplete_blocks_removed} part(s) of an append that never committed {removed}")
         if self.adopted_blocks:
-            parts.append(f"{self.adopted_blocks} part(s) of a large append whose version was not written adopted")
+            kept = "included (the next writer adopts them)" if self.read_only else "adopted"
+            parts.append(f"{self.adopted_blocks} part(s) of a large append whose version was not written {kept}")
         if self.superseded_blocks_removed:
             parts.append(f"{self.superseded_blocks_removed} block(s) whose rows are in other files {removed}")
         if self.retired_blocks_removed:
@@ -312,6 +313,16 @@ def _recover_once(
         rep.torn_tail_bytes = scans[-1].torn_bytes
 
     if not writer:
+        # a crashed writer's complete part set is in the view the next writer will commit; a live
+        # writer's parts are in flight (its commit may still fail and remove them): not yet
+        if not locking.writer_alive(table_dir.parent):
+            adopted = _adopt_parts(blocks_dir, listing, state, next_lsn)
+            if adopted:
+                rep.adopted_blocks = len(adopted)
+                infos = infos + adopted
+                loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
+                next_lsn += 1
+                rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
         return Recovered(state, None, infos, loaded.stats, hot, next_lsn, records, wal_bytes, False, None, rep)
     assert manifest is not None
     # 4./5. a writer makes the files match the manifest
