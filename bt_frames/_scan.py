@@ -45,7 +45,9 @@ restart without repeating them: it raises ``BtError`` asking to retry.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,22 +253,16 @@ def _counted(
             j += 1
         if known[i]:
             # consecutive blocks whose rows hold the same values make one frame (often: all of them)
-            run: tuple[Any, ...] | None = None
-            n_run = 0
-            for k in range(i, j):
-                n = counts[k] or 0  # known[k]: never None here
-                stats.blocks_from_metadata += 1
-                stats.rows_from_metadata += n
-                if not n:
-                    continue
-                key = tuple(values[c][k][1] for c in columns)
-                if run is not None and key != run:
-                    yield _repeated(columns, run, n_run, schema, stats)
-                    n_run = 0
-                run = key
-                n_run += n
-            if run is not None and n_run:
-                yield _repeated(columns, run, n_run, schema, stats)
+            ns = [n or 0 for n in counts[i:j]]  # known: never None here
+            stats.blocks_from_metadata += j - i
+            stats.rows_from_metadata += sum(ns)
+            if not columns:
+                if sum(ns):
+                    yield _repeated(columns, (), sum(ns), schema, stats)
+            else:
+                rows = ((tuple(values[c][k][1] for c in columns), n) for k, n in enumerate(ns, i) if n)
+                for key, run in itertools.groupby(rows, key=operator.itemgetter(0)):
+                    yield _repeated(columns, key, sum(n for _k, n in run), schema, stats)
         else:
             sub = _Plan(survivors[i:j], report.verdicts[i:j])
             cols = columns or [schema.names()[0]]

@@ -648,7 +648,9 @@ class PruneReport:
     _all: pl.DataFrame | None = field(default=None, repr=False)  # per block: conjunct i true for every row
     _matching: pl.DataFrame | None = field(default=None, repr=False)
     _matching_list: list[int | None] | None = field(default=None, repr=False)
-    _cache: dict[Any, pl.DataFrame | None] = field(default_factory=dict, repr=False)
+    # answers from statistics (see _match): shared by every report of one predicate over one statistics
+    # frame (both immutable), so a repeated count is answered once
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     _groups: dict[tuple[bool, ...], list[int]] | None = field(default=None, repr=False)  # see _residuals
 
     @property
@@ -767,13 +769,20 @@ class PruneReport:
     def matching_list(self) -> list[int | None]:
         """:attr:`rows_matching` as a list (computed once)."""
         if self._matching_list is None:
-            self._matching_list = self._count()
+            got = self._cache.get("matching_list")
+            if got is None:
+                got = self._cache["matching_list"] = self._count()
+            self._matching_list = got
         return self._matching_list
 
     def _residuals(self) -> dict[tuple[bool, ...], list[int]]:
         """The "some" blocks grouped by which conjuncts are still open for them (not true for every row)."""
         if self._groups is not None:
             return self._groups
+        shared = self._cache.get("groups")
+        if shared is not None:
+            self._groups = shared
+            return shared
         groups: dict[tuple[bool, ...], list[int]] = {}
         self._groups = groups
         if self._all is None:
@@ -782,6 +791,7 @@ class PruneReport:
         for i, row in enumerate(self._all.iter_rows()):
             if some[i]:
                 groups.setdefault(tuple(not t for t in row), []).append(i)
+        self._cache["groups"] = groups
         return groups
 
     def _residual(self, mask: tuple[bool, ...]) -> tuple[pl.Expr, str, bool] | None:
@@ -854,7 +864,10 @@ class PruneReport:
             for b, n, k, v in got.select(_counts._BLOCK, "rows", "n_values", "value").iter_rows():
                 out[pos[b]] = (n is not None and (n == 0 or k == 1), v)
         if whole:
-            got = _counts.matching(self._stats, self._schema, pl.lit(True), column, False, sorted(whole))
+            key = ("whole", column, tuple(sorted(whole)))
+            if key not in self._cache:
+                self._cache[key] = _counts.matching(self._stats, self._schema, pl.lit(True), column, False, key[2])
+            got = self._cache[key]
             if got is not None:
                 for b, k, v in got.select(_counts._BLOCK, "n_values", "value").iter_rows():
                     out[pos[b]] = (k == 1, v)
@@ -952,27 +965,37 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
 
     def evaluate() -> tuple[pl.DataFrame, Any, Any]:
         details, all_true = _evaluate(stats, _IDENT, compiled.facts, has_predicate=predicate is not None)
-        return details, all_true, (stats,)  # the frame is held so that its id stays its own
+        # the frame is held so that its id stays its own; the dict is the reports' shared answers
+        return details, all_true, (stats, {})
 
     if predicate is None:
         key = (b"", tuple(stats.columns), "")
     if key is not None:
-        details, all_true, _ = _cached(_evaluated, (*key, id(stats)), evaluate)
+        details, all_true, (_, shared) = _cached(_evaluated, (*key, id(stats)), evaluate)
     else:
-        details, all_true, _ = evaluate()
-    scanned = details["scanned"].to_list()
-    keep = [i for i, k in enumerate(scanned) if k]
-    verdict_list = details["verdict"].to_list()
+        details, all_true, (_, shared) = evaluate()
+    lists = shared.get("lists")
+    if lists is None:  # the per-block columns as lists, once per evaluation
+        scanned = details["scanned"].to_list()
+        lists = shared["lists"] = (
+            [i for i, k in enumerate(scanned) if k],
+            details["verdict"].to_list(),
+            details["rows"].to_list(),
+            details["bytes"].to_list(),
+        )
+    keep, verdict_list, rows, size = lists
     if len(keep) == n:
         survivors = tuple(infos)
         verdicts = tuple(verdict_list)
     else:
         survivors = tuple(infos[i] for i in keep)
         verdicts = tuple(verdict_list[i] for i in keep)
-    rows, size = details["rows"].to_list(), details["bytes"].to_list()
     rows_total, bytes_total = sum(rows), sum(size)
-    rows_kept = sum(rows[i] for i in keep)
-    bytes_kept = sum(size[i] for i in keep)
+    if len(keep) == n:
+        rows_kept, bytes_kept = rows_total, bytes_total
+    else:
+        rows_kept = sum(rows[i] for i in keep)
+        bytes_kept = sum(size[i] for i in keep)
     return PruneReport(
         table=table,
         predicate=str(predicate) if predicate is not None else None,
@@ -992,6 +1015,7 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
         _schema=schema,
         _parts=compiled.parts,
         _all=all_true,
+        _cache=shared,
     )
 
 
