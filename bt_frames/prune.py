@@ -31,6 +31,7 @@ import json
 import logging
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -895,8 +896,20 @@ class _Compiled:
 
 _CACHE_SIZE = 64
 _compiled: OrderedDict[tuple[bytes, tuple[str, ...], str], _Compiled] = OrderedDict()
-_evaluated: OrderedDict[tuple[bytes, tuple[str, ...], str, int], tuple[pl.DataFrame, Any, Any]] = OrderedDict()
+# per statistics frame (by id, dropped when the frame is: weakref.finalize), its predicates' evaluations
+_evaluated: dict[int, OrderedDict[tuple[bytes, tuple[str, ...], str], tuple[pl.DataFrame, Any, dict[Any, Any]]]] = {}
 _cache_lock = threading.Lock()
+
+
+def _evaluations(stats: pl.DataFrame) -> OrderedDict[tuple[bytes, tuple[str, ...], str], Any]:
+    """The evaluation cache of one statistics frame: it lives exactly as long as the frame, so a
+    table's new blocks (a new frame) never leave the old frame's answers, or the frame, in memory."""
+    with _cache_lock:
+        got = _evaluated.get(id(stats))
+        if got is None:
+            got = _evaluated[id(stats)] = OrderedDict()
+            weakref.finalize(stats, _evaluated.pop, id(stats), None)
+        return got
 
 
 def _compile(predicate: pl.Expr, stats_cols: tuple[str, ...], schema: pl.Schema) -> _Compiled:
@@ -963,17 +976,16 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
         for text in compiled.not_understood:
             log.debug("pruner: not (wholly) understood, blocks kept where unsure: %s", text)
 
-    def evaluate() -> tuple[pl.DataFrame, Any, Any]:
+    def evaluate() -> tuple[pl.DataFrame, Any, dict[Any, Any]]:
         details, all_true = _evaluate(stats, _IDENT, compiled.facts, has_predicate=predicate is not None)
-        # the frame is held so that its id stays its own; the dict is the reports' shared answers
-        return details, all_true, (stats, {})
+        return details, all_true, {}  # the dict: the reports' shared answers from metadata
 
     if predicate is None:
         key = (b"", tuple(stats.columns), "")
     if key is not None:
-        details, all_true, (_, shared) = _cached(_evaluated, (*key, id(stats)), evaluate)
+        details, all_true, shared = _cached(_evaluations(stats), key, evaluate)
     else:
-        details, all_true, (_, shared) = evaluate()
+        details, all_true, shared = evaluate()
     lists = shared.get("lists")
     if lists is None:  # the per-block columns as lists, once per evaluation
         scanned = details["scanned"].to_list()

@@ -515,3 +515,32 @@ def test_dnf_where_equals_the_expression(tmp_path_factory: pytest.TempPathFactor
             store.close()
 
     check()
+
+
+def test_the_plan_cache_lets_go_of_statistics_a_table_no_longer_uses(tmp_path: Path) -> None:
+    """Answers are cached per statistics frame; a table's new blocks replace its frame, and the old
+    frame and its answers are freed (a long-running writer must not keep every frame it ever had)."""
+    import gc
+    import weakref
+
+    with bt.BacktraceStore(tmp_path / "db") as store:
+        t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=10_000)
+        first: weakref.ref[pl.DataFrame] | None = None
+        seen: set[int] = set()
+        for i in range(12):
+            t.append(make_orders(100, start=i * 100))
+            t.flush()
+            got = t.scan().filter(pl.col("symbol") == "BTC").select(pl.len()).collect().item()
+            assert got == t.scan().collect().filter(pl.col("symbol") == "BTC").height
+            frame = t._stats_frame
+            assert frame is not None
+            assert id(frame) in prune._evaluated
+            seen.add(id(frame))
+            if first is None:
+                first = weakref.ref(frame)
+        del frame
+        gc.collect()
+        assert first is not None
+        assert first() is None, "the first statistics frame is still alive"
+        kept = seen & set(prune._evaluated)
+        assert len(kept) <= 2, f"{len(kept)} of this table's {len(seen)} frames' answers kept"
