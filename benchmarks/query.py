@@ -314,6 +314,78 @@ def _profile(fn: Callable[[], Any], name: str) -> None:
     pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 
 
+# -- part 3: floors -- what reading these files costs whatever bt_frames does ---------------------------------------
+
+
+def _identity_source(files: list[str], schema: pl.Schema) -> pl.LazyFrame:
+    """The thinnest Polars IO source: every file, read by Polars as bt_frames reads blocks, nothing else."""
+    from polars.io.plugins import register_io_source
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None):
+        lf = pl.scan_parquet(files, glob=False, schema=schema)
+        if predicate is not None:
+            lf = lf.filter(predicate)
+        if with_columns is not None:
+            lf = lf.select(with_columns)
+        yield from lf.collect_batches(chunk_size=batch_size, maintain_order=True)
+
+    return register_io_source(source, schema=schema)
+
+
+def _native_with_statistics(table: bt.Table) -> pl.LazyFrame:
+    """A native Polars scan of every block given the store's statistics, as ``pl.scan_delta`` gives a
+    Delta log's (Polars' private ``_table_statistics``): files are skipped without reading a footer."""
+    snap = table._snapshot(pin=False)
+    stats = snap.stats
+    assert stats is not None
+    cols: dict[str, pl.Series] = {"len": stats["rows"].cast(pl.UInt32)}
+    for c in table.schema.names():
+        cols[f"{c}_nc"] = stats[f"null_count.{c}"].cast(pl.UInt32)
+        cols[f"{c}_min"], cols[f"{c}_max"] = stats[f"min.{c}"], stats[f"max.{c}"]
+    return pl.scan_parquet(
+        [str(b.path) for b in snap.blocks], glob=False, schema=table.schema, _table_statistics=pl.DataFrame(cols)
+    )
+
+
+def run_floors(path: Path, repeat: int) -> list[list[Any]]:
+    """Each query as a ratio to ``pl.scan_parquet`` over every file, for bt_frames and for three floors:
+    Polars reading only the files bt_frames reads (no planning, no IO source: the cost of the bytes
+    that must be read), the thinnest IO source over every file (the cost of Polars' IO-plugin
+    boundary, which bt_frames' lazy scans go through), and a native scan given the store's statistics
+    (no IO source, no footer reads for skipped files, but no answers from value counts)."""
+    store = bt.BacktraceStore(path, read_only=True)
+    table = store.table("orders")
+    files = sorted(str(p) for p in (path / "orders" / "blocks").glob("*.parquet"))
+    out = []
+    for q in QUERIES:
+        survivors = [str(b.path) for b in table.prune(q.predicate).survivors]
+        systems: dict[str, Callable[[], Any]] = {
+            "scan_parquet": lambda q=q: q.polars(pl.scan_parquet(files, glob=False)).collect(),
+            "bt_frames": lambda q=q: q.polars(table.scan()).collect(),
+            "survivors only": lambda q=q, sv=survivors: q.polars(pl.scan_parquet(sv, glob=False)).collect(),
+            "identity IO source": lambda q=q: q.polars(_identity_source(files, table.schema)).collect(),
+            "native + statistics": lambda q=q: q.polars(_native_with_statistics(table)).collect(),
+        }
+        times: dict[str, list[float]] = {name: [] for name in systems}
+        for fn in systems.values():
+            fn()
+        for _ in range(repeat):
+            for name, fn in systems.items():
+                t, _res = time_call(fn, repeat=1, warmup=0)
+                times[name] += t
+        base = median(times["scan_parquet"])
+        out.append([q.name, base * 1e3, *(median(times[n]) / base for n in list(systems)[1:]), q.target])
+    print("\nfloors: ratios to pl.scan_parquet over every file (medians, interleaved)")
+    print(
+        fmt_table(
+            ["query", "scan_parquet ms", "bt_frames", "survivors only", "identity IO source", "native + stats", "must"],
+            out,
+        )
+    )
+    store.close()
+    return out
+
+
 # -- part 2: a first query in a fresh process ------------------------------------------------------------------------
 
 _CHILD_BT = """
@@ -414,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=[q.name for q in QUERIES], help="cProfile bt_frames on this query")
     ap.add_argument("--row-group-rows", type=int, default=None, help="Parquet row group size (default: bt_frames')")
     ap.add_argument("--skip-cold", action="store_true", help="skip part 2 (the 2,000-block fresh-process runs)")
+    ap.add_argument("--floors", action="store_true", help="also part 3: what any design over these files costs")
     args = ap.parse_args(argv)
     rows = 2_000_000 if args.quick else 20_000_000
     repeat = args.repeat or (5 if args.quick else 7)
@@ -427,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         build(many_store, 2_000_000, 1_000, rebuild=args.rebuild)
 
     run_queries(main_store, repeat, args.profile)
+    if args.floors:
+        run_floors(main_store, repeat)
     if not args.skip_cold:
         run_cold_open(many_store, max(repeat, 5))
     print(f"\n  load average at the end: {os.getloadavg()[0]:.2f}")
