@@ -322,7 +322,7 @@ def _identity_source(files: list[str], schema: pl.Schema) -> pl.LazyFrame:
     from polars.io.plugins import register_io_source
 
     def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None):
-        lf = pl.scan_parquet(files, glob=False, schema=schema)
+        lf = pl.scan_parquet(files, glob=False, schema=schema, n_rows=n_rows)
         if predicate is not None:
             lf = lf.filter(predicate)
         if with_columns is not None:

@@ -770,10 +770,10 @@ class PruneReport:
     def matching_list(self) -> list[int | None]:
         """:attr:`rows_matching` as a list (computed once)."""
         if self._matching_list is None:
-            got = self._cache.get("matching_list")
+            got = self._cache.get("matching_list")  # shared: kept as a tuple, handed out as a copy
             if got is None:
-                got = self._cache["matching_list"] = self._count()
-            self._matching_list = got
+                got = self._cache["matching_list"] = tuple(self._count())
+            self._matching_list = list(got)
         return self._matching_list
 
     def _residuals(self) -> dict[tuple[bool, ...], list[int]]:

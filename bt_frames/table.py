@@ -45,7 +45,7 @@ from bt_frames.errors import (
     os_errors,
 )
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, fs, layout, recovery, wal
+from bt_frames.storage import catalog, fs, layout, locking, recovery, wal
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.hot import Frozen, HotBuffer
 from bt_frames.storage.pins import PinSet
@@ -454,6 +454,7 @@ class Table:
                         part=i + 1,
                         nparts=nparts,
                         row_group_rows=self._meta.row_group_rows,
+                        writer=locking.PROCESS_TAG,  # a reader tells parts in flight from a crash's
                     )
                 )
             self._commit(mf.Edit("append", add=[mf.entry_of(b) for b in infos]))  # the commit point

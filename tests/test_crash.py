@@ -10,9 +10,10 @@ child, so recovered stores are themselves crashed and recovered.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -209,26 +210,66 @@ def test_kill_at_each_step_of_a_block_write(tmp_path: Path, sizes: str, fault: s
 
 
 def test_a_live_writers_parts_in_flight_are_not_shown_a_crashed_writers_are(tmp_path: Path) -> None:
-    """Parts renamed before their version: in flight while a writer holds the lock, adoptable once it is gone."""
-    import fcntl
+    """Parts renamed before their version: shown once their writer is gone, never while it runs.
+
+    Whether a writer holds the store's lock says nothing here: a new writer that has not opened the
+    table yet must not make a reader hide parts it showed (a refresh never goes back in time).
+    """
+    from bt_frames.storage import blocks as blk
+    from bt_frames.storage import locking
 
     mbr = 400
     path = tmp_path / "db"
     acked, in_flight = _run_big(path, tmp_path, "renamed-block:6", mbr)
-    fd = os.open(path / "LOCK", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live writer in the middle of that append would
-        with bt.BacktraceStore(path, read_only=True) as store:
-            table = store.table(TABLE)
-            assert check_batches(table.scan().collect(), mbr, "freeze") == acked
-            assert table.recovery.adopted_blocks == 0
-    finally:
-        os.close(fd)
-    with bt.BacktraceStore(path, read_only=True) as store:
+    with bt.BacktraceStore(path, read_only=True) as readers:
+        reader = readers.table(TABLE)
+        assert check_batches(reader.scan().collect(), mbr, "freeze") == [*acked, in_flight]
+        assert reader.recovery.adopted_blocks == 3
+        assert "included (the next writer adopts them)" in reader.recovery.summary()
+        with bt.BacktraceStore(path) as store:  # a writer holds the lock, the table not yet open
+            reader.refresh()
+            assert check_batches(reader.scan().collect(), mbr, "freeze") == [*acked, in_flight]
+            table = store.table(TABLE)  # adopts
+            assert table.recovery.adopted_blocks == 3
+            assert check_batches(table.scan().collect(), mbr, "freeze") == [*acked, in_flight]
+            reader.refresh()
+            assert check_batches(reader.scan().collect(), mbr, "freeze") == [*acked, in_flight]
+            lsn, rows = table._next_lsn, table.rows
+
+    # parts as a writer in the middle of a large append leaves them: this process is that writer
+    batch = make_batch(in_flight + 1, mbr, "freeze")
+    blocks_dir = path / TABLE / "blocks"
+
+    def write_parts(writer: str) -> list[Path]:
+        nparts = -(-batch.height // mbr)
+        return [
+            blk.write_block(
+                blocks_dir, batch.slice(i * mbr, mbr), first_lsn=lsn, last_lsn=lsn, part=i + 1, nparts=nparts,
+                row_group_rows=1024, writer=writer,
+            ).path
+            for i in range(nparts)
+        ]  # fmt: skip
+
+    parts = write_parts(locking.PROCESS_TAG)
+    assert len(parts) > 1
+    with bt.BacktraceStore(path, read_only=True) as readers:
+        reader = readers.table(TABLE)
+        assert reader.rows == rows, "a live writer's parts in flight were shown"
+        assert reader.recovery.adopted_blocks == 0
+    for p in parts:
+        p.unlink()
+    gone = subprocess.run(["sh", "-c", "cat /proc/self/stat"], capture_output=True, text=True, check=True)
+    dead = f"{socket.gethostname()}/{gone.stdout.split()[0]}/{gone.stdout.rsplit(')', 1)[1].split()[19]}"
+    assert not locking.process_alive(dead)
+    write_parts(dead)
+    with bt.BacktraceStore(path, read_only=True) as readers:
+        reader = readers.table(TABLE)
+        assert reader.rows == rows + batch.height
+        assert reader.recovery.adopted_blocks == len(parts)
+    with bt.BacktraceStore(path) as store:
         table = store.table(TABLE)
-        assert check_batches(table.scan().collect(), mbr, "freeze") == [*acked, in_flight]
-        assert table.recovery.adopted_blocks == 3
-        assert "included (the next writer adopts them)" in table.recovery.summary()
+        assert table.recovery.adopted_blocks == len(parts)
+        assert check_batches(table.scan().collect(), mbr, "freeze") == [*acked, in_flight, in_flight + 1]
 
 
 def _run_big(path: Path, tmp_path: Path, fault: str, mbr: int) -> tuple[list[int], int]:

@@ -544,3 +544,17 @@ def test_the_plan_cache_lets_go_of_statistics_a_table_no_longer_uses(tmp_path: P
         assert first() is None, "the first statistics frame is still alive"
         kept = seen & set(prune._evaluated)
         assert len(kept) <= 2, f"{len(kept)} of this table's {len(seen)} frames' answers kept"
+
+
+def test_changing_a_reports_counts_changes_no_later_answer(tmp_path: Path) -> None:
+    """Reports of one predicate share their answers from metadata; what one hands out is its own."""
+    with bt.BacktraceStore(tmp_path / "db") as store:
+        t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=300)
+        t.append(make_orders(1_800))
+        pred = pl.col("symbol") == "BTC"
+        truth = t.scan().collect().filter(pred).height
+        counts = t.prune(pred).matching_list()
+        assert sum(n or 0 for n in counts) == truth
+        counts[:] = [0] * len(counts)
+        assert t.prune(pred).matching_list() != counts
+        assert t.scan().filter(pred).select(pl.len()).collect().item() == truth

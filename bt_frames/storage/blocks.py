@@ -64,6 +64,7 @@ KEY_VERSION = "bt_frames.format_version"
 KEY_LSN = "bt_frames.lsn_range"
 KEY_PART = "bt_frames.part"
 KEY_STATS = "bt_frames.stats"
+KEY_WRITER = "bt_frames.writer"  # the writing process (locking.PROCESS_TAG), on the parts of a large append
 HASH_CHUNK = 8 << 20
 
 
@@ -308,12 +309,14 @@ def write_block(
     nparts: int = 1,
     row_group_rows: int,
     publish: bool = True,
+    writer: str | None = None,
 ) -> BlockInfo:
     """Write ``df`` as a block; durable and visible on return (if ``publish``).
 
     With ``publish=False`` the file is left at its temporary name (fsynced) and
     the caller renames it with :func:`publish_block`: multi-part appends write
-    every part before renaming any.
+    every part before renaming any. ``writer`` (a process tag) goes into the
+    footer: see :func:`block_writer`.
     """
     stats = compute_stats(df)
     stats_doc = {
@@ -332,6 +335,7 @@ def write_block(
             KEY_LSN: f"{first_lsn}-{last_lsn}",
             KEY_PART: f"{part}/{nparts}",
             KEY_STATS: json.dumps(stats_doc, allow_nan=True),
+            **({KEY_WRITER: writer} if writer is not None else {}),
         },
     )
     data = buf.getbuffer()
@@ -443,6 +447,14 @@ def read_block_info(path: Path, *, verify: bool = True) -> BlockInfo:
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptionError.at(path, None, f"bad statistics in the Parquet footer ({e})") from e
     return BlockInfo(name, os.fspath(path), rows, path.stat().st_size, cols)
+
+
+def block_writer(path: Path) -> str | None:
+    """The tag of the process that wrote the block (``write_block(writer=)``), None if not recorded."""
+    try:
+        return pl.read_parquet_metadata(path).get(KEY_WRITER)
+    except Exception:  # unreadable: the caller has verified the file, so this is a race with its removal
+        return None
 
 
 def list_block_files(blocks_dir: Path) -> list[tuple[layout.BlockName, Path]]:

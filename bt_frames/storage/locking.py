@@ -8,9 +8,15 @@ fails at once with ``StoreLockedError``. The kernel drops the lock when the
 process dies (``kill -9`` included), so a crash never leaves a store locked.
 Readers (``read_only=True``) take no lock and never write; ``filelock`` is
 imported only when a writer makes its lock, so a read-only process never
-pays for importing it. A reader may ask whether a writer is alive
-(``writer_alive``): it tries a shared ``flock`` for an instant, so a writer
-opening at that instant waits up to ``WRITER_WAIT_S`` instead of failing.
+pays for importing it.
+
+Who wrote a file: ``PROCESS_TAG`` names this process (host, PID and the
+PID's start time, so a recycled PID is a different process), and
+:func:`process_alive` tells whether the process a tag names still runs. A
+large append's parts carry their writer's tag: a reader that finds a
+complete set no manifest version names knows whether it is in flight (its
+writer lives: it may still commit or remove it) or left by a crash (the
+next writer adopts it).
 """
 
 from __future__ import annotations
@@ -26,8 +32,6 @@ from bt_frames.storage import layout
 if TYPE_CHECKING:
     import filelock
 
-WRITER_WAIT_S = 0.25  # longer than any reader's probe holds its shared lock
-
 
 class StoreLock:
     def __init__(self, root: Path) -> None:
@@ -36,7 +40,7 @@ class StoreLock:
         self.path = root / layout.LOCK_NAME
         self._lock: filelock.FileLock = filelock.FileLock(
             self.path,
-            timeout=WRITER_WAIT_S,
+            timeout=0,
             thread_local=False,
             fallback_to_soft=False,
             preserve_lock_file=True,
@@ -68,30 +72,42 @@ class StoreLock:
             self._lock.release()
 
 
-def writer_alive(root: Path) -> bool:
-    """True when a writer holds ``<root>/LOCK`` now (or when that cannot be told).
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux); None where unknown or
+    when the process has exited (a zombie, not yet reaped by its parent, is gone too)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses; field 22 is the start time
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return None if fields[0] in (b"Z", b"X") else fields[19].decode()
 
-    A read-only recovery uses it to tell a crashed writer's leftovers, which
-    the next writer will adopt, from a live writer's work in flight.
+
+PROCESS_TAG = f"{socket.gethostname()}/{os.getpid()}/{_start_time(os.getpid()) or '?'}"
+
+
+def process_alive(tag: str) -> bool:
+    """Whether the process ``tag`` (a ``PROCESS_TAG``) names may still run.
+
+    True when that cannot be told: another host, a malformed tag, a PID we
+    may not signal. False only when the process is certainly gone.
     """
+    if tag == PROCESS_TAG:
+        return True
+    host, _, rest = tag.partition("/")
+    pid_text, _, start = rest.partition("/")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if os.path.isdir("/proc/self"):
+        now = _start_time(pid)
+        return now is not None and (start == "?" or now == start)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: assume a writer may be alive
-        return True
-    try:
-        fd = os.open(root / layout.LOCK_NAME, os.O_RDONLY)
-    except FileNotFoundError:
-        return False  # no writer ever opened the store
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    finally:
-        os.close(fd)
+    except OSError:
+        return True
+    return True

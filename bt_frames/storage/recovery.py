@@ -313,16 +313,17 @@ def _recover_once(
         rep.torn_tail_bytes = scans[-1].torn_bytes
 
     if not writer:
-        # a crashed writer's complete part set is in the view the next writer will commit; a live
-        # writer's parts are in flight (its commit may still fail and remove them): not yet
-        if not locking.writer_alive(table_dir.parent):
-            adopted = _adopt_parts(blocks_dir, listing, state, next_lsn)
-            if adopted:
-                rep.adopted_blocks = len(adopted)
-                infos = infos + adopted
-                loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
-                next_lsn += 1
-                rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
+        # A crashed writer's complete part set is in the view the next writer will commit. Parts whose
+        # writer still runs are in flight (its commit may yet fail and remove them), and parts that do not
+        # name their writer (written before writers were recorded) cannot be told apart: left out.
+        adopted = _adopt_parts(blocks_dir, listing, state, next_lsn)
+        writers = [blk.block_writer(b.path) for b in adopted]
+        if adopted and all(w is not None and not locking.process_alive(w) for w in writers):
+            rep.adopted_blocks = len(adopted)
+            infos = infos + adopted
+            loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
+            next_lsn += 1
+            rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
         return Recovered(state, None, infos, loaded.stats, hot, next_lsn, records, wal_bytes, False, None, rep)
     assert manifest is not None
     # 4./5. a writer makes the files match the manifest
