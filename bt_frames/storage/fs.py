@@ -12,7 +12,7 @@ change nothing a crash could lose.
 The operations and their durability, as the power-loss model in
 ``tests/helpers/powerloss.py`` assumes (a conservative POSIX reading):
 
-- ``write``/``writev``/``ftruncate`` change a file's bytes in the page cache;
+- ``write``/``writev``/``pwritev``/``ftruncate`` change a file's bytes in the page cache;
   only ``fsync``/``fdatasync`` of that file make them durable.
 - ``open`` with ``O_CREAT``, ``replace``/``rename``, ``unlink``, ``mkdir`` and
   ``rmdir`` change a directory; only ``fsync_dir`` of that directory makes the
@@ -43,6 +43,9 @@ class FileSystem:
 
     def writev(self, fd: int, buffers: Sequence[bytes | memoryview]) -> int:
         return os.writev(fd, buffers)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        return os.pwritev(fd, buffers, offset)
 
     def ftruncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
@@ -114,6 +117,18 @@ def writev_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
     n = _fs.writev(fd, buffers)
     if n != want:  # short write: finish it (or fail with the error that stopped it)
         write_all(fd, b"".join(bytes(b) for b in buffers)[n:])
+
+
+def pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+    """Write every byte of ``buffers`` at ``offset`` (the file offset is not used or moved; no ``O_APPEND``)."""
+    want = sum(len(b) for b in buffers)
+    n = _fs.pwritev(fd, buffers, offset)
+    if n != want:  # short write: finish it (or fail with the error that stopped it)
+        rest = memoryview(b"".join(bytes(b) for b in buffers))[n:]
+        while rest:
+            k = _fs.pwritev(fd, [rest], offset + n)
+            n += k
+            rest = rest[k:]
 
 
 def ftruncate(fd: int, size: int) -> None:

@@ -22,7 +22,7 @@ from tests.helpers.powerloss import _caller
 # kind -> the FileSystem methods it covers
 KINDS: dict[str, tuple[str, ...]] = {
     "create": ("open",),  # open with O_CREAT
-    "write": ("write", "writev"),
+    "write": ("write", "writev", "pwritev"),
     "ftruncate": ("ftruncate",),
     "fsync": ("fsync", "fdatasync"),
     "replace": ("replace",),
@@ -86,6 +86,11 @@ class FaultFS(fs.FileSystem):
     def writev(self, fd: int, buffers: Sequence[bytes | memoryview]) -> int:
         self._check("write", f"writev {sum(len(b) for b in buffers)} bytes to {self._rel(_fd_path(fd))}")
         return super().writev(fd, buffers)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        n = sum(len(b) for b in buffers)
+        self._check("write", f"pwritev {n} bytes at {offset} to {self._rel(_fd_path(fd))}")
+        return super().pwritev(fd, buffers, offset)
 
     def ftruncate(self, fd: int, size: int) -> None:
         self._check("ftruncate", f"ftruncate {self._rel(_fd_path(fd))} to {size}")

@@ -17,9 +17,13 @@ snapshot ("crash point"), under the conservative POSIX model of
 
 - a file's bytes are durable as of its last ``fsync``/``fdatasync``
   (a file never synced is empty); unsynced writes are lost, kept, or kept
-  as a prefix: every intermediate write boundary, half of each appended write
-  (a torn write), or the synced bytes followed by zeros up to the current size
-  (XFS / ext4 ``data=writeback`` after a crash: size durable, data not);
+  as a prefix: every intermediate write boundary, half of each write (a torn
+  write: an appended write keeps the first half of its new bytes; an in-place
+  ``pwritev`` over existing bytes, e.g. the zeros a WAL segment is filled with
+  ahead of its records, keeps the first half of the changed span and the old
+  bytes after it), or the synced bytes followed by zeros up to the current
+  size (XFS / ext4 ``data=writeback`` after a crash: size durable, data not).
+  "Lost" for an in-place write means the old bytes (the synced zeros);
 - a directory's entries are durable as of its last ``fsync_dir``; each later
   change of it (one call's worth: a rename replaces the target and removes the
   source together) may be lost or kept independently of the others and of the
@@ -312,6 +316,11 @@ class RecordingFS(fs.FileSystem):
         return int(self._do("writev", f"fd {fd}: {n} bytes", lambda: super(RecordingFS, self).writev(fd, buffers),
                             fd=fd))  # fmt: skip
 
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        n = sum(len(b) for b in buffers)
+        return int(self._do("pwritev", f"fd {fd}: {n} bytes at {offset}",
+                            lambda: super(RecordingFS, self).pwritev(fd, buffers, offset), fd=fd))  # fmt: skip
+
     def ftruncate(self, fd: int, size: int) -> None:
         self._do("ftruncate", f"fd {fd} to {size}", lambda: super(RecordingFS, self).ftruncate(fd, size), fd=fd)
 
@@ -520,10 +529,9 @@ class PowerLoss:
             cur = self.blobs[dg]
             if j < len(vs) - 1:
                 out.append((f"after write {j + 1}/{len(vs)}", dg))
-            if len(cur) > len(prev) + 1 and cur.startswith(prev):
-                out.append(
-                    (f"write {j + 1}/{len(vs)} torn", self._blob(cur[: len(prev) + (len(cur) - len(prev)) // 2]))
-                )
+            half = _torn_between(prev, cur)
+            if half is not None:
+                out.append((f"write {j + 1}/{len(vs)} torn", self._blob(half)))
             prev = cur
         cur = self.blobs[pt.current_files.get(f, d0)]
         synced = self.blobs[d0]
@@ -602,6 +610,49 @@ class PowerLoss:
             return f"after op #{n} + untracked change [{ev.detail}] ({ev.caller})"
         status = "" if ev.ok else f" FAILED {ev.error}"
         return f"after op #{n} {ev.name} {ev.detail}{status} ({ev.caller}, thread {ev.thread})"
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the longest common prefix (binary search over slice compares: fast on megabytes)."""
+    va, vb = memoryview(a), memoryview(b)
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if va[:mid] == vb[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    """Length of the longest common suffix, at most ``limit``."""
+    va, vb = memoryview(a), memoryview(b)
+    lo, hi = 0, min(len(a), len(b), limit)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if va[len(a) - mid :] == vb[len(b) - mid :]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _torn_between(prev: bytes, cur: bytes) -> bytes | None:
+    """The file half-way through the change ``prev`` -> ``cur`` (a torn write), or None if none applies.
+
+    An append (``cur`` extends ``prev``) keeps the first half of the new bytes; an in-place overwrite (a
+    ``pwritev`` into zeros written ahead, maybe running past the end) keeps the first half of the changed
+    span and the old bytes after it. A change that shrinks the file (a truncation) is not torn.
+    """
+    if len(cur) < len(prev):
+        return None
+    a = _common_prefix(prev, cur)
+    e = len(cur) if len(cur) > len(prev) else len(cur) - _common_suffix(prev, cur, len(cur) - a)
+    if e - a < 2:
+        return None
+    mid = a + (e - a) // 2
+    return cur[:mid] + prev[mid:]
 
 
 def tree_key(tree: dict[str, str]) -> str:
