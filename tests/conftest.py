@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 import bt_frames as bt
+from bt_frames.storage import wal
 
 ORDERS_SCHEMA = {
     "ts": pl.Datetime("us", "UTC"),
@@ -35,6 +36,21 @@ def make_orders(n: int, *, start: int = 0, seed: int = 0, step_us: int = 1_000_0
         },
         schema=ORDERS_SCHEMA,
     )
+
+
+ZERO_CHUNK = 16 << 10  # small: the tests' records cross many chunk ends; power-loss traces stay small
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_wal_zeros(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WAL zeros ahead written inline (not by a thread), in small chunks.
+
+    FaultFS counts the k-th call of a kind and RecordingFS orders every call:
+    a zeroer thread would make both vary from run to run. Tests of the thread
+    itself set ``wal.ZERO_IN_BACKGROUND`` back; subprocess writers use the defaults.
+    """
+    monkeypatch.setattr(wal, "ZERO_IN_BACKGROUND", False)
+    monkeypatch.setattr(wal, "ZERO_CHUNK", ZERO_CHUNK)
 
 
 @pytest.fixture

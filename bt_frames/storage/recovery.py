@@ -367,7 +367,7 @@ def _recover_once(
     if removed_any:
         layout.fsync_dir(blocks_dir)
 
-    if scans and scans[-1].torn_bytes:
+    if scans and (scans[-1].torn_bytes or scans[-1].zero_tail):  # the writer zeroes ahead again from the valid end
         seg = scans[-1]
         fd = fs.open_fd(seg.path, os.O_WRONLY)
         try:
@@ -375,7 +375,8 @@ def _recover_once(
             fs.fsync(fd)
         finally:
             fs.close(fd)
-        log.info("%s: cut a torn WAL tail of %d bytes from %s", table_dir.name, seg.torn_bytes, seg.path)
+        if seg.torn_bytes:
+            log.info("%s: cut a torn WAL tail of %d bytes from %s", table_dir.name, seg.torn_bytes, seg.path)
     named_wal = set(state.wal)
     keep: list[wal.SegmentScan] = []
     for i, s in enumerate(scans):

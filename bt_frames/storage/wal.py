@@ -44,17 +44,46 @@ fail at ``o`` it decides between a *torn tail* and *corruption*:
   A crash during the final write can only leave such a tail, and its append
   was never acknowledged. A writer truncates the file to ``o``; a read-only
   reader just stops there.
+- zero tail: this is the last segment and every byte from ``o`` to the end
+  is zero. These are the zeros the writer wrote ahead of its records (below),
+  not a torn append: the end of the log, reported as ``zero_tail``, never as
+  torn bytes. A record cut short and followed by zeros is not all zeros: a
+  torn tail, as above.
 - corruption: otherwise. ``CorruptionError`` names the file and ``o``;
   acknowledged data is never dropped silently. A record that passes its
-  checksum but breaks 5 or 6 is always corruption.
+  checksum but breaks 5 or 6 is always corruption. A segment that is not the
+  last never ends in zeros (the writer cuts them before the next segment
+  exists), so zeros there are corruption too.
 
 Write path (``WalWriter.append``): the header and payload go to the file in
-one ``writev`` on an ``O_APPEND`` descriptor, then, by durability policy:
-``"fsync"`` — ``fdatasync`` before returning; ``"batch"`` — a background
-thread syncs every ``BATCH_INTERVAL_S`` (a process crash loses nothing, the
-kernel has the bytes; a power loss at most the last interval); ``"none"`` —
-left to the OS. A failed write truncates the file back to its previous size,
-so a failed append leaves no partial record behind.
+one ``pwritev`` at the valid end (the descriptor has no ``O_APPEND``), then,
+by durability policy: ``"fsync"`` — ``fdatasync`` before returning;
+``"batch"`` — a background thread syncs every ``BATCH_INTERVAL_S`` (a process
+crash loses nothing, the kernel has the bytes; a power loss at most the last
+interval); ``"none"`` — left to the OS. A failed write or sync truncates the
+file back to the valid end (zeros ahead included), so a failed append leaves
+no partial record behind.
+
+Zeros ahead (``"fsync"`` and ``"batch"``; PostgreSQL's zero-filled WAL
+segments): the last segment is extended by ``ZERO_CHUNK`` bytes of zeros,
+written and ``fdatasync``'ed *before* records land there, whenever less
+than half a chunk is left after the valid end. A record then overwrites
+allocated, already-durable zeros in place, so its ``fdatasync`` changes no
+file size or extent: on ext4 it flushes the data without the journal
+commit an appending ``fdatasync`` pays. A zeroer thread writes the chunks
+(tests run it inline); an append that would reach past the zeros waits
+for a chunk in flight, else writes past the end as before. The segment is
+cut back to its valid end (``ftruncate`` + ``fsync``) at ``rotate`` before
+the next segment is created, and at ``close``; a writer that opens a table
+cuts a zero tail left by a crash and zeroes ahead again. Disk usage: the
+live segment is up to ``ZERO_CHUNK`` (1 MiB) larger than its records.
+
+Format version: zero tails did not change the grammar, so ``WAL_VERSION``
+stays 1 and segments without zeros read as before. A reader older than zero
+tails shows the zeros of a live or crashed writer's last segment as a torn
+tail (the 20-byte header check fails on zeros and no valid record follows),
+which is the end of the log to it as well: it reads the same records and
+its writer cuts the zeros as a torn tail. Nothing acknowledged is lost either way.
 
 Flush order (see ``Table._freeze``): rotate to a new segment
 (fsync the old one, create the new one, fsync the directory), write the
@@ -66,6 +95,7 @@ highest LSN held by a block, so rows are neither lost nor duplicated.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -93,6 +123,11 @@ _LEN_LSN = struct.Struct("<IQ")  # length then lsn, as the CRC covers them (no p
 _MAGIC_BYTES = _LEN.pack(RECORD_MAGIC)
 MAX_PAYLOAD = 2**32 - 1
 BATCH_INTERVAL_S = 0.005
+RACE_REREADS = 5  # a reader re-reads a last segment with a gap before a valid record (see read_segment)
+ZERO_CHUNK = 1 << 20  # bytes of zeros written (and synced) ahead of the records at a time
+ZERO_IN_BACKGROUND = True  # False (tests): the zeroing runs inline, after the append that asks for it
+
+log = logging.getLogger("bt_frames")
 
 
 def record_crc(length: int, lsn: int, payload: bytes | memoryview) -> int:
@@ -128,10 +163,11 @@ class SegmentScan:
     records: list[Record]
     valid_end: int  # offset just past the last valid record
     size: int  # file size as read
+    zero_tail: int = 0  # bytes after valid_end, all zeros: written ahead by the writer, not a torn append
 
     @property
     def torn_bytes(self) -> int:
-        return self.size - self.valid_end
+        return self.size - self.valid_end - self.zero_tail
 
 
 def _valid_at(buf: memoryview, o: int, size: int) -> tuple[int, int] | None:
@@ -162,11 +198,31 @@ def read_segment(path: Path, *, is_last: bool, prev_lsn: int = -1) -> SegmentSca
     """Read and check every record of one segment (see the module docstring).
 
     Raises CorruptionError for anything but a torn tail of the last segment.
+
+    A read racing the writer of the last segment may copy a page before a
+    record is written in place and a later page after the next record is:
+    a gap of zeros before a valid record. Records are written in LSN order,
+    so the earlier record was complete before that read ended: the segment is
+    read again (up to ``RACE_REREADS`` times) before the gap counts as damage.
     """
     first_lsn = layout.parse_wal_name(path.name)
     if first_lsn is None:  # pragma: no cover - callers only pass our names
         raise ValueError(f"not a WAL segment name: {path}")
-    data = path.read_bytes()
+    for _ in range(RACE_REREADS if is_last else 0):
+        try:
+            return _scan_segment(path, path.read_bytes(), first_lsn, is_last=is_last, prev_lsn=prev_lsn, reread=True)
+        except _MaybeRaced:
+            continue
+    return _scan_segment(path, path.read_bytes(), first_lsn, is_last=is_last, prev_lsn=prev_lsn, reread=False)
+
+
+class _MaybeRaced(Exception):
+    """A gap before a valid record in the last segment: maybe a read that raced the writer."""
+
+
+def _scan_segment(
+    path: Path, data: bytes, first_lsn: int, *, is_last: bool, prev_lsn: int, reread: bool
+) -> SegmentScan:
     size = len(data)
     buf = memoryview(data)
     if size < SEGMENT_HEADER_SIZE:
@@ -191,12 +247,21 @@ def read_segment(path: Path, *, is_last: bool, prev_lsn: int = -1) -> SegmentSca
     while o < size:
         found = _valid_at(buf, o, size)
         if found is None:
+            zeros = size - o if data.count(0, o) == size - o else 0
+            if is_last and zeros:
+                return SegmentScan(path, first_lsn, records, o, size, zeros)  # the end of the log
             later = _valid_record_after(data, buf, o, size, max(first_lsn, last + 1))
             if is_last and later is None:
                 return SegmentScan(path, first_lsn, records, o, size)  # torn tail
+            if is_last and reread:
+                raise _MaybeRaced
             reason = _describe_bad_record(buf, o, size)
             if later is not None:
                 reason += f"; a valid record follows at offset {later}, so this is not a torn tail"
+            elif zeros:
+                reason += (
+                    f"; the {zeros} bytes from here on are zeros, but later segments exist, so this is not the end"
+                )
             else:
                 reason += "; later segments exist, so this is not a torn tail"
             raise CorruptionError.at(path, o, reason)
@@ -263,6 +328,15 @@ class WalWriter:
     each record, and a sync makes durable what was written when it started
     (``_synced``), so a record written during a sync is synced by the next
     one -- never left unsynced until some later append or close.
+
+    Zeros ahead (``"fsync"``/``"batch"``): bytes ``[_size, _alloc)`` of the
+    current segment are zeros already synced; a record that fits there is
+    written in place. The zeroer (a thread, or inline when
+    ``ZERO_IN_BACKGROUND`` is false) writes the next ``ZERO_CHUNK`` at
+    ``_alloc`` *without* the lock once less than half a chunk is left;
+    while it runs (``_zeroing``) an append that would reach past ``_alloc``,
+    a failed append's cleanup, ``rotate`` and ``close`` wait for it, so its
+    range never overlaps a record and its fd stays open.
     """
 
     def __init__(self, wal_dir: Path, durability: Durability, current: Path, *, create: bool) -> None:
@@ -270,25 +344,40 @@ class WalWriter:
         self.durability = durability
         self.path = current
         self._fd_lock = threading.Lock()
+        self._zeroed = threading.Condition(self._fd_lock)  # notified when the zeroer finishes a chunk
         self._sync_lock = threading.Lock()  # one sync at a time
         self._fd = self._open(current, create=create)
+        # The valid end: a writer opens a segment that recovery cut back to its last record (torn or zero tail).
         self._size = os.fstat(self._fd).st_size
+        self._alloc = self._size  # [_size, _alloc): zeros, synced
+        self._zeroing = False
+        self._zero_ahead = durability != "none"  # per segment: off after a zeroing failure
+        self._background = ZERO_IN_BACKGROUND
         self._written = 0  # records written (all segments), and how many of them a sync made durable
         self._synced = 0
         self.records_written = 0
         self.bytes_written = 0
+        self.zero_bytes_written = 0
         self._stop = threading.Event()
+        self._want_zeros = threading.Event()
         self._syncer: threading.Thread | None = None
+        self._zeroer: threading.Thread | None = None
         if durability == "batch":
             self._syncer = threading.Thread(target=self._sync_loop, name="bt_frames-wal-sync", daemon=True)
             self._syncer.start()
+        if self._zero_ahead and self._background:
+            self._zeroer = threading.Thread(target=self._zero_loop, name="bt_frames-wal-zero", daemon=True)
+            self._zeroer.start()
+        self._request_zeros(self._zero_needed())
 
     @staticmethod
     def _open(path: Path, *, create: bool) -> int:
+        # No O_APPEND: records are written with pwritev at the valid end (Linux pwrite ignores the offset
+        # on an O_APPEND descriptor).
         if create:
-            fd = fs.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+            fd = fs.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             try:
-                fs.write_all(fd, segment_header())
+                fs.pwritev_all(fd, [segment_header()], 0)
                 fs.fsync(fd)
                 layout.fsync_dir(path.parent)
             except BaseException:
@@ -296,10 +385,11 @@ class WalWriter:
                 fs.unlink(path, missing_ok=True)
                 raise
             return fd
-        return fs.open_fd(path, os.O_WRONLY | os.O_APPEND)
+        return fs.open_fd(path, os.O_WRONLY)
 
     @property
     def size(self) -> int:
+        """The segment's valid end: its header and records (the zeros ahead of them excluded)."""
         return self._size
 
     @property
@@ -311,32 +401,106 @@ class WalWriter:
         """Write one record; return once it is durable under the policy.
 
         Raises only if the record is not in the WAL: a failed write or sync
-        cuts the file back to its previous size. ``before_sync`` (``"fsync"``
-        mode) is called once the record is written, just before the sync: the
-        caller starts work there that runs while the sync waits for the disk.
+        cuts the file back to its previous valid end (the zeros ahead too;
+        they are written again later). ``before_sync`` (``"fsync"`` mode) is
+        called once the record is written, just before the sync: the caller
+        starts work there that runs while the sync waits for the disk.
         """
         header = encode_record(lsn, payload)
         want = len(header) + len(payload)
         with self._fd_lock:
+            end = self._size + want
+            while self._zeroing and end > self._alloc:  # the record would reach into the zeros being written
+                self._zeroed.wait()
             try:
-                fs.writev_all(self._fd, [header, payload])
+                fs.pwritev_all(self._fd, [header, payload], self._size)
                 if self.durability == "fsync":
                     if before_sync is not None:
                         before_sync()
                     fs.fdatasync(self._fd)
             except BaseException:
                 # Leave no partial record behind: the append was not acknowledged.
-                try:
-                    fs.ftruncate(self._fd, self._size)
-                except OSError:  # pragma: no cover - nothing better to do
-                    pass
+                self._cut_back()
                 raise
-            self._size += want
+            self._size = end
+            self._alloc = max(self._alloc, end)
             self._written += 1
             if self.durability != "batch":
                 self._synced = self._written
+            zero = self._zero_needed()
         self.records_written += 1
         self.bytes_written += want
+        self._request_zeros(zero)
+
+    def _cut_back(self) -> None:
+        """After a failed append (under the lock): truncate to the valid end (zeros ahead included)."""
+        while self._zeroing:
+            self._zeroed.wait()
+        try:
+            fs.ftruncate(self._fd, self._size)
+            self._alloc = self._size
+        except OSError:  # pragma: no cover - nothing better to do
+            pass
+
+    # -- zeros ahead -----------------------------------------------------------
+
+    def _zero_needed(self) -> bool:
+        """(under the lock) Is it time to write the next chunk of zeros?"""
+        return self._zero_ahead and not self._zeroing and self._fd >= 0 and self._alloc - self._size < ZERO_CHUNK // 2
+
+    def _request_zeros(self, needed: bool) -> None:
+        if not needed:
+            return
+        if self._zeroer is not None:
+            self._want_zeros.set()
+        else:
+            self._write_zeros()
+
+    def _zero_loop(self) -> None:
+        while True:
+            self._want_zeros.wait()
+            self._want_zeros.clear()
+            if self._stop.is_set():
+                return
+            self._write_zeros()
+
+    def _write_zeros(self) -> None:
+        """Write and sync the next ZERO_CHUNK of zeros at ``_alloc`` (the lock is not held while writing).
+
+        A failure only costs speed: zeroing stops for this segment and records
+        are appended past its end, as without zeros ahead.
+        """
+        with self._fd_lock:
+            if not self._zero_needed():
+                return
+            fd, start = self._fd, self._alloc
+            self._zeroing = True
+        ok = False
+        try:
+            fs.pwritev_all(fd, [_zeros()], start)
+            fs.fdatasync(fd)
+            ok = True
+        except OSError as e:
+            log.warning("%s: writing zeros ahead of the WAL records failed (%s); appending instead", self.path, e)
+        finally:
+            with self._fd_lock:
+                self._zeroing = False
+                if ok:
+                    self._alloc = max(self._alloc, start + ZERO_CHUNK)
+                    self.zero_bytes_written += ZERO_CHUNK
+                else:
+                    self._zero_ahead = False
+                self._zeroed.notify_all()
+
+    def _cut_zeros(self) -> None:
+        """(under the lock) Truncate the zeros after the last record: a finished segment ends at a record."""
+        while self._zeroing:
+            self._zeroed.wait()
+        if os.fstat(self._fd).st_size != self._size:
+            self._alloc = self._size
+            fs.ftruncate(self._fd, self._size)
+
+    # -- sync, rotate, close ---------------------------------------------------
 
     def sync(self) -> None:
         """Make every record written so far durable (appends go on meanwhile: the fd lock is not held)."""
@@ -358,34 +522,56 @@ class WalWriter:
                     pass
 
     def rotate(self, next_lsn: int) -> Path:
-        """Make the current segment durable and start ``wal/<next_lsn>.wal``.
+        """Make the current segment durable, ending at its last record, and start ``wal/<next_lsn>.wal``.
 
-        If anything fails (disk full) the writer keeps appending to the current
-        segment, as if ``rotate`` had not been called.
+        The zeros after the last record are cut off and the cut synced before
+        the next segment exists: a reader takes the bad tail of a segment that
+        is not the last for corruption. If anything fails (disk full) the
+        writer keeps appending to the current segment, as if ``rotate`` had
+        not been called.
         """
         new_path = self.wal_dir / layout.wal_name(next_lsn)
         with self._fd_lock:
+            self._cut_zeros()
             fs.fsync(self._fd)
             self._synced = max(self._synced, self._written)
             new_fd = self._open(new_path, create=True)
             old, self._fd = self._fd, new_fd
             self.path = new_path
-            self._size = SEGMENT_HEADER_SIZE
+            self._size = self._alloc = SEGMENT_HEADER_SIZE
+            self._zero_ahead = self.durability != "none"
+            zero = self._zero_needed()
         try:
             fs.close(old)
         except OSError:  # pragma: no cover - the data is already synced
             pass
+        self._request_zeros(zero)
         return new_path
 
     def close(self) -> None:
+        """Sync and close; the segment ends at its last record (its zeros ahead are cut off)."""
         self._stop.set()
+        self._want_zeros.set()
         if self._syncer is not None:
             self._syncer.join()
+        if self._zeroer is not None:
+            self._zeroer.join()
         with self._fd_lock:
             if self._fd >= 0:
                 try:
+                    self._cut_zeros()
                     fs.fsync(self._fd)
                     self._synced = max(self._synced, self._written)
                 finally:
                     fs.close(self._fd)
                     self._fd = -1
+
+
+_ZEROS: list[bytes] = []
+
+
+def _zeros() -> bytes:
+    """ZERO_CHUNK zero bytes (one buffer, reused while the size stays the same)."""
+    if not _ZEROS or len(_ZEROS[0]) != ZERO_CHUNK:
+        _ZEROS[:] = [bytes(ZERO_CHUNK)]
+    return _ZEROS[0]

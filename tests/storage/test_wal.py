@@ -646,7 +646,11 @@ class _SlowSync(fs.FileSystem):
         self.synced_sizes: list[int] = []
 
     def fdatasync(self, fd: int) -> None:
-        size = os.fstat(fd).st_size
+        if threading.current_thread().name != "bt_frames-wal-sync":  # an append's or the zeroer's sync
+            super().fdatasync(fd)
+            return
+        # the end of the records (the zeros written ahead of them do not count)
+        size = len(Path(f"/proc/self/fd/{fd}").read_bytes().rstrip(b"\0"))
         if not self.in_sync.is_set():
             self.in_sync.set()
             assert self.release.wait(10)
