@@ -1,7 +1,7 @@
 """Where a durable append's time goes (issue #2): fdatasync vs our own work, idle vs while a block is written.
 
     .venv/bin/python benchmarks/ingest_split.py               # 1,000 appends x 500 rows, 2 repeats
-    .venv/bin/python benchmarks/ingest_split.py --prezero     # + the pre-zeroed WAL segment prototype
+    .venv/bin/python benchmarks/ingest_split.py --appending   # + the WAL without zeros ahead, interleaved
 
 Every ``durability="fsync"`` append (``max_block_rows=100,000``, so blocks are
 written meanwhile) is split into the time spent inside the WAL's
@@ -11,12 +11,12 @@ the lock). Appends are grouped by whether the block writer was busy around
 them. The baseline (pyarrow IPC + ``os.write`` + ``os.fdatasync``, no block
 writer) is split the same way and run interleaved with bt_frames.
 
-``--prezero`` also runs a *prototype* (monkeypatched here, not in the
-library): the WAL segment is zero-filled and synced ahead of the appends and
-records are written in place instead of appended, so that ``fdatasync`` has
-no file size or extent change to journal -- only the data to flush. On ext4
-that skips the journal commit an appending ``fdatasync`` needs. It is not
-crash-tested: it shows what such a WAL would gain, nothing more.
+The WAL writes records in place into zeros synced ahead of them
+(``bt_frames/storage/wal.py``), so that ``fdatasync`` has no file size or
+extent change to journal -- only the data to flush; on ext4 that skips the
+journal commit an appending ``fdatasync`` needs. ``--appending`` also runs
+bt_frames with ``wal.ZERO_AHEAD = False`` (records appended, as before),
+interleaved with the other two, to show what the zeros gain.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ import pyarrow as pa
 from _common import make_orders
 
 import bt_frames as bt
-from bt_frames.storage import fs
+from bt_frames.storage import fs, wal
 
-ZERO_AHEAD = 10 << 20  # bytes of zeros the prototype puts ahead of each new segment (synchronously, in rotate)
 _clock = time.perf_counter_ns
 
 
@@ -57,42 +56,11 @@ class _TimedSync(fs.FileSystem):
             super().fdatasync(fd)
 
 
-def _prezero(w: Any) -> None:
-    """Prototype: zero-fill (and sync) ZERO_AHEAD bytes after the segment's end; write in place from then on."""
-    with w._fd_lock:
-        fd = os.open(w.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            zeros = bytes(1 << 20)
-            for _ in range(ZERO_AHEAD >> 20):
-                os.write(fd, zeros)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.close(w._fd)
-        w._fd = os.open(w.path, os.O_WRONLY)  # no O_APPEND: writev goes to the file offset, the record's end
-        os.lseek(w._fd, w._size, os.SEEK_SET)
-
-
-def _install_prezero(table: Any) -> None:
-    w = table._wal
-    _prezero(w)
-    rotate = w.rotate
-
-    def rotate_prezeroed(next_lsn: int) -> Path:
-        os.ftruncate(w._fd, w._size)  # a closed segment has no zero tail
-        path = rotate(next_lsn)
-        _prezero(w)
-        return path
-
-    w.rotate = rotate_prezeroed
-
-
-def run_bt(frames: list[Any], workdir: Path, *, max_block_rows: int, prezero: bool) -> dict[str, Any]:
+def run_bt(frames: list[Any], workdir: Path, *, max_block_rows: int, zeros: bool = True) -> dict[str, Any]:
+    wal.ZERO_AHEAD = zeros
     store = bt.BacktraceStore(tempfile.mkdtemp(dir=workdir), durability="fsync", progress=False)
     try:
         table = store.create_table("o", dict(frames[0].schema), time_column="ts", max_block_rows=max_block_rows)
-        if prezero:
-            _install_prezero(table)
         writer = table._writer
         timed = _TimedSync()
         out: dict[str, list[tuple[int, int]]] = {"idle": [], "busy": []}
@@ -107,10 +75,9 @@ def run_bt(frames: list[Any], workdir: Path, *, max_block_rows: int, prezero: bo
                 dt = _clock() - t
                 out["busy" if busy and writer.draining else "idle"].append((dt, timed.ns))
         wall = (_clock() - t0) / 1e9
-        if prezero:
-            os.ftruncate(table._wal._fd, table._wal._size)
     finally:
         store.close()
+        wal.ZERO_AHEAD = True
     return {"wall": wall, **out}
 
 
@@ -157,20 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--max-block-rows", type=int, default=100_000)
-    ap.add_argument("--prezero", action="store_true", help="also run the pre-zeroed WAL segment prototype")
+    ap.add_argument("--appending", action="store_true", help="also run with no zeros ahead (records appended)")
     args = ap.parse_args(argv)
     frames = [make_orders(args.rows, start=i * args.rows, seed=1) for i in range(args.batches)]
     batches = [f.to_arrow() for f in frames]
-    kinds = ["baseline", "bt_frames"] + (["bt_frames prezero"] if args.prezero else [])
+    kinds = ["baseline", "bt_frames"] + (["bt_frames appending"] if args.appending else [])
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="bt-split-") as tmp:
         work = Path(tmp)
-        run_bt(frames[:50], work, max_block_rows=args.max_block_rows, prezero=False)  # warm-up
+        run_bt(frames[:50], work, max_block_rows=args.max_block_rows)  # warm-up
         for _ in range(args.repeat):  # interleaved: a burst of load from elsewhere hits every kind alike
             runs["baseline"].append(run_baseline(batches, work))
-            runs["bt_frames"].append(run_bt(frames, work, max_block_rows=args.max_block_rows, prezero=False))
-            if args.prezero:
-                runs["bt_frames prezero"].append(run_bt(frames, work, max_block_rows=args.max_block_rows, prezero=True))
+            runs["bt_frames"].append(run_bt(frames, work, max_block_rows=args.max_block_rows))
+            if args.appending:
+                appending = run_bt(frames, work, max_block_rows=args.max_block_rows, zeros=False)
+                runs["bt_frames appending"].append(appending)
     n_rows = args.batches * args.rows
     base = float(np.median([n_rows / r["wall"] for r in runs["baseline"]]))
     print(f"{args.batches:,} appends x {args.rows} rows, max_block_rows={args.max_block_rows:,}, "

@@ -125,6 +125,7 @@ MAX_PAYLOAD = 2**32 - 1
 BATCH_INTERVAL_S = 0.005
 RACE_REREADS = 5  # a reader re-reads a last segment with a gap before a valid record (see read_segment)
 ZERO_CHUNK = 1 << 20  # bytes of zeros written (and synced) ahead of the records at a time
+ZERO_AHEAD = True  # False: records are appended (no zeros ahead), as before; for comparison (benchmarks)
 ZERO_IN_BACKGROUND = True  # False (tests): the zeroing runs inline, after the append that asks for it
 
 log = logging.getLogger("bt_frames")
@@ -351,7 +352,7 @@ class WalWriter:
         self._size = os.fstat(self._fd).st_size
         self._alloc = self._size  # [_size, _alloc): zeros, synced
         self._zeroing = False
-        self._zero_ahead = durability != "none"  # per segment: off after a zeroing failure
+        self._zero_ahead = ZERO_AHEAD and durability != "none"  # per segment: off after a zeroing failure
         self._background = ZERO_IN_BACKGROUND
         self._written = 0  # records written (all segments), and how many of them a sync made durable
         self._synced = 0
@@ -539,7 +540,7 @@ class WalWriter:
             old, self._fd = self._fd, new_fd
             self.path = new_path
             self._size = self._alloc = SEGMENT_HEADER_SIZE
-            self._zero_ahead = self.durability != "none"
+            self._zero_ahead = ZERO_AHEAD and self.durability != "none"
             zero = self._zero_needed()
         try:
             fs.close(old)
