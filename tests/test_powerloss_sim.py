@@ -89,6 +89,39 @@ def test_append_after_sync_is_kept_lost_or_torn(tmp_path: Path) -> None:
     assert got == {b"AAAA", b"AAAABBBBBBBB", b"AAAABBBB", b"AAAA" + b"\0" * 8}
 
 
+def test_in_place_write_over_synced_zeros_is_kept_lost_or_torn(tmp_path: Path) -> None:
+    # the WAL's records written into zeros synced ahead: lost means the zeros, torn keeps zeros after a half
+    root = tmp_path / "r"
+
+    def body() -> None:
+        _write(root / "log", b"AAAA" + bytes(12), sync=True)
+        fs.fsync_dir(root)
+        fd = fs.open_fd(root / "log", os.O_WRONLY)
+        fs.pwritev_all(fd, [b"BBBB", b"CCCC"], 4)
+        fs.close(fd)
+
+    sim = _record(root, body)
+    got = {o["log"] for o in _outcomes(sim)}
+    assert got == {b"AAAA" + bytes(12), b"AAAABBBBCCCC" + bytes(4), b"AAAABBBB" + bytes(8)}
+
+
+def test_in_place_write_after_an_unsynced_one_tears_only_the_last(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+
+    def body() -> None:
+        _write(root / "log", bytes(16), sync=True)
+        fs.fsync_dir(root)
+        fd = fs.open_fd(root / "log", os.O_WRONLY)
+        fs.pwritev_all(fd, [b"AAAA"], 0)
+        fs.pwritev_all(fd, [b"BBBB"], 4)
+        fs.close(fd)
+
+    sim = _record(root, body)
+    got = {o["log"] for o in _outcomes(sim)}
+    # in order: a later write is never kept without the earlier one (the model's prefix guarantee)
+    assert got == {bytes(16), b"AAAA" + bytes(12), b"AA" + bytes(14), b"AAAABBBB" + bytes(8), b"AAAABB" + bytes(10)}
+
+
 def test_rename_without_dir_fsync_may_be_lost(tmp_path: Path) -> None:
     root = tmp_path / "r"
     (root).mkdir()
