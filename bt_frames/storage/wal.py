@@ -64,7 +64,7 @@ interval); ``"none"`` — left to the OS. A failed write or sync truncates the
 file back to the valid end (zeros ahead included), so a failed append leaves
 no partial record behind.
 
-Zeros ahead (``"fsync"`` and ``"batch"``; PostgreSQL's zero-filled WAL
+Zeros ahead (``"fsync"`` only; PostgreSQL's zero-filled WAL
 segments): the last segment is extended by ``ZERO_CHUNK`` bytes of zeros,
 written and ``fdatasync``'ed *before* records land there, whenever less
 than half a chunk is left after the valid end. A record then overwrites
@@ -77,6 +77,13 @@ cut back to its valid end (``ftruncate`` + ``fsync``) at ``rotate`` before
 the next segment is created, and at ``close``; a writer that opens a table
 cuts a zero tail left by a crash and zeroes ahead again. Disk usage: the
 live segment is up to ``ZERO_CHUNK`` (1 MiB) larger than its records.
+Only ``"fsync"``: there every record is durable before the next is written,
+so after a power loss the file is its synced records, then at most one
+unacknowledged record torn anywhere, then zeros. Under ``"batch"`` several
+unsynced records share the file's dirty pages, and writeback of a file whose
+size does not change may persist a later page without an earlier one: zeros,
+then a valid record -- which a reader must call corruption. Appending keeps
+those pages' order tied to the file size, so ``"batch"`` appends as before.
 
 Format version: zero tails did not change the grammar, so ``WAL_VERSION``
 stays 1 and segments without zeros read as before. A reader older than zero
@@ -352,7 +359,7 @@ class WalWriter:
         self._size = os.fstat(self._fd).st_size
         self._alloc = self._size  # [_size, _alloc): zeros, synced
         self._zeroing = False
-        self._zero_ahead = ZERO_AHEAD and durability != "none"  # per segment: off after a zeroing failure
+        self._zero_ahead = ZERO_AHEAD and durability == "fsync"  # per segment: off after a zeroing failure
         self._background = ZERO_IN_BACKGROUND
         self._written = 0  # records written (all segments), and how many of them a sync made durable
         self._synced = 0
@@ -540,7 +547,7 @@ class WalWriter:
             old, self._fd = self._fd, new_fd
             self.path = new_path
             self._size = self._alloc = SEGMENT_HEADER_SIZE
-            self._zero_ahead = ZERO_AHEAD and self.durability != "none"
+            self._zero_ahead = ZERO_AHEAD and self.durability == "fsync"
             zero = self._zero_needed()
         try:
             fs.close(old)
