@@ -175,6 +175,7 @@ class Table:
             settle=self._settle,
         )
         self._cache_lock = threading.Lock()  # one stats-cache write at a time (they share a tmp file name)
+        self._cache_version = 0  # the manifest version the cache this table last wrote is linked to
         # The manifest: commits are serialised by _manifest_lock (the block writer commits without the table lock).
         self._manifest: mf.Manifest | None = None
         self._manifest_lock = threading.Lock()
@@ -276,7 +277,9 @@ class Table:
             self.recovery = got.report
         if not writer:
             return
-        if got.stats_changed:
+        if got.report.stats_linked and got.manifest is not None:
+            self._cache_version = got.manifest.state.version
+        if got.stats_changed or not got.report.stats_linked:
             self._write_cache()
         if self._hot.rows >= self._meta.max_block_rows:
             with self._lock:  # in the background, and never raising: opening never fails for want of disk space
@@ -710,13 +713,31 @@ class Table:
         self._write_cache()
 
     def _write_cache(self) -> None:
-        """Write the statistics cache of the current blocks (needs no table lock; never raises)."""
+        """Write the statistics cache of the current blocks (needs no table lock; never raises).
+
+        It is linked to the current manifest version (``manifest.link``) when its rows are exactly that
+        version's blocks, in order, so that readers take the state from it instead of decoding the manifest.
+        """
         try:
             stats = self._stats()  # before the cache lock: never wait for the table lock while holding it
+            link = None
+            m = self._manifest
+            if m is not None:
+                state = m.state  # replaced, never changed, by a commit: one consistent version
+                if stats.get_column("block").to_list() == [e.block for e in state.blocks]:
+                    link = mf.link(state)
             with self._cache_lock:
-                catalog.write_cache(self._dir, stats, self._meta.schema)
+                catalog.write_cache(self._dir, stats, self._meta.schema, link)
+                self._cache_version = link["version"] if link is not None else 0
         except Exception as e:  # only a cache: rebuilt from footers on the next open
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
+
+    def _link_cache(self) -> None:
+        """Rewrite the cache if it is not linked to the current manifest version (after a commit that
+        changed no block: a reader would otherwise decode the manifest)."""
+        m = self._manifest
+        if m is not None and self._cache_version != m.state.version:
+            self._write_cache()
 
     def close(self) -> None:
         """Wait for the block writer, record the table's last LSN in the manifest and close the WAL.
@@ -750,6 +771,7 @@ class Table:
                             self._commit(mf.Edit("close", next_lsn=self._next_lsn))
                         except Exception as e:
                             log.warning("table %r: could not record the close in the manifest (%s)", self.name, e)
+                    self._link_cache()
 
     # -- state -----------------------------------------------------------------
 

@@ -23,8 +23,9 @@ opening a store is one small read instead of one footer read per block, as
 SQLite treats its wal-index: it is rebuilt from the Parquet footers if it is
 missing, stale or corrupt, and it is never the only copy of anything (each
 block's footer holds its own statistics). Layout: one JSON line
-``{"format": "bt_frames.stats_cache", "version": 3, "schema": "<digest of the table
-schema>", "xxh3": "<digest of the rest>"}``,
+``{"format": "bt_frames.stats_cache", "version": 5, "schema": "<digest of the table
+schema>", "xxh3": "<digest of the link's canonical JSON, then of the body>",
+"manifest": <link> | null}``,
 then an Arrow IPC stream holding the *statistics frame* (``stats_frame``): one
 row per block with ``block`` (file name), ``first_lsn``, ``last_lsn``,
 ``part``, ``rows``, ``bytes`` and per column ``min.<c>``, ``max.<c>``,
@@ -34,6 +35,16 @@ files on disk by name (a name carries the file's content digest); files
 without a row are read from their footer, rows without a file are dropped,
 and a writer rewrites the cache if anything differed. Loading it is one read
 and one Arrow decode, whatever the number of blocks.
+
+The *link* (version 5, ``manifest.link``): the manifest version whose blocks
+are exactly the frame's rows, in order, the xxh3 of every version file a load
+of that version reads and of the block names, and the WAL segments and last
+clean close of that version. The writer writes it with every cache (and
+rewrites the cache after a commit that changed no block, such as a close). A
+reader whose newest manifest version is the linked one, with those files
+byte for byte, takes the state from the cache and decodes no version
+(``load_linked``); anything else and it decodes the manifest. Version-4 caches
+(no link) are still read.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import xxhash
 
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
 from bt_frames.storage import blocks as blk
@@ -60,8 +72,9 @@ log = logging.getLogger("bt_frames")
 TABLE_FORMAT = "bt_frames.table"
 TABLE_FORMAT_VERSION = 1
 CACHE_FORMAT = "bt_frames.stats_cache"
-CACHE_VERSION = 4  # 1: JSON entries per block; 2: the statistics frame as an Arrow IPC file; 3: as a stream;
-# 4: with counts.<c>
+CACHE_VERSION = 5  # 1: JSON entries per block; 2: the statistics frame as an Arrow IPC file; 3: as a stream;
+# 4: with counts.<c>; 5: the header links the frame to the manifest version whose blocks it describes
+READ_CACHE_VERSIONS = (4, 5)  # a version-4 cache is read as one without a link
 
 
 def schema_to_b64(schema: pl.Schema) -> str:
@@ -297,29 +310,50 @@ class CacheLoad:
 
 
 def _read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str]:
+    frame, state, _link = read_cache(path, schema)
+    return frame, state
+
+
+def read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str, dict[str, Any] | None]:
+    """(statistics frame or None, "fresh"/"missing"/"corrupt", the manifest link of a version-5 cache or None)."""
     try:
         data = path.read_bytes()  # one read of the known size (readline + read() costs ~10x more on MBs)
     except FileNotFoundError:
-        return None, "missing"
+        return None, "missing", None
     except OSError as e:  # a directory, no permission, an I/O error: only a cache, rebuilt from the footers
         log.warning("stats cache %s cannot be read (%s); treating it as corrupt and reading block footers", path, e)
-        return None, "corrupt"
+        return None, "corrupt", None
     end = data.find(b"\n") + 1 or len(data)  # the header line, newline included (as readline() gave it)
     head, body = data[:end], memoryview(data)[end:]
+    link: dict[str, Any] | None = None
     try:
         header = json.loads(head)
-        if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
-            return None, "corrupt"
+        version = header.get("version")
+        if header.get("format") != CACHE_FORMAT or version not in READ_CACHE_VERSIONS:
+            return None, "corrupt", None
         if header.get("schema") != _schema_key(schema):
-            return None, "corrupt"  # written for another table schema: rebuild
-        if blk.hash_bytes(body) != header.get("xxh3"):
-            return None, "corrupt"
+            return None, "corrupt", None  # written for another table schema: rebuild
+        if version >= 5:
+            link = header.get("manifest")
+            if link is not None and not isinstance(link, dict):
+                return None, "corrupt", None
+        if _cache_digest(body, link if version >= 5 else None) != header.get("xxh3"):
+            return None, "corrupt", None
         frame = pl.read_ipc_stream(io.BytesIO(body))
     except (ValueError, KeyError, TypeError, AttributeError, OSError, pl.exceptions.PolarsError):
-        return None, "corrupt"
+        return None, "corrupt", None
     if frame.schema != stats_schema(schema) or frame.get_column("block").null_count():
-        return None, "corrupt"  # another layout (a build that forgot to bump CACHE_VERSION?) or a bad writer
-    return frame, "fresh"
+        return None, "corrupt", None  # another layout (a build that forgot to bump CACHE_VERSION?) or a bad writer
+    return frame, "fresh", link
+
+
+def _cache_digest(body: bytes | memoryview, link: dict[str, Any] | None) -> str:
+    """xxh3 of the body, after the canonical JSON of the link when there is one (version 5)."""
+    if link is None:
+        return blk.hash_bytes(body)
+    h = xxhash.xxh3_64(json.dumps(link, sort_keys=True, separators=(",", ":")).encode())
+    h.update(body)
+    return h.hexdigest()
 
 
 def _schema_key(schema: pl.Schema) -> str:
@@ -390,18 +424,67 @@ def load_blocks(
     return CacheLoad(infos, stats, len(hits), len(footer), state, changed, listing)
 
 
-def _cached_infos(cached: pl.DataFrame, prefix: str) -> list[blk.BlockInfo]:
-    """A ``BlockInfo`` per row of the statistics frame, built from its columns in bulk.
-
-    The name fields come from the frame's columns, written from the parsed name
-    of the same string (its digest is in it), so nothing is parsed again.
-    """
-    files, first, last, part, nparts, rows, size = (
+def _identity(cached: pl.DataFrame) -> list[list[Any]]:
+    """The identity columns of a statistics frame, as lists: block, first/last LSN, part, nparts, rows, bytes."""
+    return [
         cached.get_column(c).to_list() for c in ("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes")
-    )
+    ]
+
+
+def _cached_infos(cached: pl.DataFrame, prefix: str) -> list[blk.BlockInfo]:
+    """A ``BlockInfo`` per row of the statistics frame, built from its columns in bulk."""
+    return _infos(prefix, *_identity(cached))
+
+
+def _infos(
+    prefix: str,
+    files: list[str],
+    first: list[int],
+    last: list[int],
+    part: list[int],
+    nparts: list[int],
+    rows: list[int],
+    size: list[int],
+) -> list[blk.BlockInfo]:
+    """The name fields come from the frame's columns, written from the parsed name of the same
+    string (its digest is in it), so nothing is parsed again."""
     digests = [n[-24:-8] for n in files]
     names = list(map(layout.BlockName._make, zip(first, last, part, nparts, digests, strict=True)))
     return blk.BlockInfo.of_cached_many(names, prefix, files, rows, size)
+
+
+@dataclass
+class Linked:
+    """A reader's open from a cache linked to the newest manifest version (``load_linked``)."""
+
+    loaded: CacheLoad
+    state: mf.State  # without ``blocks``: they are the frame's rows
+    files: list[str]  # the frame's block names, in order
+    lsns: tuple[list[int], list[int], list[int], list[int]]  # first LSN, last LSN, part, nparts per block
+    rows: list[int]
+
+
+def load_linked(table_dir: Path, cache: tuple[pl.DataFrame | None, str, dict[str, Any] | None]) -> Linked | None:
+    """A reader's open from the statistics cache alone, when it is linked to the newest manifest version.
+
+    ``cache`` is what ``read_cache`` gave. The blocks, statistics and state if the cache is intact
+    and its link checks out (``manifest.load_linked``): the state's blocks are the frame's rows,
+    which the writer of the link wrote from exactly that state. Otherwise None: decode the manifest.
+    """
+    cached, _state, link = cache
+    if cached is None or link is None:
+        return None
+    state = mf.load_linked(table_dir, link)
+    if state is None:
+        return None
+    files, first, last, part, nparts, rows, size = _identity(cached)
+    if mf.names_digest(files) != link.get("blocks"):
+        return None  # rows that are not the linked state's blocks (a writer's bug): never trusted
+    prefix = os.path.join(os.fspath(table_dir / layout.BLOCKS_DIR), "")
+    infos = _infos(prefix, files, first, last, part, nparts, rows, size)
+    return Linked(
+        CacheLoad(infos, cached, len(infos), 0, "fresh", False), state, files, (first, last, part, nparts), rows
+    )
 
 
 def load_named(
@@ -410,15 +493,17 @@ def load_named(
     schema: pl.Schema,
     *,
     progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+    cache: tuple[pl.DataFrame | None, str] | None = None,
 ) -> CacheLoad:
     """The blocks the manifest names, in its order: statistics from the cache, else from the footers.
 
     The caller has checked that every named file exists. A cache row describes
     exactly the file of that name (the name carries its content digest).
+    ``cache``: what ``read_cache`` gave, when the caller has read it already.
     """
     blocks_dir = table_dir / layout.BLOCKS_DIR
     prefix = os.path.join(os.fspath(blocks_dir), "")
-    cached, state = _read_cache(table_dir / layout.STATS_CACHE, schema)
+    cached, state = cache if cache is not None else _read_cache(table_dir / layout.STATS_CACHE, schema)
     if cached is not None and cached.height == len(names) and cached.get_column("block").to_list() == list(names):
         return CacheLoad(_cached_infos(cached, prefix), cached, len(names), 0, "fresh", False)
     if state == "fresh":
@@ -447,8 +532,11 @@ def load_named(
     return CacheLoad(infos, stats, len(names) - len(from_footer), len(from_footer), state, True)
 
 
-def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None:
+def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema, link: dict[str, Any] | None = None) -> None:
     """Write the statistics frame as the cache (not durable: it is only a cache).
+
+    ``link`` (``manifest.link`` of the state whose blocks are exactly the frame's rows, in order)
+    lets a reader take the state from the cache instead of decoding the manifest.
 
     Never raises for the file system: a cache that cannot be written (its path
     is a directory, the disk is full, no permission) is logged and left to be
@@ -458,7 +546,13 @@ def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None
     stats.write_ipc_stream(buf, compression="uncompressed")
     body = buf.getvalue()
     head = json.dumps(
-        {"format": CACHE_FORMAT, "version": CACHE_VERSION, "schema": _schema_key(schema), "xxh3": blk.hash_bytes(body)}
+        {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "schema": _schema_key(schema),
+            "xxh3": _cache_digest(body, link),
+            "manifest": link,
+        }
     ).encode()
     path = table_dir / layout.STATS_CACHE
     try:
