@@ -156,9 +156,10 @@ class Table:
         self._closed = False
         self._dropped = False  # set by BacktraceStore.drop_table (after close())
         self._read_only = store.read_only
-        self._blocks: list[blk.BlockInfo] = []
+        # a list, which writers change in place; a reader's linked open gives an immutable blk.CachedBlocks
+        self._blocks: Sequence[blk.BlockInfo] = []
         self._stats_frame: pl.DataFrame | None = None
-        self._stats_key: tuple[blk.BlockInfo, ...] = ()  # the blocks _stats_frame describes
+        self._stats_key: Sequence[blk.BlockInfo] = ()  # the blocks _stats_frame describes (a tuple, or CachedBlocks)
         self._hot = HotBuffer()
         self._next_lsn = 1
         self._wal: wal.WalWriter | None = None
@@ -267,7 +268,7 @@ class Table:
         with self._lock:
             self._blocks = got.blocks
             self._stats_frame = got.stats
-            self._stats_key = tuple(got.blocks)
+            self._stats_key = got.blocks if isinstance(got.blocks, blk.CachedBlocks) else tuple(got.blocks)
             self._hot = hot
             self._next_lsn = got.next_lsn
             self._wal_records = got.wal_records
@@ -465,7 +466,7 @@ class Table:
                 fs.unlink(info.path, missing_ok=True)
             raise
         self._next_lsn = lsn + 1
-        self._blocks.extend(infos)
+        self._block_list().extend(infos)
         self._write_cache()
         return lsn
 
@@ -554,7 +555,7 @@ class Table:
                 raise
             for group, out in merged:
                 i = self._blocks.index(group[0])
-                self._blocks[i : i + len(group)] = [out]
+                self._block_list()[i : i + len(group)] = [out]
             if merged:
                 self._write_cache()
                 self._purge_retired()
@@ -569,7 +570,7 @@ class Table:
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
-            blocks = tuple(self._blocks)
+            blocks = self._blocks if isinstance(self._blocks, blk.CachedBlocks) else tuple(self._blocks)
             token = self._pins.pin(blocks) if pin else None
             return Snapshot(blocks, hot, self._stats(), token, self._meta.schema)
 
@@ -690,7 +691,7 @@ class Table:
         Under the lock, so in memory only (``_write_run`` left the manifest's
         folder synced); returns the WAL segments ``_settle`` deletes.
         """
-        self._blocks.append(info)
+        self._block_list().append(info)
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
         # While the manifest's folder is not synced, a power loss could lose the version naming the block:
@@ -711,6 +712,11 @@ class Table:
             except OSError as e:  # removed by the next open: no version names it
                 log.warning("table %r: could not delete WAL segment %s (%s)", self.name, path.name, e)
         self._write_cache()
+
+    def _block_list(self) -> list[blk.BlockInfo]:
+        """The blocks, to change in place: a writer's are always a list."""
+        assert isinstance(self._blocks, list), "only a writer changes its blocks"
+        return self._blocks
 
     def _write_cache(self) -> None:
         """Write the statistics cache of the current blocks (needs no table lock; never raises).
@@ -791,6 +797,8 @@ class Table:
         block writer's ``_settle`` does not: appends go on meanwhile).
         """
         with self._lock:
+            if self._stats_frame is not None and self._stats_key is self._blocks:  # immutable CachedBlocks
+                return self._stats_frame
             frame, key, blocks = self._stats_frame, self._stats_key, tuple(self._blocks)
             if frame is not None and len(key) == len(blocks) and all(map(operator.is_, key, blocks)):
                 return frame

@@ -300,7 +300,7 @@ def stats_schema(schema: pl.Schema) -> pl.Schema:
 
 @dataclass
 class CacheLoad:
-    blocks: list[blk.BlockInfo]
+    blocks: Sequence[blk.BlockInfo]  # a list, or the frame's rows as ``CachedBlocks`` (a reader's linked open)
     stats: pl.DataFrame  # the statistics frame, one row per block of ``blocks``, same order
     from_cache: int  # blocks whose stats came from the cache
     from_footer: int  # blocks whose footer was read
@@ -481,7 +481,7 @@ def load_linked(table_dir: Path, cache: tuple[pl.DataFrame | None, str, dict[str
     if mf.names_digest(files) != link.get("blocks"):
         return None  # rows that are not the linked state's blocks (a writer's bug): never trusted
     prefix = os.path.join(os.fspath(table_dir / layout.BLOCKS_DIR), "")
-    infos = _infos(prefix, files, first, last, part, nparts, rows, size)
+    infos = blk.CachedBlocks(prefix, files, first, last, part, nparts, rows, size)
     return Linked(
         CacheLoad(infos, cached, len(infos), 0, "fresh", False), state, files, (first, last, part, nparts), rows
     )

@@ -120,7 +120,7 @@ class Recovery:
 class Recovered:
     state: mf.State
     manifest: mf.Manifest | None  # the writer's handle
-    blocks: list[blk.BlockInfo]
+    blocks: Sequence[blk.BlockInfo]  # a list for a writer; for a reader maybe ``blk.CachedBlocks``
     stats: pl.DataFrame
     hot: list[tuple[int, pl.DataFrame, int]]  # (lsn, rows, record bytes) replayed from the WAL
     next_lsn: int
@@ -340,7 +340,7 @@ def _recover_once(
             adopted = _adopt_parts(blocks_dir, listing, named, next_lsn)
             if adopted:
                 rep.adopted_blocks = len(adopted)
-                infos = infos + adopted
+                infos = [*infos, *adopted]
                 loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
                 next_lsn += 1
                 rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
@@ -352,7 +352,7 @@ def _recover_once(
     if adopted:  # a large append whose parts are all durable, its version not: it happened (not acknowledged)
         state = manifest.commit(mf.Edit("adopt", add=[mf.entry_of(b) for b in adopted]))
         rep.adopted_blocks = len(adopted)
-        infos = infos + adopted
+        infos = [*infos, *adopted]
         loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
         block_lsn = next_lsn
         next_lsn += 1
@@ -597,7 +597,7 @@ def _write_upgrade(table_dir: Path, state: mf.State) -> mf.Manifest:
 
 
 def resolve_legacy(
-    infos: list[blk.BlockInfo],
+    infos: Sequence[blk.BlockInfo],
 ) -> tuple[list[blk.BlockInfo], list[blk.BlockInfo], list[blk.BlockInfo]]:
     """(live blocks, parts of unfinished multi-part appends, blocks superseded by compaction)."""
     by_set: dict[tuple[int, int, int], list[blk.BlockInfo]] = {}

@@ -259,3 +259,41 @@ def test_a_link_whose_blocks_are_not_the_cache_rows_is_not_trusted(tmp_path: Pat
     rec2, rows2, _blocks = read(root)
     assert (rec2.blocks, rec2.manifest_decoded) == (2, False)
     assert_frame_equal(rows2, data)
+
+
+def test_cached_blocks_equal_the_block_infos_and_are_made_only_when_used(copy: tuple[Path, pl.DataFrame]) -> None:
+    root, _data = copy
+    with bt.open(root, read_only=True) as store:
+        t = store.table("orders")
+        blocks = t.snapshot().blocks
+        assert isinstance(blocks, blk.CachedBlocks)
+        assert blocks._made == [None, None, None]  # nothing made by the open or the snapshot
+        last = blocks[-1]
+        assert blocks._made[:2] == [None, None]
+        assert last is blocks[2]  # made once
+        footers = tuple(blk.read_block_info(p) for _n, p in blk.list_block_files(table_dir(root) / "blocks"))
+        assert blocks == footers
+        assert footers == blocks
+        assert blocks != footers[:2]
+        assert blocks[0:2] == footers[:2]
+        assert [b.name for b in blocks] == [b.name for b in footers]
+        assert [b.path for b in blocks] == [b.path for b in footers]
+        assert hash(blocks) == hash(footers)
+        assert blocks.filenames == [b.filename for b in footers]
+        assert blocks.total_rows == 90
+        with pytest.raises(IndexError):
+            blocks[3]
+
+
+def test_a_pruned_scan_of_a_linked_reader_makes_only_the_survivors(tmp_path: Path) -> None:
+    root = tmp_path / "db"
+    data = build(root, n_blocks=6, rows=10)
+    with bt.open(root, read_only=True) as store:
+        t = store.table("orders")
+        assert not t.recovery.manifest_decoded
+        ts = data["ts"]
+        got = t.scan().filter(pl.col("ts") >= ts[35], pl.col("ts") <= ts[44]).collect()
+        assert_frame_equal(got, data.slice(35, 10))
+        made = t.snapshot().blocks._made  # type: ignore[attr-defined]
+        assert [m is not None for m in made] == [False, False, False, True, True, False]
+        assert_frame_equal(t.scan().collect(), data)  # and a full scan reads them all
