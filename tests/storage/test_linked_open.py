@@ -59,8 +59,7 @@ def cache_path(root: Path) -> Path:
 
 
 def header(root: Path) -> dict[str, object]:
-    doc: dict[str, object] = json.loads(cache_path(root).read_bytes().partition(b"\n")[0])
-    return doc
+    return catalog.split_cache(cache_path(root).read_bytes())[0]
 
 
 def read(root: Path) -> tuple[bt.Recovery, pl.DataFrame, pl.DataFrame]:
@@ -191,11 +190,9 @@ def test_a_missing_block_is_corruption_naming_it_despite_the_link(copy: tuple[Pa
 def test_a_link_edited_without_its_checksum_makes_the_cache_corrupt(copy: tuple[Path, pl.DataFrame]) -> None:
     """The link is covered by the cache's digest: a changed next_lsn (or WAL list) is never trusted."""
     root, data = copy
-    raw = cache_path(root).read_bytes()
-    head, _, body = raw.partition(b"\n")
-    doc = json.loads(head)
+    doc, body = catalog.split_cache(cache_path(root).read_bytes())
     doc["manifest"]["next_lsn"] = 1
-    cache_path(root).write_bytes(json.dumps(doc).encode() + b"\n" + body)
+    cache_path(root).write_bytes(catalog.encode_cache(doc, body))
     rec, rows, _blocks = read(root)
     assert (rec.stats_cache, rec.manifest_decoded) == ("corrupt", True)
     assert_frame_equal(rows, data)
@@ -204,13 +201,12 @@ def test_a_link_edited_without_its_checksum_makes_the_cache_corrupt(copy: tuple[
 def test_a_link_naming_other_versions_is_not_trusted(copy: tuple[Path, pl.DataFrame]) -> None:
     """A well-formed link whose file list is not exactly the load window (checksum made again)."""
     root, data = copy
-    _head, _, body = cache_path(root).read_bytes().partition(b"\n")
-    doc = header(root)
+    doc, body = catalog.split_cache(cache_path(root).read_bytes())
     link = doc["manifest"]
     assert isinstance(link, dict)
     link["files"] = {k: v for k, v in link["files"].items() if k != str(link["version"])}
     doc["xxh3"] = catalog._cache_digest(body, link)
-    cache_path(root).write_bytes(json.dumps(doc).encode() + b"\n" + body)
+    cache_path(root).write_bytes(catalog.encode_cache(doc, body))
     rec, rows, _blocks = read(root)
     assert (rec.stats_cache, rec.manifest_decoded) == ("fresh", True)
     assert_frame_equal(rows, data)
@@ -219,10 +215,15 @@ def test_a_link_naming_other_versions_is_not_trusted(copy: tuple[Path, pl.DataFr
 def test_a_version_4_cache_is_still_read_and_a_writer_links_it(copy: tuple[Path, pl.DataFrame]) -> None:
     """Caches written before the link: used for the statistics, the manifest decoded; a writer rewrites it."""
     root, data = copy
-    _head, _, body = cache_path(root).read_bytes().partition(b"\n")
-    doc = header(root)
-    v4 = {"format": catalog.CACHE_FORMAT, "version": 4, "schema": doc["schema"], "xxh3": blk.hash_bytes(body)}
-    cache_path(root).write_bytes(json.dumps(v4).encode() + b"\n" + body)
+    _doc, body = catalog.split_cache(cache_path(root).read_bytes())
+    schema = catalog.TableMeta.load(table_dir(root) / layout.TABLE_JSON).schema
+    v4 = {
+        "format": catalog.CACHE_FORMAT,
+        "version": 4,
+        "schema": catalog._schema_key_v4(schema),
+        "xxh3": blk.hash_bytes(body),
+    }
+    cache_path(root).write_bytes(json.dumps(v4).encode() + b"\n" + body)  # the layout of version 4
     before = listing(root)
     rec, rows, _blocks = read(root)
     assert (rec.stats_cache, rec.blocks_from_footer, rec.manifest_decoded, rec.stats_linked) == (
@@ -246,7 +247,7 @@ def test_a_link_whose_blocks_are_not_the_cache_rows_is_not_trusted(tmp_path: Pat
     root = tmp_path / "db"
     data = build(root, n_blocks=2)
     td = table_dir(root)
-    frame = pl.read_ipc_stream(io.BytesIO(cache_path(root).read_bytes().partition(b"\n")[2]))
+    frame = pl.read_ipc_stream(io.BytesIO(catalog.split_cache(cache_path(root).read_bytes())[1]))
     schema = catalog.TableMeta.load(td / layout.TABLE_JSON).schema
     catalog.write_cache(td, frame.head(1), schema, mf.link(mf.load(td)))  # one row, the link of two blocks
     before = listing(root)
