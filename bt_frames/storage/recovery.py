@@ -14,6 +14,10 @@ naming the file and the LSN range at stake.
    An incomplete set of parts followed by later LSNs is a lost part
    (corruption); the last one is an append that never finished and is left
    out.
+   A reader whose statistics cache is linked to the newest version (see
+   catalog.py) takes the state from it instead (``Recovery.manifest_decoded``
+   is False) and runs the checks below on the cache's columns; if any of them
+   fails, it decodes the manifest, so errors are the same.
 2. Every block the manifest names exists (missing: ``CorruptionError``
    naming it and its LSNs; a read-only reader first retries: it may be
    behind a writer that retired the file). Block LSN ranges are contiguous
