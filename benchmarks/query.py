@@ -164,6 +164,12 @@ def build(path: Path, rows: int, block_rows: int, *, rebuild: bool, row_group_ro
             with bt.BacktraceStore(path, read_only=True) as s:
                 t = s.table("orders")
                 if t.rows == rows and t.blocks.height == -(-rows // block_rows):
+                    if not t.recovery.stats_linked:
+                        # written by an older bt_frames: its statistics cache is not linked to the manifest
+                        # (cache version 5). A writer's open rewrites it, as an application's next writer would.
+                        with bt.BacktraceStore(path, progress=False) as w:
+                            w.table("orders")
+                        print(f"  {path.name}: statistics cache rewritten by a writer's open")
                     return
         except bt.BtError:
             pass

@@ -156,9 +156,10 @@ class Table:
         self._closed = False
         self._dropped = False  # set by BacktraceStore.drop_table (after close())
         self._read_only = store.read_only
-        self._blocks: list[blk.BlockInfo] = []
+        # a list, which writers change in place; a reader's linked open gives an immutable blk.CachedBlocks
+        self._blocks: Sequence[blk.BlockInfo] = []
         self._stats_frame: pl.DataFrame | None = None
-        self._stats_key: tuple[blk.BlockInfo, ...] = ()  # the blocks _stats_frame describes
+        self._stats_key: Sequence[blk.BlockInfo] = ()  # the blocks _stats_frame describes (a tuple, or CachedBlocks)
         self._hot = HotBuffer()
         self._next_lsn = 1
         self._wal: wal.WalWriter | None = None
@@ -175,6 +176,7 @@ class Table:
             settle=self._settle,
         )
         self._cache_lock = threading.Lock()  # one stats-cache write at a time (they share a tmp file name)
+        self._cache_version = 0  # the manifest version the cache this table last wrote is linked to
         # The manifest: commits are serialised by _manifest_lock (the block writer commits without the table lock).
         self._manifest: mf.Manifest | None = None
         self._manifest_lock = threading.Lock()
@@ -266,7 +268,7 @@ class Table:
         with self._lock:
             self._blocks = got.blocks
             self._stats_frame = got.stats
-            self._stats_key = tuple(got.blocks)
+            self._stats_key = got.blocks if isinstance(got.blocks, blk.CachedBlocks) else tuple(got.blocks)
             self._hot = hot
             self._next_lsn = got.next_lsn
             self._wal_records = got.wal_records
@@ -276,7 +278,9 @@ class Table:
             self.recovery = got.report
         if not writer:
             return
-        if got.stats_changed:
+        if got.report.stats_linked and got.manifest is not None:
+            self._cache_version = got.manifest.state.version
+        if got.stats_changed or not got.report.stats_linked:
             self._write_cache()
         if self._hot.rows >= self._meta.max_block_rows:
             with self._lock:  # in the background, and never raising: opening never fails for want of disk space
@@ -463,7 +467,7 @@ class Table:
                 fs.unlink(info.path, missing_ok=True)
             raise
         self._next_lsn = lsn + 1
-        self._blocks.extend(infos)
+        self._block_list().extend(infos)
         self._write_cache()
         return lsn
 
@@ -552,7 +556,7 @@ class Table:
                 raise
             for group, out in merged:
                 i = self._blocks.index(group[0])
-                self._blocks[i : i + len(group)] = [out]
+                self._block_list()[i : i + len(group)] = [out]
             if merged:
                 self._write_cache()
                 self._purge_retired()
@@ -567,7 +571,7 @@ class Table:
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
-            blocks = tuple(self._blocks)
+            blocks = self._blocks if isinstance(self._blocks, blk.CachedBlocks) else tuple(self._blocks)
             token = self._pins.pin(blocks) if pin else None
             return Snapshot(blocks, hot, self._stats(), token, self._meta.schema)
 
@@ -688,7 +692,7 @@ class Table:
         Under the lock, so in memory only (``_write_run`` left the manifest's
         folder synced); returns the WAL segments ``_settle`` deletes.
         """
-        self._blocks.append(info)
+        self._block_list().append(info)
         self._wal_records -= entry.records
         self._wal_bytes -= entry.bytes
         # While the manifest's folder is not synced, a power loss could lose the version naming the block:
@@ -710,14 +714,37 @@ class Table:
                 log.warning("table %r: could not delete WAL segment %s (%s)", self.name, path.name, e)
         self._write_cache()
 
+    def _block_list(self) -> list[blk.BlockInfo]:
+        """The blocks, to change in place: a writer's are always a list."""
+        assert isinstance(self._blocks, list), "only a writer changes its blocks"
+        return self._blocks
+
     def _write_cache(self) -> None:
-        """Write the statistics cache of the current blocks (needs no table lock; never raises)."""
+        """Write the statistics cache of the current blocks (needs no table lock; never raises).
+
+        It is linked to the current manifest version (``manifest.link``) when its rows are exactly that
+        version's blocks, in order, so that readers take the state from it instead of decoding the manifest.
+        """
         try:
             stats = self._stats()  # before the cache lock: never wait for the table lock while holding it
+            link = None
+            m = self._manifest
+            if m is not None:
+                state = m.state  # replaced, never changed, by a commit: one consistent version
+                if stats.get_column("block").to_list() == [e.block for e in state.blocks]:
+                    link = mf.link(state)
             with self._cache_lock:
-                catalog.write_cache(self._dir, stats, self._meta.schema)
+                catalog.write_cache(self._dir, stats, self._meta.schema, link)
+                self._cache_version = link["version"] if link is not None else 0
         except Exception as e:  # only a cache: rebuilt from footers on the next open
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
+
+    def _link_cache(self) -> None:
+        """Rewrite the cache if it is not linked to the current manifest version (after a commit that
+        changed no block: a reader would otherwise decode the manifest)."""
+        m = self._manifest
+        if m is not None and self._cache_version != m.state.version:
+            self._write_cache()
 
     def close(self) -> None:
         """Wait for the block writer, record the table's last LSN in the manifest and close the WAL.
@@ -751,6 +778,7 @@ class Table:
                             self._commit(mf.Edit("close", next_lsn=self._next_lsn))
                         except Exception as e:
                             log.warning("table %r: could not record the close in the manifest (%s)", self.name, e)
+                    self._link_cache()
 
     # -- state -----------------------------------------------------------------
 
@@ -770,6 +798,8 @@ class Table:
         block writer's ``_settle`` does not: appends go on meanwhile).
         """
         with self._lock:
+            if self._stats_frame is not None and self._stats_key is self._blocks:  # immutable CachedBlocks
+                return self._stats_frame
             frame, key, blocks = self._stats_frame, self._stats_key, tuple(self._blocks)
             if frame is not None and len(key) == len(blocks) and all(map(operator.is_, key, blocks)):
                 return frame

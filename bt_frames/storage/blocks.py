@@ -44,11 +44,13 @@ import io
 import itertools
 import json
 import math
+import operator
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import polars as pl
 import xxhash
@@ -212,6 +214,89 @@ class BlockInfo(tuple[Any, ...]):
 
     def __getnewargs__(self) -> tuple[Any, ...]:  # copy/pickle: the constructor's arguments
         return tuple(self[:5])
+
+
+class CachedBlocks(Sequence[BlockInfo]):
+    """The blocks of a statistics frame as an immutable sequence of ``BlockInfo``, each made when first used.
+
+    A reader's open of a table whose cache is linked to its manifest gets its blocks from the
+    frame's identity columns; a query that the statistics prune to a few blocks touches only those,
+    so the other thousands of ``BlockInfo`` (and their parsed names) are never made. Equal to any
+    sequence of the same ``BlockInfo`` in the same order (a tuple of them, say).
+    """
+
+    __slots__ = ("_columns", "_made", "_prefix")
+
+    def __init__(
+        self,
+        prefix: str,
+        files: list[str],
+        first: list[int],
+        last: list[int],
+        part: list[int],
+        nparts: list[int],
+        rows: list[int],
+        sizes: list[int],
+    ) -> None:
+        if not len(files) == len(first) == len(last) == len(part) == len(nparts) == len(rows) == len(sizes):
+            raise ValueError("CachedBlocks: the columns differ in length")
+        self._prefix = prefix  # the blocks folder, ending in a separator
+        self._columns = (files, first, last, part, nparts, rows, sizes)
+        self._made: list[BlockInfo | None] = [None] * len(files)
+
+    def _make(self, i: int) -> BlockInfo:
+        files, first, last, part, nparts, rows, sizes = self._columns
+        info = self._made[i]
+        if info is None:
+            # the name fields are the frame's columns, written from the parsed name of the same string
+            name = layout.BlockName(first[i], last[i], part[i], nparts[i], files[i][-24:-8])
+            info = self._made[i] = BlockInfo.of_cached(name, self._prefix, files[i], rows[i], sizes[i])
+        return info
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    @overload
+    def __getitem__(self, i: int) -> BlockInfo: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[BlockInfo, ...]: ...
+    def __getitem__(self, i: int | slice) -> BlockInfo | tuple[BlockInfo, ...]:
+        if isinstance(i, slice):
+            return tuple(self._make(j) for j in range(*i.indices(len(self._made))))
+        n = len(self._made)
+        if not -n <= i < n:
+            raise IndexError("CachedBlocks index out of range")
+        return self._make(i % n)
+
+    def __iter__(self) -> Iterator[BlockInfo]:
+        return map(self._make, range(len(self._made)))
+
+    @property
+    def filenames(self) -> list[str]:
+        """Every block's file name, in order (without making a ``BlockInfo``)."""
+        return list(self._columns[0])
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self._columns[5])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(other) == len(self) and all(map(operator.eq, self, other))
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __add__(self, other: Sequence[BlockInfo]) -> list[BlockInfo]:
+        return [*self, *other]
+
+    def __repr__(self) -> str:
+        return f"CachedBlocks({len(self)} blocks in {self._prefix!r})"
 
 
 def _prunable(dtype: pl.DataType) -> bool:

@@ -22,10 +22,17 @@ Any damage is a ``CorruptionError`` naming the file.
 opening a store is one small read instead of one footer read per block, as
 SQLite treats its wal-index: it is rebuilt from the Parquet footers if it is
 missing, stale or corrupt, and it is never the only copy of anything (each
-block's footer holds its own statistics). Layout: one JSON line
-``{"format": "bt_frames.stats_cache", "version": 3, "schema": "<digest of the table
-schema>", "xxh3": "<digest of the rest>"}``,
-then an Arrow IPC stream holding the *statistics frame* (``stats_frame``): one
+block's footer holds its own statistics). Layout (version 5): an Arrow IPC
+stream holding the statistics frame, then a JSON header
+``{"format": "bt_frames.stats_cache", "version": 5, "schema": "<digest of the table
+schema>", "xxh3": "<digest of the link's canonical JSON, then of the stream>",
+"manifest": <link> | null}``, its length (8 bytes, little-endian) and the magic
+``bt_stats``. The stream comes first so that Polars decodes it straight from
+the file (the header and digest are read through a map of it): a cache is
+never copied into Python. Version 4 (a JSON header line, then the stream) is
+still read.
+
+The stream holds the *statistics frame* (``stats_frame``): one
 row per block with ``block`` (file name), ``first_lsn``, ``last_lsn``,
 ``part``, ``rows``, ``bytes`` and per column ``min.<c>``, ``max.<c>``,
 ``null_count.<c>``, ``distinct.<c>`` and ``counts.<c>`` (rows per distinct
@@ -34,6 +41,16 @@ files on disk by name (a name carries the file's content digest); files
 without a row are read from their footer, rows without a file are dropped,
 and a writer rewrites the cache if anything differed. Loading it is one read
 and one Arrow decode, whatever the number of blocks.
+
+The *link* (version 5, ``manifest.link``): the manifest version whose blocks
+are exactly the frame's rows, in order, the xxh3 of every version file a load
+of that version reads and of the block names, and the WAL segments and last
+clean close of that version. The writer writes it with every cache (and
+rewrites the cache after a commit that changed no block, such as a close). A
+reader whose newest manifest version is the linked one, with those files
+byte for byte, takes the state from the cache and decodes no version
+(``load_linked``); anything else and it decodes the manifest. Version-4 caches
+(no link) are still read.
 """
 
 from __future__ import annotations
@@ -42,13 +59,15 @@ import base64
 import io
 import json
 import logging
+import mmap
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import polars as pl
+import xxhash
 
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
 from bt_frames.storage import blocks as blk
@@ -60,8 +79,9 @@ log = logging.getLogger("bt_frames")
 TABLE_FORMAT = "bt_frames.table"
 TABLE_FORMAT_VERSION = 1
 CACHE_FORMAT = "bt_frames.stats_cache"
-CACHE_VERSION = 4  # 1: JSON entries per block; 2: the statistics frame as an Arrow IPC file; 3: as a stream;
-# 4: with counts.<c>
+CACHE_VERSION = 5  # 1: JSON entries per block; 2: the statistics frame as an Arrow IPC file; 3: as a stream;
+# 4: with counts.<c>; 5: the stream first (Polars reads it from the file), then the header, which links the
+# frame to the manifest version whose blocks it lists
 
 
 def schema_to_b64(schema: pl.Schema) -> str:
@@ -287,7 +307,7 @@ def stats_schema(schema: pl.Schema) -> pl.Schema:
 
 @dataclass
 class CacheLoad:
-    blocks: list[blk.BlockInfo]
+    blocks: Sequence[blk.BlockInfo]  # a list, or the frame's rows as ``CachedBlocks`` (a reader's linked open)
     stats: pl.DataFrame  # the statistics frame, one row per block of ``blocks``, same order
     from_cache: int  # blocks whose stats came from the cache
     from_footer: int  # blocks whose footer was read
@@ -297,33 +317,121 @@ class CacheLoad:
 
 
 def _read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str]:
+    frame, state, _link = read_cache(path, schema)
+    return frame, state
+
+
+def read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str, dict[str, Any] | None]:
+    """(statistics frame or None, "fresh"/"missing"/"corrupt", the manifest link of a version-5 cache or None)."""
     try:
-        data = path.read_bytes()  # one read of the known size (readline + read() costs ~10x more on MBs)
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after Polars has read from it
     except FileNotFoundError:
-        return None, "missing"
+        return None, "missing", None
     except OSError as e:  # a directory, no permission, an I/O error: only a cache, rebuilt from the footers
         log.warning("stats cache %s cannot be read (%s); treating it as corrupt and reading block footers", path, e)
-        return None, "corrupt"
-    end = data.find(b"\n") + 1 or len(data)  # the header line, newline included (as readline() gave it)
-    head, body = data[:end], memoryview(data)[end:]
+        return None, "corrupt", None
     try:
-        header = json.loads(head)
+        with f:
+            frame, link = _read_open_cache(f, schema)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, pl.exceptions.PolarsError) as e:
+        if isinstance(e, OSError):
+            log.warning("stats cache %s cannot be read (%s); treating it as corrupt and reading block footers", path, e)
+        return None, "corrupt", None
+    if frame is None or frame.schema != stats_schema(schema) or frame.get_column("block").null_count():
+        return None, "corrupt", None  # another layout (a build that forgot to bump CACHE_VERSION?) or a bad writer
+    return frame, "fresh", link
+
+
+class _NotACache(ValueError):
+    """The file is not a cache this version reads (damaged, another format or version, another schema)."""
+
+
+def _read_open_cache(f: BinaryIO, schema: pl.Schema) -> tuple[pl.DataFrame | None, dict[str, Any] | None]:
+    """The frame and link of the cache open as ``f`` (raises, or gives a None frame, when it is not one).
+
+    Version 5 is read without copying it into Python: the header and the digest come from a read-only
+    map of the file, then Polars decodes the stream from the same open file (replaced only by a
+    rename, never changed in place, so both see the same bytes). Version 4 is read whole.
+    """
+    size = os.fstat(f.fileno()).st_size
+    if size < len(CACHE_TRAILER_MAGIC) + 8:
+        raise _NotACache("too short")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[-len(CACHE_TRAILER_MAGIC) :] != CACHE_TRAILER_MAGIC:
+            if mm[:1] != b"{":
+                raise _NotACache("no header")
+            return _read_cache_v4(mm[:], schema), None
+        trailer = size - len(CACHE_TRAILER_MAGIC) - 8
+        head_len = int.from_bytes(mm[trailer : trailer + 8], "little")
+        body_end = trailer - head_len
+        if not len(_EOS) <= body_end <= trailer or mm[body_end - len(_EOS) : body_end] != _EOS:
+            raise _NotACache("no stream before the header")
+        header = json.loads(mm[body_end:trailer])
         if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
-            return None, "corrupt"
+            raise _NotACache("another format or version")
         if header.get("schema") != _schema_key(schema):
-            return None, "corrupt"  # written for another table schema: rebuild
-        if blk.hash_bytes(body) != header.get("xxh3"):
-            return None, "corrupt"
-        frame = pl.read_ipc_stream(io.BytesIO(body))
-    except (ValueError, KeyError, TypeError, AttributeError, OSError, pl.exceptions.PolarsError):
-        return None, "corrupt"
-    if frame.schema != stats_schema(schema) or frame.get_column("block").null_count():
-        return None, "corrupt"  # another layout (a build that forgot to bump CACHE_VERSION?) or a bad writer
-    return frame, "fresh"
+            raise _NotACache("written for another table schema")
+        link = header.get("manifest")
+        if link is not None and not isinstance(link, dict):
+            raise _NotACache("bad link")
+        with memoryview(mm) as view, view[:body_end] as body:
+            digest = _cache_digest(body, link)
+        if digest != header.get("xxh3"):
+            raise _NotACache("checksum mismatch")
+    f.seek(0)
+    return pl.read_ipc_stream(f), link  # stops at the end-of-stream marker: the header after it is not read
+
+
+def _read_cache_v4(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
+    """A version-4 cache: one JSON header line, then the stream; the digest is of the stream alone."""
+    end = data.find(b"\n") + 1 or len(data)
+    head, body = data[:end], memoryview(data)[end:]
+    header = json.loads(head)
+    if header.get("format") != CACHE_FORMAT or header.get("version") != 4:
+        return None
+    if header.get("schema") != _schema_key_v4(schema) or blk.hash_bytes(body) != header.get("xxh3"):
+        return None
+    return pl.read_ipc_stream(io.BytesIO(body))
+
+
+CACHE_TRAILER_MAGIC = b"bt_stats"  # the last 8 bytes of a version-5 cache
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an Arrow IPC stream's end-of-stream marker
+
+
+def encode_cache(header: dict[str, Any], body: bytes) -> bytes:
+    """A version-5 cache file: the Arrow IPC stream, the header as JSON, its length (8 bytes, little-endian)
+    and ``CACHE_TRAILER_MAGIC``. The stream comes first so that Polars reads it straight from the file."""
+    head = json.dumps(header).encode()
+    return body + head + len(head).to_bytes(8, "little") + CACHE_TRAILER_MAGIC
+
+
+def split_cache(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header, stream) of a version-5 cache file's bytes (``ValueError`` if it is not one)."""
+    if len(raw) < 16 or raw[-8:] != CACHE_TRAILER_MAGIC:
+        raise ValueError("not a version-5 stats cache")
+    trailer = len(raw) - 16
+    body_end = trailer - int.from_bytes(raw[trailer : trailer + 8], "little")
+    header: dict[str, Any] = json.loads(raw[body_end:trailer])
+    return header, raw[:body_end]
+
+
+def _cache_digest(body: bytes | memoryview, link: dict[str, Any] | None) -> str:
+    """xxh3 of the canonical JSON of the link (version 5; ``null`` when there is none), then of the body."""
+    h = xxhash.xxh3_64(json.dumps(link, sort_keys=True, separators=(",", ":")).encode())
+    h.update(body)
+    return h.hexdigest()
 
 
 def _schema_key(schema: pl.Schema) -> str:
-    """What a cache was written for: this version's statistics layout of this table schema."""
+    """What a cache was written for: the table schema (its dtypes' full text: units, time zones, categories).
+
+    The frame's own schema is checked against ``stats_schema`` as well, so this only tells tables apart.
+    """
+    return blk.hash_bytes(repr(list(schema.items())).encode())
+
+
+def _schema_key_v4(schema: pl.Schema) -> str:
+    """The schema key of version-4 caches (an Arrow IPC stream of the schema: slower to make)."""
     return blk.hash_bytes(schema_to_b64(schema).encode())
 
 
@@ -390,18 +498,67 @@ def load_blocks(
     return CacheLoad(infos, stats, len(hits), len(footer), state, changed, listing)
 
 
-def _cached_infos(cached: pl.DataFrame, prefix: str) -> list[blk.BlockInfo]:
-    """A ``BlockInfo`` per row of the statistics frame, built from its columns in bulk.
-
-    The name fields come from the frame's columns, written from the parsed name
-    of the same string (its digest is in it), so nothing is parsed again.
-    """
-    files, first, last, part, nparts, rows, size = (
+def _identity(cached: pl.DataFrame) -> list[list[Any]]:
+    """The identity columns of a statistics frame, as lists: block, first/last LSN, part, nparts, rows, bytes."""
+    return [
         cached.get_column(c).to_list() for c in ("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes")
-    )
+    ]
+
+
+def _cached_infos(cached: pl.DataFrame, prefix: str) -> list[blk.BlockInfo]:
+    """A ``BlockInfo`` per row of the statistics frame, built from its columns in bulk."""
+    return _infos(prefix, *_identity(cached))
+
+
+def _infos(
+    prefix: str,
+    files: list[str],
+    first: list[int],
+    last: list[int],
+    part: list[int],
+    nparts: list[int],
+    rows: list[int],
+    size: list[int],
+) -> list[blk.BlockInfo]:
+    """The name fields come from the frame's columns, written from the parsed name of the same
+    string (its digest is in it), so nothing is parsed again."""
     digests = [n[-24:-8] for n in files]
     names = list(map(layout.BlockName._make, zip(first, last, part, nparts, digests, strict=True)))
     return blk.BlockInfo.of_cached_many(names, prefix, files, rows, size)
+
+
+@dataclass
+class Linked:
+    """A reader's open from a cache linked to the newest manifest version (``load_linked``)."""
+
+    loaded: CacheLoad
+    state: mf.State  # without ``blocks``: they are the frame's rows
+    files: list[str]  # the frame's block names, in order
+    lsns: tuple[list[int], list[int], list[int], list[int]]  # first LSN, last LSN, part, nparts per block
+    rows: list[int]
+
+
+def load_linked(table_dir: Path, cache: tuple[pl.DataFrame | None, str, dict[str, Any] | None]) -> Linked | None:
+    """A reader's open from the statistics cache alone, when it is linked to the newest manifest version.
+
+    ``cache`` is what ``read_cache`` gave. The blocks, statistics and state if the cache is intact
+    and its link checks out (``manifest.load_linked``): the state's blocks are the frame's rows,
+    which the writer of the link wrote from exactly that state. Otherwise None: decode the manifest.
+    """
+    cached, _state, link = cache
+    if cached is None or link is None:
+        return None
+    state = mf.load_linked(table_dir, link)
+    if state is None:
+        return None
+    files, first, last, part, nparts, rows, size = _identity(cached)
+    if mf.names_digest(files) != link.get("blocks"):
+        return None  # rows that are not the linked state's blocks (a writer's bug): never trusted
+    prefix = os.path.join(os.fspath(table_dir / layout.BLOCKS_DIR), "")
+    infos = blk.CachedBlocks(prefix, files, first, last, part, nparts, rows, size)
+    return Linked(
+        CacheLoad(infos, cached, len(infos), 0, "fresh", False), state, files, (first, last, part, nparts), rows
+    )
 
 
 def load_named(
@@ -410,15 +567,17 @@ def load_named(
     schema: pl.Schema,
     *,
     progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+    cache: tuple[pl.DataFrame | None, str] | None = None,
 ) -> CacheLoad:
     """The blocks the manifest names, in its order: statistics from the cache, else from the footers.
 
     The caller has checked that every named file exists. A cache row describes
     exactly the file of that name (the name carries its content digest).
+    ``cache``: what ``read_cache`` gave, when the caller has read it already.
     """
     blocks_dir = table_dir / layout.BLOCKS_DIR
     prefix = os.path.join(os.fspath(blocks_dir), "")
-    cached, state = _read_cache(table_dir / layout.STATS_CACHE, schema)
+    cached, state = cache if cache is not None else _read_cache(table_dir / layout.STATS_CACHE, schema)
     if cached is not None and cached.height == len(names) and cached.get_column("block").to_list() == list(names):
         return CacheLoad(_cached_infos(cached, prefix), cached, len(names), 0, "fresh", False)
     if state == "fresh":
@@ -447,8 +606,11 @@ def load_named(
     return CacheLoad(infos, stats, len(names) - len(from_footer), len(from_footer), state, True)
 
 
-def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None:
+def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema, link: dict[str, Any] | None = None) -> None:
     """Write the statistics frame as the cache (not durable: it is only a cache).
+
+    ``link`` (``manifest.link`` of the state whose blocks are exactly the frame's rows, in order)
+    lets a reader take the state from the cache instead of decoding the manifest.
 
     Never raises for the file system: a cache that cannot be written (its path
     is a directory, the disk is full, no permission) is logged and left to be
@@ -457,11 +619,18 @@ def write_cache(table_dir: Path, stats: pl.DataFrame, schema: pl.Schema) -> None
     buf = io.BytesIO()
     stats.write_ipc_stream(buf, compression="uncompressed")
     body = buf.getvalue()
-    head = json.dumps(
-        {"format": CACHE_FORMAT, "version": CACHE_VERSION, "schema": _schema_key(schema), "xxh3": blk.hash_bytes(body)}
-    ).encode()
+    data = encode_cache(
+        {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "schema": _schema_key(schema),
+            "xxh3": _cache_digest(body, link),
+            "manifest": link,
+        },
+        body,
+    )
     path = table_dir / layout.STATS_CACHE
     try:
-        layout.atomic_write(path, head + b"\n" + body, durable=False)
+        layout.atomic_write(path, data, durable=False)
     except OSError as e:
         log.warning("stats cache %s cannot be written (%s); the next open reads block footers instead", path, e)

@@ -38,6 +38,10 @@ after applying their own edit, so loading reads the last checkpoint and the
 versions after it. Loading checks every version from the checkpoint to the
 newest is present and intact (``CorruptionError`` naming the file otherwise).
 
+A reader need not decode any version: the statistics cache records a *link*
+to the version whose blocks it lists (``link``/``load_linked``), checked
+against the digests of the version files a load would read (see catalog.py).
+
 The commit point of every operation is the rename of its version file (made
 durable by the directory fsync before the operation returns). Order of work:
 
@@ -153,6 +157,11 @@ class BlockEntry(tuple[Any, ...]):
     def to_json(self) -> dict[str, Any]:
         return {"block": self.block, "rows": self.rows, "bytes": self.bytes}
 
+    @classmethod
+    def of_info(cls, info: blk.BlockInfo) -> BlockEntry:
+        """The entry of a block whose name is parsed already (no check: ``info`` made it)."""
+        return tuple.__new__(cls, (info.filename, info.rows, info.bytes, info.name))
+
 
 def _order(entry: BlockEntry) -> tuple[int, int]:
     """The order of the live blocks: first LSN, then part."""
@@ -199,6 +208,9 @@ class State:
     # the version that added each live block (its checkpoint's, for those it lists): for error messages,
     # which name the version file behind a block that is missing or does not chain
     added: dict[str, int] = field(default_factory=dict)
+    # xxh3 of the bytes of each version file a load reads for this version (its checkpoint, then every
+    # version after it), as read or written: what ``link`` records and ``load_linked`` checks
+    files: dict[int, str] = field(default_factory=dict)
 
     @property
     def block_lsn(self) -> int:
@@ -214,6 +226,7 @@ class State:
             self.next_lsn,
             self.time,
             dict(self.added),
+            dict(self.files),
         )
 
     def apply(self, edit: Edit, version: int, time: str) -> State:
@@ -402,9 +415,10 @@ def load(table_dir: Path) -> State:
             mdir, None, "the table's manifest has no versions: its block list is lost (restore from a backup)"
         )
     newest = versions[-1]
-    start = max(v for v in (1, (newest // CHECKPOINT_EVERY) * CHECKPOINT_EVERY) if v <= newest)
+    start = checkpoint_of(newest)
     present = set(versions)
     state: State | None = None
+    digests: dict[int, str] = {}
     for v in range(start, newest + 1):
         path = mdir / version_name(v)
         if v not in present:
@@ -414,6 +428,7 @@ def load(table_dir: Path) -> State:
         except FileNotFoundError:
             raise CorruptionError.at(path, None, f"manifest version {v} of {newest} is missing") from None
         edit, time, snap = decode(path, data, v)
+        digests[v] = blk.hash_bytes(data)
         try:
             if v == start:
                 if snap is None:
@@ -425,7 +440,78 @@ def load(table_dir: Path) -> State:
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptionError.at(path, None, f"manifest version {v} does not apply ({e})") from e
     assert state is not None
+    state.files = digests
     return state
+
+
+def checkpoint_of(version: int) -> int:
+    """The checkpoint a load of ``version`` starts from (the last one at or before it)."""
+    return max(v for v in (1, (version // CHECKPOINT_EVERY) * CHECKPOINT_EVERY) if v <= version)
+
+
+# -- the link from the statistics cache: a reader's open without decoding any version --------------------
+
+
+def link(state: State) -> dict[str, Any] | None:
+    """What a statistics cache of exactly ``state.blocks`` records so that a reader can trust it as the state.
+
+    The version, the xxh3 of every version file a load of it reads (from its checkpoint on), and the
+    rest of the state a reader needs (WAL segments, the last clean close), and the digest of its block
+    names (``names_digest``), which the reader checks against the cache's rows. ``load_linked`` accepts it
+    only while that version is the newest and those files are byte for byte the same, so the state is
+    the one a full ``load`` would build. None if the digests of some of those files are not known.
+    """
+    if state.version < 1 or sorted(state.files) != list(range(checkpoint_of(state.version), state.version + 1)):
+        return None
+    return {
+        "version": state.version,
+        "files": {str(v): d for v, d in sorted(state.files.items())},
+        "blocks": names_digest([b.block for b in state.blocks]),
+        "wal": list(state.wal),
+        "next_lsn": state.next_lsn,
+        "time": state.time,
+    }
+
+
+def names_digest(names: Sequence[str]) -> str:
+    """xxh3 of a list of block names, in order: a link's check that the cache's rows are the state's blocks."""
+    return blk.hash_bytes("\n".join(names).encode())
+
+
+def load_linked(table_dir: Path, doc: object, versions: list[int] | None = None) -> State | None:
+    """The state ``doc`` (a ``link``) records, without its blocks, if it is that of the newest version; else None.
+
+    Checks what ``load`` checks, without decoding: the newest version is the linked one, and every
+    version file from its checkpoint on is present and has the recorded digest (so it is the file the
+    writer of the link read or wrote, and is intact). Any doubt is None: the caller then runs ``load``,
+    which names what is wrong. The caller fills ``blocks`` from the cache frame the link came with.
+    """
+    try:
+        if not isinstance(doc, dict):
+            return None
+        version, files = doc["version"], doc["files"]
+        if type(version) is not int or not isinstance(files, dict):
+            return None
+        versions = list_versions(table_dir) if versions is None else versions
+        if not versions or versions[-1] != version:
+            return None
+        want = {str(v) for v in range(checkpoint_of(version), version + 1)}
+        if set(files) != want:
+            return None
+        mdir = os.fspath(manifest_dir(table_dir))
+        digests: dict[int, str] = {}
+        for v in range(checkpoint_of(version), version + 1):
+            with open(os.path.join(mdir, version_name(v)), "rb") as f:
+                digest = blk.hash_bytes(f.read())
+            if digest != files[str(v)]:
+                return None
+            digests[v] = digest
+        wal = doc["wal"]
+        if not isinstance(wal, list) or any(type(x) is not int for x in wal) or type(doc["next_lsn"]) is not int:
+            return None
+        return State(version, [], [], sorted(wal), doc["next_lsn"], str(doc["time"]), {}, digests)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 class Manifest:
@@ -448,7 +534,9 @@ class Manifest:
         edit = Edit(operation, add=list(base.blocks), wal_add=list(base.wal), next_lsn=base.next_lsn)
         time = _now()
         first = State().apply(edit, 1, time)
-        layout.atomic_write(directory / version_name(1), encode(1, edit, time, first))
+        data = encode(1, edit, time, first)
+        first.files = {1: blk.hash_bytes(data)}
+        layout.atomic_write(directory / version_name(1), data)
         return cls(table_dir, first)
 
     def commit(self, edit: Edit) -> State:
@@ -468,7 +556,9 @@ class Manifest:
         if path.exists():  # put-if-absent: one writer per table
             raise CorruptionError.at(path, None, f"manifest version {v} already exists: another writer?")
         tmp = layout.tmp_path(path)
-        fs.write_file(tmp, encode(v, edit, time, new if is_checkpoint(v) else None))
+        data = encode(v, edit, time, new if is_checkpoint(v) else None)
+        new.files = ({} if is_checkpoint(v) else new.files) | {v: blk.hash_bytes(data)}
+        fs.write_file(tmp, data)
         try:
             fs.replace(tmp, path)
         except BaseException:

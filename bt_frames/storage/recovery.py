@@ -14,6 +14,10 @@ naming the file and the LSN range at stake.
    An incomplete set of parts followed by later LSNs is a lost part
    (corruption); the last one is an append that never finished and is left
    out.
+   A reader whose statistics cache is linked to the newest version (see
+   catalog.py) takes the state from it instead (``Recovery.manifest_decoded``
+   is False) and runs the checks below on the cache's columns; if any of them
+   fails, it decodes the manifest, so errors are the same.
 2. Every block the manifest names exists (missing: ``CorruptionError``
    naming it and its LSNs; a read-only reader first retries: it may be
    behind a writer that retired the file). Block LSN ranges are contiguous
@@ -67,6 +71,8 @@ class Recovery:
     manifest_version: int = 0
     upgraded: bool = False  # built the manifest of a store written before manifests existed
     stats_cache: str = "missing"  # fresh / missing / stale / corrupt
+    stats_linked: bool = False  # the cache on disk is linked to the manifest version opened (manifest.link)
+    manifest_decoded: bool = True  # False: a reader took the state from the linked cache (manifest.load_linked)
     blocks_from_cache: int = 0
     blocks_from_footer: int = 0
     wal_segments: int = 0
@@ -118,7 +124,7 @@ class Recovery:
 class Recovered:
     state: mf.State
     manifest: mf.Manifest | None  # the writer's handle
-    blocks: list[blk.BlockInfo]
+    blocks: Sequence[blk.BlockInfo]  # a list for a writer; for a reader maybe ``blk.CachedBlocks``
     stats: pl.DataFrame
     hot: list[tuple[int, pl.DataFrame, int]]  # (lsn, rows, record bytes) replayed from the WAL
     next_lsn: int
@@ -161,7 +167,10 @@ def recover(
     for attempt in range(attempts):
         before = mf.list_versions(table_dir)[-1:]
         try:
-            return _recover_once(table_dir, schema, rep, writer, durability, grace_s, pinned, progress)
+            # a reader first trusts a statistics cache linked to the newest manifest version; when anything
+            # fails that way, the next attempt decodes the manifest (and its error names what is wrong)
+            fast = not writer and attempt == 0
+            return _recover_once(table_dir, schema, rep, writer, durability, grace_s, pinned, progress, fast=fast)
         except (CorruptionError, FileNotFoundError):
             # a reader raced the writer (a publish deleted a segment, a purge a retired block): look again,
             # unless nothing moved twice in a row -- then the damage is real
@@ -200,50 +209,66 @@ def _recover_once(
     grace_s: float,
     pinned: Callable[[str], bool],
     progress: Progress | None,
+    *,
+    fast: bool = False,
 ) -> Recovered:
     blocks_dir = table_dir / layout.BLOCKS_DIR
     wal_dir = table_dir / layout.WAL_DIR
     listing = set(os.listdir(blocks_dir)) if blocks_dir.is_dir() else set()
     manifest: mf.Manifest | None = None
-    if mf.exists(table_dir):
-        state = mf.load(table_dir)
+    cache = catalog.read_cache(table_dir / layout.STATS_CACHE, schema)
+    linked = catalog.load_linked(table_dir, cache) if fast and mf.exists(table_dir) else None
+    if linked is not None and not (listing.issuperset(linked.files) and _chain_is_whole_columns(*linked.lsns)):
+        linked = None  # a block is missing or the chain is broken: decode the manifest, whose error says which
+    if linked is not None:
+        # a reader whose cache is linked to the newest manifest version: no version decoded, no
+        # per-block entry made (the checks above ran on the frame's columns)
+        state, loaded = linked.state, linked.loaded
+        rep.manifest_decoded = False
+        block_lsn = max(linked.lsns[1], default=0)
+        named = set(linked.files)
+        rep.block_rows = sum(linked.rows)
     else:
-        state = _legacy_state(table_dir, schema, listing, progress)
-        rep.upgraded = True
-        if writer:
-            manifest = _write_upgrade(table_dir, state)
-            state = manifest.state
-    if writer and manifest is None:
-        manifest = mf.Manifest(table_dir, state)
-    rep.manifest_version = state.version
+        if mf.exists(table_dir):
+            state = mf.load(table_dir)
+        else:
+            state = _legacy_state(table_dir, schema, listing, progress)
+            rep.upgraded = True
+            if writer:
+                manifest = _write_upgrade(table_dir, state)
+                state = manifest.state
+        if writer and manifest is None:
+            manifest = mf.Manifest(table_dir, state)
 
-    # 2. named blocks exist (one listing of the folder, not a stat() per block) and chain
-    names = [e.block for e in state.blocks]
-    for e in () if listing.issuperset(names) else state.blocks:
-        if e.block not in listing:
-            bn = e.name
-            raise CorruptionError.at(
-                blocks_dir / e.block,
-                None,
-                f"block file named by manifest version {state.version} is missing (it was added by "
-                f"{state.named_by(table_dir, e.block)}): the table's {_lsns(bn.first_lsn, bn.last_lsn)} "
-                f"({e.rows:,} rows) are lost unless it is restored",
-            )
-    _check_block_chain(blocks_dir, state)
-    loaded = catalog.load_named(table_dir, names, schema, progress=progress)
-    infos = loaded.blocks
-    if len(infos) != len(state.blocks) or [b.rows for b in infos] != [e.rows for e in state.blocks]:
-        for info, e in zip(infos, state.blocks, strict=True):
-            if info.rows != e.rows:
+        # 2. named blocks exist (one listing of the folder, not a stat() per block) and chain
+        names = [e.block for e in state.blocks]
+        for e in () if listing.issuperset(names) else state.blocks:
+            if e.block not in listing:
+                bn = e.name
                 raise CorruptionError.at(
-                    info.path, None, f"holds {info.rows} rows, manifest version {state.version} says {e.rows}"
+                    blocks_dir / e.block,
+                    None,
+                    f"block file named by manifest version {state.version} is missing (it was added by "
+                    f"{state.named_by(table_dir, e.block)}): the table's {_lsns(bn.first_lsn, bn.last_lsn)} "
+                    f"({e.rows:,} rows) are lost unless it is restored",
                 )
+        _check_block_chain(blocks_dir, state)
+        loaded = catalog.load_named(table_dir, names, schema, progress=progress, cache=cache[:2])
+        if len(loaded.blocks) != len(state.blocks) or [b.rows for b in loaded.blocks] != [e.rows for e in state.blocks]:
+            for info, e in zip(loaded.blocks, state.blocks, strict=True):
+                if info.rows != e.rows:
+                    raise CorruptionError.at(
+                        info.path, None, f"holds {info.rows} rows, manifest version {state.version} says {e.rows}"
+                    )
+        block_lsn = state.block_lsn
+        named = set(names)
+        rep.block_rows = sum(b.rows for b in loaded.blocks)
+    rep.manifest_version = state.version
+    infos = loaded.blocks
     rep.stats_cache = loaded.cache_state
     rep.blocks_from_cache = loaded.from_cache
     rep.blocks_from_footer = loaded.from_footer
     rep.blocks = len(infos)
-    rep.block_rows = sum(b.rows for b in infos)
-    block_lsn = state.block_lsn
 
     # 3. WAL
     scans = list(wal.scan_wal(wal_dir))
@@ -316,29 +341,30 @@ def _recover_once(
         # A crashed writer's complete part set is in the view the next writer will commit. Parts whose
         # writer still runs are in flight (its commit may yet fail and remove them), and parts that do not
         # name their writer (written before writers were recorded) cannot be told apart: left out.
-        adopted = _adopt_parts(blocks_dir, listing, state, next_lsn)
+        adopted = _adopt_parts(blocks_dir, listing, named, next_lsn)
         writers = [blk.block_writer(b.path) for b in adopted]
         if adopted and all(w is not None and not locking.process_alive(w) for w in writers):
             rep.adopted_blocks = len(adopted)
-            infos = infos + adopted
+            infos = [*infos, *adopted]
             loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
             next_lsn += 1
             rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
+        rep.stats_linked = linked is not None or (cache[2] is not None and cache[2] == mf.link(state))
         return Recovered(state, None, infos, loaded.stats, hot, next_lsn, records, wal_bytes, False, None, rep)
     assert manifest is not None
     # 4./5. a writer makes the files match the manifest
-    adopted = _adopt_parts(blocks_dir, listing, state, next_lsn)
+    adopted = _adopt_parts(blocks_dir, listing, named, next_lsn)
     if adopted:  # a large append whose parts are all durable, its version not: it happened (not acknowledged)
         state = manifest.commit(mf.Edit("adopt", add=[mf.entry_of(b) for b in adopted]))
         rep.adopted_blocks = len(adopted)
-        infos = infos + adopted
+        infos = [*infos, *adopted]
         loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
         block_lsn = next_lsn
         next_lsn += 1
         listing -= {b.filename for b in adopted}
         rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
     edit = mf.Edit("recover")
-    named = {e.block for e in state.blocks}
+    named = {e.block for e in state.blocks}  # after an adoption
     retired = {r.block: r for r in state.retired}
     removed_any = False
     for n in sorted(listing):
@@ -412,6 +438,7 @@ def _recover_once(
         except BaseException:
             writer_.close()
             raise
+    rep.stats_linked = cache[2] is not None and cache[2] == mf.link(manifest.state)
     return Recovered(
         manifest.state,
         manifest,
@@ -449,15 +476,15 @@ def _lost_version_hint(table_dir: Path, listing: set[str], state: mf.State, firs
     )
 
 
-def _adopt_parts(blocks_dir: Path, listing: set[str], state: mf.State, next_lsn: int) -> list[blk.BlockInfo]:
+def _adopt_parts(blocks_dir: Path, listing: set[str], named: set[str], next_lsn: int) -> list[blk.BlockInfo]:
     """The parts of a large append at ``next_lsn`` that no version names, if every part is there and intact.
 
     Each part was fsynced and renamed before the append's manifest version was
     written; a crash (or a power loss of that version) in between leaves them.
     The append was not acknowledged, so either outcome is allowed: like a
     durable WAL record of an unacknowledged append, it is kept -- exactly once.
+    ``named``: the blocks the manifest names.
     """
-    named = {e.block for e in state.blocks}
     parts = [
         (p, n)
         for n in listing
@@ -474,6 +501,16 @@ def _adopt_parts(blocks_dir: Path, listing: set[str], state: mf.State, next_lsn:
 
 
 def _chain_is_whole(names: Sequence[layout.BlockName]) -> bool:
+    """``_chain_is_whole_columns`` of parsed names."""
+    if not names:
+        return True
+    first, last, part, nparts, _digest = zip(*names, strict=True)
+    return _chain_is_whole_columns(first, last, part, nparts)
+
+
+def _chain_is_whole_columns(
+    first: Sequence[int], last: Sequence[int], part: Sequence[int], nparts: Sequence[int]
+) -> bool:
     """True when the blocks certainly chain (what ``_check_block_chain`` checks), in one pass over columns.
 
     Each block either starts a set (part 1) right after the previous set ended
@@ -481,9 +518,8 @@ def _chain_is_whole(names: Sequence[layout.BlockName]) -> bool:
     LSNs and count, the next part); the first starts at LSN 1 and the last ends
     its set. False says nothing: the checking loop then finds what is wrong.
     """
-    if not names:
+    if not first:
         return True
-    first, last, part, nparts, _digest = zip(*names, strict=True)
     if first[0] != 1 or part[0] != 1 or part[-1] != nparts[-1]:
         return False
     cur = zip(first[1:], last[1:], part[1:], nparts[1:], strict=True)
@@ -567,7 +603,7 @@ def _write_upgrade(table_dir: Path, state: mf.State) -> mf.Manifest:
 
 
 def resolve_legacy(
-    infos: list[blk.BlockInfo],
+    infos: Sequence[blk.BlockInfo],
 ) -> tuple[list[blk.BlockInfo], list[blk.BlockInfo], list[blk.BlockInfo]]:
     """(live blocks, parts of unfinished multi-part appends, blocks superseded by compaction)."""
     by_set: dict[tuple[int, int, int], list[blk.BlockInfo]] = {}

@@ -8,6 +8,7 @@ them without deleting the files under the read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -17,7 +18,7 @@ from bt_frames.storage import blocks as blk
 
 @dataclass(frozen=True)
 class Snapshot:
-    blocks: tuple[blk.BlockInfo, ...]
+    blocks: Sequence[blk.BlockInfo]  # a tuple, or a reader's immutable blk.CachedBlocks
     hot: tuple[pl.DataFrame, ...]
     stats: pl.DataFrame | None = field(default=None, compare=False)
     pin: int | None = field(default=None, compare=False)  # the token of its pin (Table._snapshot(pin=True))

@@ -114,7 +114,7 @@ def test_cache_missing_a_block_added_behind_its_back_is_stale(tmp_path: Path) ->
 
 def cache_blocks(root: Path) -> list[str]:
     """The block names the cache on disk has statistics for."""
-    _head, _, body = cache_path(root).read_bytes().partition(b"\n")
+    _head, body = catalog.split_cache(cache_path(root).read_bytes())
     return pl.read_ipc_stream(io.BytesIO(body))["block"].to_list()
 
 
@@ -145,10 +145,10 @@ def test_cache_from_before_a_compaction_is_stale(copy: tuple[Path, pl.DataFrame]
 
 
 def _with_body(raw: bytes, body: bytes) -> bytes:
-    """``raw``'s header line with a correct digest of a new body: only the body's content is wrong."""
-    header = json.loads(raw.partition(b"\n")[0])
-    header["xxh3"] = blk.hash_bytes(body)
-    return json.dumps(header).encode() + b"\n" + body
+    """``raw``'s header with a correct digest of a new body: only the body's content is wrong."""
+    header, _body = catalog.split_cache(raw)
+    header["xxh3"] = catalog._cache_digest(body, header["manifest"])
+    return catalog.encode_cache(header, body)
 
 
 def _frame_body(frame: pl.DataFrame) -> bytes:
@@ -158,20 +158,26 @@ def _frame_body(frame: pl.DataFrame) -> bytes:
 
 
 def _cached_frame(raw: bytes) -> pl.DataFrame:
-    return pl.read_ipc_stream(io.BytesIO(raw.partition(b"\n")[2]))
+    return pl.read_ipc_stream(io.BytesIO(catalog.split_cache(raw)[1]))
 
 
 CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
     "empty": lambda raw: b"",
     "garbage": lambda raw: b"\x00\xff garbage \x13" * 50,
     "truncated": lambda raw: raw[: len(raw) // 2],
-    "header only": lambda raw: raw.partition(b"\n")[0],
-    "body byte flipped (bad hash)": lambda raw: raw[:-40] + bytes([raw[-40] ^ 0x10]) + raw[-39:],
+    "header only": lambda raw: raw[len(catalog.split_cache(raw)[1]) :],
+    "body byte flipped (bad hash)": lambda raw: raw[:400] + bytes([raw[400] ^ 0x10]) + raw[401:],
+    "header byte flipped": lambda raw: raw[:-40] + bytes([raw[-40] ^ 0x10]) + raw[-39:],
+    "header length off by one": lambda raw: (
+        raw[:-16] + (int.from_bytes(raw[-16:-8], "little") + 1).to_bytes(8, "little") + raw[-8:]
+    ),
     "other format": lambda raw: raw.replace(catalog.CACHE_FORMAT.encode(), b"someone.else", 1),
     "newer version": lambda raw: raw.replace(
         f'"version": {catalog.CACHE_VERSION}'.encode(), f'"version": {catalog.CACHE_VERSION + 1}'.encode(), 1
     ),
-    "header not an object": lambda raw: b"[1, 2]\n" + raw.partition(b"\n")[2],
+    "header not an object": lambda raw: (
+        catalog.split_cache(raw)[1] + b"[1, 2]" + (6).to_bytes(8, "little") + catalog.CACHE_TRAILER_MAGIC
+    ),
     "body not Arrow": lambda raw: _with_body(raw, b"hashed correctly, but not an Arrow IPC file"),
     "frame of another schema": lambda raw: _with_body(raw, _frame_body(_cached_frame(raw).drop("max.price"))),
     "frame with a null block name": lambda raw: _with_body(
