@@ -413,9 +413,21 @@ class _Walker:
     def __init__(self, stats_cols: set[str], schema: pl.Schema) -> None:
         self.cols = stats_cols
         self.schema = schema
+        self._values: dict[int, tuple[pl.Expr, pl.Series | None]] = {}  # by id; the expr is kept alive
 
     def has(self, name: str) -> bool:
         return name in self.cols
+
+    def value(self, lit: pl.Expr) -> pl.Series | None:
+        """The literal's value(s), evaluated once per walk (None: Polars cannot evaluate it alone)."""
+        got = self._values.get(id(lit))
+        if got is None or got[0] is not lit:
+            try:
+                series: pl.Series | None = pl.select(lit.alias("v")).to_series()
+            except Exception:
+                series = None
+            got = self._values[id(lit)] = (lit, series)
+        return got[1]
 
     def walk(self, node: Any, expr: pl.Expr) -> _Bounds:
         try:
@@ -486,11 +498,8 @@ class _Walker:
         return _UNKNOWN
 
     def is_null_literal(self, lit: pl.Expr) -> bool:
-        try:
-            value = pl.select(lit.alias("v")).to_series()
-        except Exception:
-            return False
-        return value.len() == 1 and value.null_count() == 1
+        value = self.value(lit)
+        return value is not None and value.len() == 1 and value.null_count() == 1
 
     def exact(self, col: str, lit: pl.Expr) -> bool:
         """Whether ``lit`` is one non-null value that the column's type holds exactly.
@@ -500,8 +509,10 @@ class _Walker:
         statistics cannot follow (``is_between(lo, None)`` is null for every row, for one).
         ``where=`` and eager reads pass the user's expression before Polars coerces it.
         """
+        value = self.value(lit)
+        if value is None:
+            return False
         try:
-            value = pl.select(lit.alias("v")).to_series()
             if value.len() != 1 or value.null_count() or isinstance(value.dtype, pl.Null):
                 return False
             target = _literal_dtype(self.schema[col])
