@@ -351,6 +351,7 @@ class WalWriter:
         self.wal_dir = wal_dir
         self.durability = durability
         self.path = current
+        self._pid = os.getpid()  # a forked child has this writer's memory, not its threads or its right to write
         self._fd_lock = threading.Lock()
         self._zeroed = threading.Condition(self._fd_lock)  # notified when the zeroer finishes a chunk
         self._sync_lock = threading.Lock()  # one sync at a time
@@ -414,6 +415,7 @@ class WalWriter:
         called once the record is written, just before the sync: the caller
         starts work there that runs while the sync waits for the disk.
         """
+        self._check_process()
         header = encode_record(lsn, payload)
         want = len(header) + len(payload)
         with self._fd_lock:
@@ -481,12 +483,19 @@ class WalWriter:
         with self._fd_lock:
             if not self._zero_needed():
                 return
-            fd, start = self._fd, self._alloc
+            path, start = self.path, self._alloc
             self._zeroing = True
         ok = False
         try:
-            fs.pwritev_all(fd, [_zeros()], start)
-            fs.fdatasync(fd)
+            # Its own descriptor: Linux reports a writeback error once per open file description, and the
+            # sync here also flushes the appender's pages; on a shared one it could take the error meant
+            # for an append, whose own fdatasync would then succeed. Here both are told.
+            fd = fs.open_fd(path, os.O_WRONLY)
+            try:
+                fs.pwritev_all(fd, [_zeros()], start)
+                fs.fdatasync(fd)
+            finally:
+                fs.close(fd)
             ok = True
         except OSError as e:
             log.warning("%s: writing zeros ahead of the WAL records failed (%s); appending instead", self.path, e)
@@ -538,6 +547,7 @@ class WalWriter:
         writer keeps appending to the current segment, as if ``rotate`` had
         not been called.
         """
+        self._check_process()
         new_path = self.wal_dir / layout.wal_name(next_lsn)
         with self._fd_lock:
             self._cut_zeros()
@@ -556,8 +566,29 @@ class WalWriter:
         self._request_zeros(zero)
         return new_path
 
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise BtError(
+                f"WAL {self.wal_dir}: this writer belongs to process {self._pid}; a forked child (process "
+                f"{os.getpid()}) cannot write to it. Open the store in the child instead (read_only=True while "
+                "the parent writes)."
+            )
+
+    def abandon(self) -> None:
+        """In a forked child: let go of the descriptor and nothing else (no cut, no sync, no wait): the
+        segment, its zeros and its records belong to the parent, which goes on writing them."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)  # the child's copy only
+            except OSError:  # pragma: no cover
+                pass
+
     def close(self) -> None:
         """Sync and close; the segment ends at its last record (its zeros ahead are cut off)."""
+        if os.getpid() != self._pid:  # a forked child closing its copy: never truncate the parent's segment
+            self.abandon()
+            return
         self._stop.set()
         self._want_zeros.set()
         if self._syncer is not None:

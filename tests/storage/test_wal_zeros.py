@@ -270,3 +270,37 @@ def test_store_reopens_a_zero_tail_as_the_end_of_the_log_and_zeroes_ahead_again(
         t.append(pl.DataFrame({"ts": [5]}))
     assert seg.stat().st_size == wal.read_segment(seg, is_last=True).valid_end  # closed: no zero tail
     assert [r.lsn for r in faults.record_offsets(seg)] == [1, 2, 3, 4, 5, 6]
+
+
+class _Descriptors(fs.FileSystem):
+    """Records which descriptor each positional write and each fdatasync went to."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bool]] = []  # (fd, all zeros)
+        self.syncs: list[int] = []
+
+    def pwritev(self, fd: int, buffers: list[bytes | memoryview], offset: int) -> int:  # type: ignore[override]
+        self.writes.append((fd, all(not any(bytes(b)) for b in buffers)))
+        return super().pwritev(fd, buffers, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        self.syncs.append(fd)
+        super().fdatasync(fd)
+
+
+def test_the_zeros_are_written_and_synced_through_a_descriptor_of_their_own(tmp_path: Path) -> None:
+    """Linux reports a writeback error once per open file description; the zeroer's sync also flushes
+    the appender's pages, so on a shared descriptor it could take an append's error and the append's own
+    fdatasync would succeed. With a descriptor of its own, both are told."""
+    calls = _Descriptors()
+    with fs.use(calls):
+        w = open_writer(tmp_path)
+        for i in range(200):
+            w.append(i + 1, b"r" * 4000)
+        record_fd = w._fd
+        w.close()
+    zero_fds = {fd for fd, zeros in calls.writes if zeros}
+    assert zero_fds, "no zeros were written ahead"
+    assert record_fd not in zero_fds
+    assert {fd for fd, zeros in calls.writes if not zeros} == {record_fd}
+    assert any(fd in zero_fds for fd in calls.syncs)  # each chunk synced through its own descriptor
