@@ -104,6 +104,7 @@ class BacktraceStore:
         if not isinstance(retired_grace, (int, float)) or retired_grace < 0:
             raise BtError(f"retired_grace must be a number of seconds >= 0, not {retired_grace!r}")
         self._path = Path(os.path.expanduser(os.fspath(path)))
+        self._pid = os.getpid()  # a forked child shares this store's lock and WAL descriptors: it must not write
         self._read_only = read_only
         self._durability: Durability = durability
         self._show_progress = progress
@@ -438,6 +439,9 @@ class BacktraceStore:
         self._close_all()
 
     def _close_all(self) -> None:
+        if os.getpid() != self._pid:
+            self._abandon()
+            return
         with self._lock:
             if self._closed:
                 return
@@ -457,6 +461,17 @@ class BacktraceStore:
                         del _OPEN[_key(self._path)]
             if errors:
                 raise errors[0]
+
+    def _abandon(self) -> None:
+        """A forked child closing its copy of the parent's store: drop its descriptors and write nothing.
+
+        Its lock is the parent's (``flock`` belongs to the open file, which fork shares: releasing it here
+        would release the parent's), and so are the WAL segments and the manifest, which the parent goes on
+        writing. No lock is taken: a thread of the parent may have held one at the fork.
+        """
+        self._closed = True
+        for t in list(self._tables.values()):
+            t._abandon()
 
     def __enter__(self) -> BacktraceStore:
         return self

@@ -310,6 +310,12 @@ class Table:
 
     def _check_writable(self) -> None:
         self._check_open()
+        if os.getpid() != self._store._pid:
+            raise BtError(
+                f"table {self.name!r}: the store {str(self._store.path)!r} was opened by process "
+                f"{self._store._pid}; this forked child (process {os.getpid()}) shares its lock and WAL and "
+                "cannot write to it. Write from the parent, or open the store with read_only=True in the child."
+            )
         if self._read_only:
             raise ReadOnlyError(
                 f"table {self.name!r}: the store {str(self._store.path)!r} was opened with read_only=True; "
@@ -458,7 +464,7 @@ class Table:
                         part=i + 1,
                         nparts=nparts,
                         row_group_rows=self._meta.row_group_rows,
-                        writer=locking.PROCESS_TAG,  # a reader tells parts in flight from a crash's
+                        writer=locking.process_tag(),  # a reader tells parts in flight from a crash's
                     )
                 )
             self._commit(mf.Edit("append", add=[mf.entry_of(b) for b in infos]))  # the commit point
@@ -746,12 +752,23 @@ class Table:
         if m is not None and self._cache_version != m.state.version:
             self._write_cache()
 
+    def _abandon(self) -> None:
+        """In a forked child: forget the parent's WAL descriptor without touching its files (see
+        ``BacktraceStore._abandon``)."""
+        self._closed = True
+        wal_, self._wal = self._wal, None
+        if wal_ is not None:
+            wal_.abandon()
+
     def close(self) -> None:
         """Wait for the block writer, record the table's last LSN in the manifest and close the WAL.
 
         Rows whose block write failed stay durable in the WAL and are replayed
         on the next open. Closing twice does nothing.
         """
+        if os.getpid() != self._store._pid:
+            self._abandon()
+            return
         with self._lock:
             if self._closed:
                 return

@@ -250,7 +250,7 @@ def test_a_live_writers_parts_in_flight_are_not_shown_a_crashed_writers_are(tmp_
             for i in range(nparts)
         ]  # fmt: skip
 
-    parts = write_parts(locking.PROCESS_TAG)
+    parts = write_parts(locking.process_tag())
     assert len(parts) > 1
     with bt.BacktraceStore(path, read_only=True) as readers:
         reader = readers.table(TABLE)

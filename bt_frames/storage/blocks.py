@@ -66,7 +66,7 @@ KEY_VERSION = "bt_frames.format_version"
 KEY_LSN = "bt_frames.lsn_range"
 KEY_PART = "bt_frames.part"
 KEY_STATS = "bt_frames.stats"
-KEY_WRITER = "bt_frames.writer"  # the writing process (locking.PROCESS_TAG), on the parts of a large append
+KEY_WRITER = "bt_frames.writer"  # the writing process (locking.process_tag()), on the parts of a large append
 HASH_CHUNK = 8 << 20
 
 

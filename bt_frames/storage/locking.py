@@ -10,7 +10,7 @@ Readers (``read_only=True``) take no lock and never write; ``filelock`` is
 imported only when a writer makes its lock, so a read-only process never
 pays for importing it.
 
-Who wrote a file: ``PROCESS_TAG`` names this process (host, PID and the
+Who wrote a file: ``process_tag()`` names this process (host, PID and the
 PID's start time, so a recycled PID is a different process), and
 :func:`process_alive` tells whether the process a tag names still runs. A
 large append's parts carry their writer's tag: a reader that finds a
@@ -85,16 +85,26 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in (b"Z", b"X") else fields[19].decode()
 
 
-PROCESS_TAG = f"{socket.gethostname()}/{os.getpid()}/{_start_time(os.getpid()) or '?'}"
+_TAG: tuple[int, str] | None = None
+
+
+def process_tag() -> str:
+    """This process as ``host/pid/start``: unique on the host even when PIDs are reused (and made again
+    in a forked child, which is another process)."""
+    global _TAG
+    pid = os.getpid()
+    if _TAG is None or _TAG[0] != pid:
+        _TAG = (pid, f"{socket.gethostname()}/{pid}/{_start_time(pid) or '?'}")
+    return _TAG[1]
 
 
 def process_alive(tag: str) -> bool:
-    """Whether the process ``tag`` (a ``PROCESS_TAG``) names may still run.
+    """Whether the process ``tag`` (a ``process_tag()``) names may still run.
 
     True when that cannot be told: another host, a malformed tag, a PID we
     may not signal. False only when the process is certainly gone.
     """
-    if tag == PROCESS_TAG:
+    if tag == process_tag():
         return True
     host, _, rest = tag.partition("/")
     pid_text, _, start = rest.partition("/")
