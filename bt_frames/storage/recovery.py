@@ -200,6 +200,31 @@ def _remove_tmp_files(table_dir: Path, rep: Recovery) -> None:
 UPGRADE_TMP = f"{mf.MANIFEST_DIR}.upgrade.tmp"
 
 
+@dataclass
+class _Named:
+    """Step 1-2: the manifest's state and the blocks it names, checked against the folder."""
+
+    state: mf.State
+    manifest: mf.Manifest | None  # a writer's handle
+    loaded: catalog.CacheLoad
+    block_lsn: int  # the highest LSN any named block holds
+    named: set[str]  # the named blocks' file names
+    linked: bool  # a reader took the state from a cache linked to the newest version
+
+
+@dataclass
+class _Replayed:
+    """Step 3: the WAL's segments and the records above the blocks, in LSN order."""
+
+    scans: list[wal.SegmentScan]
+    hot: list[tuple[int, pl.DataFrame, int]]
+    wal_first: int | None  # the first LSN above the blocks that the WAL holds
+    last_lsn: int  # the last LSN of any record
+    next_lsn: int
+    records: int
+    wal_bytes: int
+
+
 def _recover_once(
     table_dir: Path,
     schema: pl.Schema,
@@ -213,10 +238,83 @@ def _recover_once(
     fast: bool = False,
 ) -> Recovered:
     blocks_dir = table_dir / layout.BLOCKS_DIR
-    wal_dir = table_dir / layout.WAL_DIR
     listing = set(os.listdir(blocks_dir)) if blocks_dir.is_dir() else set()
-    manifest: mf.Manifest | None = None
     cache = catalog.read_cache(table_dir / layout.STATS_CACHE, schema)
+    found = _named_blocks(table_dir, schema, rep, writer, listing, cache, fast, progress)
+    state, loaded = found.state, found.loaded
+    infos = loaded.blocks
+    log_ = _replay(table_dir, schema, rep, state, listing, found.block_lsn)
+    next_lsn = log_.next_lsn
+
+    if not writer:
+        # A crashed writer's complete part set is in the view the next writer will commit. Parts whose
+        # writer still runs are in flight (its commit may yet fail and remove them), and parts that do not
+        # name their writer (written before writers were recorded) cannot be told apart: left out.
+        adopted = _adopt_parts(blocks_dir, listing, found.named, next_lsn)
+        writers = [blk.block_writer(b.path) for b in adopted]
+        if adopted and all(w is not None and not locking.process_alive(w) for w in writers):
+            rep.adopted_blocks = len(adopted)
+            infos = [*infos, *adopted]
+            loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
+            next_lsn += 1
+            rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
+        rep.stats_linked = found.linked or (cache[2] is not None and cache[2] == mf.link(state))
+        return Recovered(
+            state, None, infos, loaded.stats, log_.hot, next_lsn, log_.records, log_.wal_bytes, False, None, rep
+        )
+    manifest = found.manifest
+    assert manifest is not None
+    # 4./5. a writer makes the files match the manifest
+    block_lsn = found.block_lsn
+    adopted = _adopt_parts(blocks_dir, listing, found.named, next_lsn)
+    if adopted:  # a large append whose parts are all durable, its version not: it happened (not acknowledged)
+        state = manifest.commit(mf.Edit("adopt", add=[mf.entry_of(b) for b in adopted]))
+        rep.adopted_blocks = len(adopted)
+        infos = [*infos, *adopted]
+        loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
+        block_lsn = next_lsn
+        next_lsn += 1
+        listing -= {b.filename for b in adopted}
+        rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
+    edit = mf.Edit("recover")
+    _remove_leftover_blocks(blocks_dir, listing, state, log_, block_lsn, next_lsn, grace_s, pinned, rep, edit)
+    writer_, keep = _settle_segments(table_dir, state, log_, block_lsn, next_lsn, durability, rep, edit)
+    if edit.forget or edit.wal_add or edit.wal_remove:
+        try:
+            manifest.commit(edit)
+        except BaseException:
+            writer_.close()
+            raise
+    rep.stats_linked = cache[2] is not None and cache[2] == mf.link(manifest.state)
+    return Recovered(
+        manifest.state,
+        manifest,
+        infos,
+        loaded.stats,
+        log_.hot,
+        next_lsn,
+        sum(len(s.records) for s in keep),
+        sum(wal.RECORD_HEADER_SIZE + len(r.payload) for s in keep for r in s.records),
+        loaded.changed or bool(adopted),
+        writer_,
+        rep,
+    )
+
+
+def _named_blocks(
+    table_dir: Path,
+    schema: pl.Schema,
+    rep: Recovery,
+    writer: bool,
+    listing: set[str],
+    cache: tuple[pl.DataFrame | None, str, dict[str, Any] | None],
+    fast: bool,
+    progress: Progress | None,
+) -> _Named:
+    """Steps 1-2: the manifest's state (a writer upgrades a store without one), its blocks present, chained
+    and of the rows it says, and their statistics (from the cache where it has them)."""
+    blocks_dir = table_dir / layout.BLOCKS_DIR
+    manifest: mf.Manifest | None = None
     linked = catalog.load_linked(table_dir, cache) if fast and mf.exists(table_dir) else None
     if linked is not None and not (listing.issuperset(linked.files) and _chain_is_whole_columns(*linked.lsns)):
         linked = None  # a block is missing or the chain is broken: decode the manifest, whose error says which
@@ -264,13 +362,19 @@ def _recover_once(
         named = set(names)
         rep.block_rows = sum(b.rows for b in loaded.blocks)
     rep.manifest_version = state.version
-    infos = loaded.blocks
     rep.stats_cache = loaded.cache_state
     rep.blocks_from_cache = loaded.from_cache
     rep.blocks_from_footer = loaded.from_footer
-    rep.blocks = len(infos)
+    rep.blocks = len(loaded.blocks)
+    return _Named(state, manifest, loaded, block_lsn, named, linked is not None)
 
-    # 3. WAL
+
+def _replay(
+    table_dir: Path, schema: pl.Schema, rep: Recovery, state: mf.State, listing: set[str], block_lsn: int
+) -> _Replayed:
+    """Step 3: every segment the manifest names is there; the records above ``block_lsn`` continue the
+    blocks' LSNs without a gap and are decoded; nothing committed before the last close is missing."""
+    wal_dir = table_dir / layout.WAL_DIR
     scans = list(wal.scan_wal(wal_dir))
     on_disk = {s.first_lsn for s in scans}
     for i, first in enumerate(state.wal):
@@ -285,7 +389,7 @@ def _recover_once(
                 + _lost_version_hint(table_dir, listing, state, first, nxt),
             )
     hot: list[tuple[int, pl.DataFrame, int]] = []
-    wal_first: int | None = None  # the first LSN above the blocks that the WAL holds
+    wal_first: int | None = None
     expect = block_lsn + 1
     records = wal_bytes = 0
     last_lsn = 0
@@ -336,34 +440,23 @@ def _recover_once(
         )
     if scans and scans[-1].torn_bytes:
         rep.torn_tail_bytes = scans[-1].torn_bytes
+    return _Replayed(scans, hot, wal_first, last_lsn, next_lsn, records, wal_bytes)
 
-    if not writer:
-        # A crashed writer's complete part set is in the view the next writer will commit. Parts whose
-        # writer still runs are in flight (its commit may yet fail and remove them), and parts that do not
-        # name their writer (written before writers were recorded) cannot be told apart: left out.
-        adopted = _adopt_parts(blocks_dir, listing, named, next_lsn)
-        writers = [blk.block_writer(b.path) for b in adopted]
-        if adopted and all(w is not None and not locking.process_alive(w) for w in writers):
-            rep.adopted_blocks = len(adopted)
-            infos = [*infos, *adopted]
-            loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
-            next_lsn += 1
-            rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
-        rep.stats_linked = linked is not None or (cache[2] is not None and cache[2] == mf.link(state))
-        return Recovered(state, None, infos, loaded.stats, hot, next_lsn, records, wal_bytes, False, None, rep)
-    assert manifest is not None
-    # 4./5. a writer makes the files match the manifest
-    adopted = _adopt_parts(blocks_dir, listing, named, next_lsn)
-    if adopted:  # a large append whose parts are all durable, its version not: it happened (not acknowledged)
-        state = manifest.commit(mf.Edit("adopt", add=[mf.entry_of(b) for b in adopted]))
-        rep.adopted_blocks = len(adopted)
-        infos = [*infos, *adopted]
-        loaded.stats = catalog.merge_stats(loaded.stats, infos, schema)
-        block_lsn = next_lsn
-        next_lsn += 1
-        listing -= {b.filename for b in adopted}
-        rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
-    edit = mf.Edit("recover")
+
+def _remove_leftover_blocks(
+    blocks_dir: Path,
+    listing: set[str],
+    state: mf.State,
+    log_: _Replayed,
+    block_lsn: int,
+    next_lsn: int,
+    grace_s: float,
+    pinned: Callable[[str], bool],
+    rep: Recovery,
+    edit: mf.Edit,
+) -> None:
+    """Step 4 (a writer): delete block files the manifest does not name once their rows are provably
+    elsewhere (named blocks, the WAL) or were never acknowledged, and retired ones past the grace period."""
     named = {e.block for e in state.blocks}  # after an adoption
     retired = {r.block: r for r in state.retired}
     removed_any = False
@@ -379,7 +472,7 @@ def _recover_once(
                 rep.retired_blocks_removed += 1
                 removed_any = True
             continue
-        in_wal = wal_first is not None and wal_first <= parsed.first_lsn and parsed.last_lsn <= last_lsn
+        in_wal = log_.wal_first is not None and log_.wal_first <= parsed.first_lsn and parsed.last_lsn <= log_.last_lsn
         if parsed.last_lsn <= block_lsn or (parsed.first_lsn > block_lsn and in_wal):
             rep.superseded_blocks_removed += 1  # its rows are in named blocks, or still in the WAL
         elif parsed.first_lsn == parsed.last_lsn == next_lsn:
@@ -393,6 +486,21 @@ def _recover_once(
     if removed_any:
         layout.fsync_dir(blocks_dir)
 
+
+def _settle_segments(
+    table_dir: Path,
+    state: mf.State,
+    log_: _Replayed,
+    block_lsn: int,
+    next_lsn: int,
+    durability: wal.Durability,
+    rep: Recovery,
+    edit: mf.Edit,
+) -> tuple[wal.WalWriter, list[wal.SegmentScan]]:
+    """Step 5 (a writer): cut the last segment's torn or zero tail, delete segments whose records are all
+    in blocks, and open the WAL writer on the last segment (or a new one); the segments kept."""
+    wal_dir = table_dir / layout.WAL_DIR
+    scans = log_.scans
     if scans and (scans[-1].torn_bytes or scans[-1].zero_tail):  # the writer zeroes ahead again from the valid end
         seg = scans[-1]
         fd = fs.open_fd(seg.path, os.O_WRONLY)
@@ -421,37 +529,17 @@ def _recover_once(
         layout.fsync_dir(wal_dir)
     last = keep[-1] if keep else None
     if last is not None and last.size >= wal.SEGMENT_HEADER_SIZE and last.valid_end >= wal.SEGMENT_HEADER_SIZE:
-        writer_ = wal.WalWriter(wal_dir, durability, last.path, create=False)
-    else:
-        if last is not None:  # a crash while creating the segment: header incomplete
-            fs.unlink(last.path)
-            if last.first_lsn in named_wal:
-                edit.wal_remove.append(last.first_lsn)
-            else:
-                edit.wal_add = [x for x in edit.wal_add if x != last.first_lsn]
-        path = wal_dir / layout.wal_name(next_lsn)
-        writer_ = wal.WalWriter(wal_dir, durability, path, create=True)
-        edit.wal_add.append(next_lsn)
-    if edit.forget or edit.wal_add or edit.wal_remove:
-        try:
-            manifest.commit(edit)
-        except BaseException:
-            writer_.close()
-            raise
-    rep.stats_linked = cache[2] is not None and cache[2] == mf.link(manifest.state)
-    return Recovered(
-        manifest.state,
-        manifest,
-        infos,
-        loaded.stats,
-        hot,
-        next_lsn,
-        sum(len(s.records) for s in keep),
-        sum(wal.RECORD_HEADER_SIZE + len(r.payload) for s in keep for r in s.records),
-        loaded.changed or bool(adopted),
-        writer_,
-        rep,
-    )
+        return wal.WalWriter(wal_dir, durability, last.path, create=False), keep
+    if last is not None:  # a crash while creating the segment: header incomplete
+        fs.unlink(last.path)
+        if last.first_lsn in named_wal:
+            edit.wal_remove.append(last.first_lsn)
+        else:
+            edit.wal_add = [x for x in edit.wal_add if x != last.first_lsn]
+    path = wal_dir / layout.wal_name(next_lsn)
+    writer_ = wal.WalWriter(wal_dir, durability, path, create=True)
+    edit.wal_add.append(next_lsn)
+    return writer_, keep
 
 
 def _lost_version_hint(table_dir: Path, listing: set[str], state: mf.State, first: int, last: int | None) -> str:
