@@ -57,6 +57,7 @@ import xxhash
 
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
 from bt_frames.storage import fs, layout
+from bt_frames.storage.records import Record
 
 BLOCK_FORMAT_VERSION = 1
 STATS_VERSION = 2  # 2: per-value counts next to the distinct set
@@ -101,7 +102,7 @@ class ColumnStats:
         )
 
 
-class BlockInfo(tuple[Any, ...]):
+class BlockInfo(Record):
     """Everything known about a block without opening it (immutable).
 
     ``BlockInfo(name, file, rows, bytes, columns)``: ``name`` the parsed file
@@ -116,6 +117,8 @@ class BlockInfo(tuple[Any, ...]):
     """
 
     __slots__ = ()
+    KEY = 4  # (name, file, rows, bytes): not the statistics
+    NEW_ARGS = 5  # and the statistics; the file name follows
 
     def __new__(
         cls,
@@ -193,27 +196,11 @@ class BlockInfo(tuple[Any, ...]):
         n: layout.BlockName = self[0]
         return n.last_lsn
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, BlockInfo)
-        return self[:4] == other[:4]
-
-    def __ne__(self, other: object) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
-    def __hash__(self) -> int:
-        return hash(self[:4])
-
     def __repr__(self) -> str:
         return (
             f"BlockInfo(name={self.name!r}, file={self.file!r}, rows={self.rows!r}, bytes={self.bytes!r}, "
             f"columns={self.columns!r})"
         )
-
-    def __getnewargs__(self) -> tuple[Any, ...]:  # copy/pickle: the constructor's arguments
-        return tuple(self[:5])
 
 
 class CachedBlocks(Sequence[BlockInfo]):

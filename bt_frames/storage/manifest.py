@@ -74,6 +74,7 @@ from typing import Any
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
 from bt_frames.storage import blocks as blk
 from bt_frames.storage import fs, layout
+from bt_frames.storage.records import Record
 
 MANIFEST_DIR = "_manifest"
 FORMAT = "bt_frames.manifest"
@@ -97,7 +98,7 @@ def is_checkpoint(version: int) -> bool:
     return version == 1 or version % CHECKPOINT_EVERY == 0
 
 
-class BlockEntry(tuple[Any, ...]):
+class BlockEntry(Record):
     """A live block as the manifest knows it: ``BlockEntry(block, rows, bytes)``, immutable.
 
     ``block`` is the file name in ``blocks/``; it must parse as a block name
@@ -108,6 +109,7 @@ class BlockEntry(tuple[Any, ...]):
     """
 
     __slots__ = ()
+    KEY = NEW_ARGS = 3  # (block, rows, bytes); the parsed name follows
 
     def __new__(cls, block: str, rows: int, bytes: int) -> BlockEntry:  # noqa: A002 - the JSON key
         name = layout.parse_block_name(block)
@@ -135,24 +137,8 @@ class BlockEntry(tuple[Any, ...]):
         n: layout.BlockName = self[3]
         return n
 
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, BlockEntry)
-        return self[:3] == other[:3]
-
-    def __ne__(self, other: object) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
-    def __hash__(self) -> int:
-        return hash(self[:3])
-
     def __repr__(self) -> str:
         return f"BlockEntry(block={self.block!r}, rows={self.rows!r}, bytes={self.bytes!r})"
-
-    def __getnewargs__(self) -> tuple[Any, ...]:  # copy/pickle: the constructor's arguments
-        return tuple(self[:3])
 
     def to_json(self) -> dict[str, Any]:
         return {"block": self.block, "rows": self.rows, "bytes": self.bytes}
