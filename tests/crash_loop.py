@@ -230,7 +230,7 @@ def _die(label: str) -> None:
 
 def _make_fault_fs(spec: str) -> Any:
     """A FileSystem that SIGKILLs this process at the k-th file operation matching ``phase/point:k``."""
-    from bt_frames.storage import fs, layout
+    from bt_frames.storage import fs, layout, wal
 
     where, _, k_str = spec.partition(":")
     want_phase, _, want_point = where.partition("/")
@@ -288,14 +288,15 @@ def _make_fault_fs(spec: str) -> Any:
                 _die(spec)
             return super().write(fd, data)
 
-        def writev(self, fd: int, buffers: Sequence[bytes | memoryview]) -> int:
-            is_wal = kind(self.fds.get(fd, "")) == "wal"
-            if is_wal and self.hit("wal-torn-record"):
+        def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+            # a WAL record (written in place, at its offset), not the segment header or zeros written ahead
+            is_record = kind(self.fds.get(fd, "")) == "wal" and bytes(buffers[0][:4]) == wal._MAGIC_BYTES
+            if is_record and self.hit("wal-torn-record"):
                 data = b"".join(bytes(b) for b in buffers)
-                super().write(fd, data[: random.randint(1, len(data) - 1)])
+                super().pwritev(fd, [data[: random.randint(1, len(data) - 1)]], offset)
                 _die(spec)
-            n = super().writev(fd, buffers)
-            if is_wal and self.hit("wal-record-written"):
+            n = super().pwritev(fd, buffers, offset)
+            if is_record and self.hit("wal-record-written"):
                 _die(spec)
             return n
 
