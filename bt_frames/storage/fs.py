@@ -12,7 +12,7 @@ change nothing a crash could lose.
 The operations and their durability, as the power-loss model in
 ``tests/helpers/powerloss.py`` assumes (a conservative POSIX reading):
 
-- ``write``/``writev``/``pwritev``/``ftruncate`` change a file's bytes in the page cache;
+- ``write``/``pwritev``/``ftruncate`` change a file's bytes in the page cache;
   only ``fsync``/``fdatasync`` of that file make them durable.
 - ``open`` with ``O_CREAT``, ``replace``/``rename``, ``unlink``, ``mkdir`` and
   ``rmdir`` change a directory; only ``fsync_dir`` of that directory makes the
@@ -40,9 +40,6 @@ class FileSystem:
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
-
-    def writev(self, fd: int, buffers: Sequence[bytes | memoryview]) -> int:
-        return os.writev(fd, buffers)
 
     def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
         return os.pwritev(fd, buffers, offset)
@@ -110,13 +107,6 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[_fs.write(fd, view) :]
-
-
-def writev_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
-    want = sum(len(b) for b in buffers)
-    n = _fs.writev(fd, buffers)
-    if n != want:  # short write: finish it (or fail with the error that stopped it)
-        write_all(fd, b"".join(bytes(b) for b in buffers)[n:])
 
 
 def pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:

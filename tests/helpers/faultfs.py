@@ -22,7 +22,7 @@ from tests.helpers.powerloss import _caller
 # kind -> the FileSystem methods it covers
 KINDS: dict[str, tuple[str, ...]] = {
     "create": ("open",),  # open with O_CREAT
-    "write": ("write", "writev", "pwritev"),
+    "write": ("write", "pwritev"),
     "ftruncate": ("ftruncate",),
     "fsync": ("fsync", "fdatasync"),
     "replace": ("replace",),
@@ -82,10 +82,6 @@ class FaultFS(fs.FileSystem):
     def write(self, fd: int, data: bytes | memoryview) -> int:
         self._check("write", f"write {len(data)} bytes to {self._rel(_fd_path(fd))}")
         return super().write(fd, data)
-
-    def writev(self, fd: int, buffers: Sequence[bytes | memoryview]) -> int:
-        self._check("write", f"writev {sum(len(b) for b in buffers)} bytes to {self._rel(_fd_path(fd))}")
-        return super().writev(fd, buffers)
 
     def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
         n = sum(len(b) for b in buffers)

@@ -311,11 +311,6 @@ class RecordingFS(fs.FileSystem):
         return int(self._do("write", f"fd {fd}: {len(data)} bytes", lambda: super(RecordingFS, self).write(fd, data),
                             fd=fd))  # fmt: skip
 
-    def writev(self, fd: int, buffers: Sequence[bytes | memoryview]) -> int:
-        n = sum(len(b) for b in buffers)
-        return int(self._do("writev", f"fd {fd}: {n} bytes", lambda: super(RecordingFS, self).writev(fd, buffers),
-                            fd=fd))  # fmt: skip
-
     def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
         n = sum(len(b) for b in buffers)
         return int(self._do("pwritev", f"fd {fd}: {n} bytes at {offset}",
