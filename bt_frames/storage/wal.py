@@ -337,7 +337,7 @@ class WalWriter:
     (``_synced``), so a record written during a sync is synced by the next
     one -- never left unsynced until some later append or close.
 
-    Zeros ahead (``"fsync"``/``"batch"``): bytes ``[_size, _alloc)`` of the
+    Zeros ahead (``"fsync"`` only): bytes ``[_size, _alloc)`` of the
     current segment are zeros already synced; a record that fits there is
     written in place. The zeroer (a thread, or inline when
     ``ZERO_IN_BACKGROUND`` is false) writes the next ``ZERO_CHUNK`` at
@@ -361,12 +361,10 @@ class WalWriter:
         self._alloc = self._size  # [_size, _alloc): zeros, synced
         self._zeroing = False
         self._zero_ahead = ZERO_AHEAD and durability == "fsync"  # per segment: off after a zeroing failure
-        self._background = ZERO_IN_BACKGROUND
         self._written = 0  # records written (all segments), and how many of them a sync made durable
         self._synced = 0
         self.records_written = 0
         self.bytes_written = 0
-        self.zero_bytes_written = 0
         self._stop = threading.Event()
         self._want_zeros = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -374,7 +372,7 @@ class WalWriter:
         if durability == "batch":
             self._syncer = threading.Thread(target=self._sync_loop, name="bt_frames-wal-sync", daemon=True)
             self._syncer.start()
-        if self._zero_ahead and self._background:
+        if self._zero_ahead and ZERO_IN_BACKGROUND:
             self._zeroer = threading.Thread(target=self._zero_loop, name="bt_frames-wal-zero", daemon=True)
             self._zeroer.start()
         self._request_zeros(self._zero_needed())
@@ -444,11 +442,8 @@ class WalWriter:
 
     def _cut_back(self) -> None:
         """After a failed append (under the lock): truncate to the valid end (zeros ahead included)."""
-        while self._zeroing:
-            self._zeroed.wait()
         try:
-            fs.ftruncate(self._fd, self._size)
-            self._alloc = self._size
+            self._cut_zeros()
         except OSError:  # pragma: no cover - nothing better to do
             pass
 
@@ -504,13 +499,13 @@ class WalWriter:
                 self._zeroing = False
                 if ok:
                     self._alloc = max(self._alloc, start + ZERO_CHUNK)
-                    self.zero_bytes_written += ZERO_CHUNK
                 else:
                     self._zero_ahead = False
                 self._zeroed.notify_all()
 
     def _cut_zeros(self) -> None:
-        """(under the lock) Truncate the zeros after the last record: a finished segment ends at a record."""
+        """(under the lock) Truncate whatever follows the last record (zeros ahead, a failed append's
+        bytes): a finished segment ends at a record."""
         while self._zeroing:
             self._zeroed.wait()
         if os.fstat(self._fd).st_size != self._size:
