@@ -236,7 +236,7 @@ class CachedBlocks(Sequence[BlockInfo]):
         info = self._made[i]
         if info is None:
             # the name fields are the frame's columns, written from the parsed name of the same string
-            name = layout.BlockName(first[i], last[i], part[i], nparts[i], files[i][-24:-8])
+            name = layout.BlockName(first[i], last[i], part[i], nparts[i], files[i][layout.BLOCK_DIGEST])
             info = self._made[i] = BlockInfo.of_cached(name, self._prefix, files[i], rows[i], sizes[i])
         return info
 

@@ -361,11 +361,7 @@ def _read_open_cache(f: BinaryIO, schema: pl.Schema) -> tuple[pl.DataFrame | Non
             if mm[:1] != b"{":
                 raise _NotACache("no header")
             return _read_cache_v4(mm[:], schema), None
-        trailer = size - len(CACHE_TRAILER_MAGIC) - 8
-        head_len = int.from_bytes(mm[trailer : trailer + 8], "little")
-        body_end = trailer - head_len
-        if not len(_EOS) <= body_end <= trailer or mm[body_end - len(_EOS) : body_end] != _EOS:
-            raise _NotACache("no stream before the header")
+        body_end, trailer = _sections(mm, size)
         header = json.loads(mm[body_end:trailer])
         if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
             raise _NotACache("another format or version")
@@ -407,12 +403,21 @@ def encode_cache(header: dict[str, Any], body: bytes) -> bytes:
 
 def split_cache(raw: bytes) -> tuple[dict[str, Any], bytes]:
     """(header, stream) of a version-5 cache file's bytes (``ValueError`` if it is not one)."""
-    if len(raw) < 16 or raw[-8:] != CACHE_TRAILER_MAGIC:
-        raise ValueError("not a version-5 stats cache")
-    trailer = len(raw) - 16
-    body_end = trailer - int.from_bytes(raw[trailer : trailer + 8], "little")
+    if len(raw) < len(CACHE_TRAILER_MAGIC) + 8 or raw[-len(CACHE_TRAILER_MAGIC) :] != CACHE_TRAILER_MAGIC:
+        raise _NotACache("not a version-5 stats cache")
+    body_end, trailer = _sections(raw, len(raw))
     header: dict[str, Any] = json.loads(raw[body_end:trailer])
     return header, raw[:body_end]
+
+
+def _sections(buf: bytes | mmap.mmap, size: int) -> tuple[int, int]:
+    """(end of the stream, start of the trailer) of a version-5 cache of ``size`` bytes that ends in
+    ``CACHE_TRAILER_MAGIC``: the trailer holds the header's length, the header follows the stream."""
+    trailer = size - len(CACHE_TRAILER_MAGIC) - 8
+    body_end = trailer - int.from_bytes(buf[trailer : trailer + 8], "little")
+    if not len(_EOS) <= body_end <= trailer or buf[body_end - len(_EOS) : body_end] != _EOS:
+        raise _NotACache("no stream before the header")
+    return body_end, trailer
 
 
 def _cache_digest(body: bytes | memoryview, link: dict[str, Any] | None) -> str:
@@ -471,13 +476,12 @@ def load_blocks(
     known: dict[str, blk.BlockInfo] = {}  # cache rows, in the cache's (LSN) order
     in_order = True
     if cached is not None:
-        cols = [cached.get_column(c) for c in ("block", "first_lsn", "last_lsn", "part", "nparts", "rows", "bytes")]
         prev = (-1, 0)
-        for n, first, last, part, nparts, rows, size in zip(*(c.to_list() for c in cols), strict=True):
+        for n, first, last, part, nparts, rows, size in zip(*_identity(cached), strict=True):
             in_order = in_order and (first, part) > prev
             prev = (first, part)
             # the name is the same string, so it parses to these fields (its digest is in it)
-            name = layout.BlockName(first, last, part, nparts, n[-24:-8])
+            name = layout.BlockName(first, last, part, nparts, n[layout.BLOCK_DIGEST])
             known[n] = blk.BlockInfo.of_cached(name, prefix, n, rows, size)
     hits = [b for n, b in known.items() if n in listing]
     new = [n for n in listing if n not in known and layout.parse_block_name(n) is not None]
@@ -522,7 +526,7 @@ def _infos(
 ) -> list[blk.BlockInfo]:
     """The name fields come from the frame's columns, written from the parsed name of the same
     string (its digest is in it), so nothing is parsed again."""
-    digests = [n[-24:-8] for n in files]
+    digests = [n[layout.BLOCK_DIGEST] for n in files]
     names = list(map(layout.BlockName._make, zip(first, last, part, nparts, digests, strict=True)))
     return blk.BlockInfo.of_cached_many(names, prefix, files, rows, size)
 

@@ -59,6 +59,7 @@ _TMP_NAME = re.compile(r"\..+\.\d+\.tmp")
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _WAL_NAME = re.compile(r"(\d{20})\.wal")
 _BLOCK_NAME = re.compile(r"(\d{20})-(\d{20})\.(\d+)of(\d+)\.([0-9a-f]{16})\.parquet")
+BLOCK_DIGEST = slice(-24, -8)  # the 16 hex digits of a block name, taken without parsing it (".<digest>.parquet")
 MAX_TABLE_NAME = 128
 
 

@@ -143,11 +143,6 @@ class BlockEntry(Record):
     def to_json(self) -> dict[str, Any]:
         return {"block": self.block, "rows": self.rows, "bytes": self.bytes}
 
-    @classmethod
-    def of_info(cls, info: blk.BlockInfo) -> BlockEntry:
-        """The entry of a block whose name is parsed already (no check: ``info`` made it)."""
-        return tuple.__new__(cls, (info.filename, info.rows, info.bytes, info.name))
-
 
 def _order(entry: BlockEntry) -> tuple[int, int]:
     """The order of the live blocks: first LSN, then part."""
@@ -464,7 +459,7 @@ def names_digest(names: Sequence[str]) -> str:
     return blk.hash_bytes("\n".join(names).encode())
 
 
-def load_linked(table_dir: Path, doc: object, versions: list[int] | None = None) -> State | None:
+def load_linked(table_dir: Path, doc: object) -> State | None:
     """The state ``doc`` (a ``link``) records, without its blocks, if it is that of the newest version; else None.
 
     Checks what ``load`` checks, without decoding: the newest version is the linked one, and every
@@ -478,7 +473,7 @@ def load_linked(table_dir: Path, doc: object, versions: list[int] | None = None)
         version, files = doc["version"], doc["files"]
         if type(version) is not int or not isinstance(files, dict):
             return None
-        versions = list_versions(table_dir) if versions is None else versions
+        versions = list_versions(table_dir)
         if not versions or versions[-1] != version:
             return None
         want = {str(v) for v in range(checkpoint_of(version), version + 1)}
