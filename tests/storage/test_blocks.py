@@ -61,15 +61,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFra
     return root, build_store(root)
 
 
-@pytest.fixture
-def copy(pristine: tuple[Path, pl.DataFrame], tmp_path: Path) -> tuple[Path, pl.DataFrame]:
-    """A byte-for-byte copy of the pristine store at a new path: no block of it was verified in this process."""
-    root, data = pristine
-    dest = tmp_path / "db"
-    shutil.copytree(root, dest)
-    return dest, data
-
-
 # -- flipped bytes -----------------------------------------------------------------------------------------------------
 
 WHERE = {

@@ -57,14 +57,6 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFra
     return root, build(root)
 
 
-@pytest.fixture
-def copy(pristine: tuple[Path, pl.DataFrame], tmp_path: Path) -> tuple[Path, pl.DataFrame]:
-    root, data = pristine
-    dest = tmp_path / "db"
-    shutil.copytree(root, dest)
-    return dest, data
-
-
 def open_and_check(root: Path, *, state: str, from_footer: int, data: pl.DataFrame) -> bt.Recovery:
     """Open as a writer, check the recovery and that blocks/rows equal the footers; return the recovery."""
     with bt.open(root) as store:

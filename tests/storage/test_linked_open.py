@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -40,14 +39,6 @@ def build(root: Path, n_blocks: int = 3, rows: int = 30) -> pl.DataFrame:
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame]:
     root = tmp_path_factory.mktemp("linked") / "db"
     return root, build(root)
-
-
-@pytest.fixture
-def copy(pristine: tuple[Path, pl.DataFrame], tmp_path: Path) -> tuple[Path, pl.DataFrame]:
-    root, data = pristine
-    dest = tmp_path / "db"
-    shutil.copytree(root, dest)
-    return dest, data
 
 
 def table_dir(root: Path) -> Path:
