@@ -67,6 +67,19 @@ def make_orders(n: int, *, start: int = 0, seed: int = 0, step_us: int = 2_000) 
     )
 
 
+def ipc_append(fd: int, table: Any) -> None:
+    """The baselines' append: ``table`` (a ``pyarrow.Table``) serialised as one Arrow IPC stream and
+    written whole at the end of ``fd`` with ``os.write`` (the caller syncs)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    view = memoryview(sink.getvalue())
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-from _common import dir_files, fmt_table, machine_note, make_orders, median, percentile, verdict
+from _common import dir_files, fmt_table, ipc_append, machine_note, make_orders, median, percentile, verdict
 
 import bt_frames as bt
 
@@ -134,13 +134,7 @@ def bench_baseline(batches: Sequence[pa.Table], sync: Callable[[int], None], wor
         t0 = clock()
         for tbl in batches:
             t = clock()
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, tbl.schema) as w:
-                w.write_table(tbl)
-            buf = sink.getvalue()
-            view = memoryview(buf)
-            while view:
-                view = view[os.write(fd, view) :]
+            ipc_append(fd, tbl)
             sync(fd)
             lat.append(clock() - t)
         wall = (clock() - t0) / 1e9

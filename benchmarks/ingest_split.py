@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from _common import make_orders
+from _common import ipc_append, make_orders
 
 import bt_frames as bt
 from bt_frames.storage import fs, wal
@@ -89,12 +89,7 @@ def run_baseline(batches: list[pa.Table], workdir: Path) -> dict[str, Any]:
         t0 = _clock()
         for tbl in batches:
             t = _clock()
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, tbl.schema) as w:
-                w.write_table(tbl)
-            view = memoryview(sink.getvalue())
-            while view:
-                view = view[os.write(fd, view) :]
+            ipc_append(fd, tbl)
             s = _clock()
             os.fdatasync(fd)
             lat.append((_clock() - t, _clock() - s))
