@@ -438,8 +438,13 @@ class BacktraceStore:
                 del _OPEN[_key(self._path)]
         self._close_all()
 
+    @property
+    def _forked(self) -> bool:
+        """This is a forked child's copy of a store its parent opened (see ``_abandon``)."""
+        return os.getpid() != self._pid
+
     def _close_all(self) -> None:
-        if os.getpid() != self._pid:
+        if self._forked:
             self._abandon()
             return
         with self._lock:

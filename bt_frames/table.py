@@ -143,6 +143,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_helper)
 
 
+def _frozen(blocks: Sequence[blk.BlockInfo]) -> Sequence[blk.BlockInfo]:
+    """``blocks`` as an immutable sequence: a writer's list is copied, a reader's ``CachedBlocks`` is one."""
+    return blocks if isinstance(blocks, blk.CachedBlocks) else tuple(blocks)
+
+
 class Table:
     """One table of a :class:`~bt_frames.BacktraceStore`. Get it from the store; do not construct."""
 
@@ -268,7 +273,7 @@ class Table:
         with self._lock:
             self._blocks = got.blocks
             self._stats_frame = got.stats
-            self._stats_key = got.blocks if isinstance(got.blocks, blk.CachedBlocks) else tuple(got.blocks)
+            self._stats_key = _frozen(got.blocks)
             self._hot = hot
             self._next_lsn = got.next_lsn
             self._wal_records = got.wal_records
@@ -310,7 +315,7 @@ class Table:
 
     def _check_writable(self) -> None:
         self._check_open()
-        if os.getpid() != self._store._pid:
+        if self._store._forked:
             raise BtError(
                 f"table {self.name!r}: the store {str(self._store.path)!r} was opened by process "
                 f"{self._store._pid}; this forked child (process {os.getpid()}) shares its lock and WAL and "
@@ -577,7 +582,7 @@ class Table:
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
-            blocks = self._blocks if isinstance(self._blocks, blk.CachedBlocks) else tuple(self._blocks)
+            blocks = _frozen(self._blocks)
             token = self._pins.pin(blocks) if pin else None
             return Snapshot(blocks, hot, self._stats(), token, self._meta.schema)
 
@@ -766,7 +771,7 @@ class Table:
         Rows whose block write failed stay durable in the WAL and are replayed
         on the next open. Closing twice does nothing.
         """
-        if os.getpid() != self._store._pid:
+        if self._store._forked:
             self._abandon()
             return
         with self._lock:
