@@ -236,7 +236,7 @@ def _counted(
     statistics is built from them; the others are read (only ``columns``)."""
     survivors = report.survivors
     every = report.matching_list()
-    counts = [every[i] for i, kept in enumerate(report.details["scanned"].to_list()) if kept] if survivors else []
+    counts = [every[i] for i in report.block_lists().scanned]
     known = [n is not None for n in counts]
     values: dict[str, list[tuple[bool, Any]]] = {}
     for c in columns:

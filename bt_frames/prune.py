@@ -35,7 +35,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 import polars as pl
 
@@ -778,6 +778,10 @@ class PruneReport:
             self._matching = self.details.with_columns(self.rows_matching)
         return self._matching
 
+    def block_lists(self) -> _BlockLists:
+        """The per-block columns of :attr:`details` as tuples (computed once per evaluation, shared)."""
+        return _block_lists(self.details, self._cache)
+
     def matching_list(self) -> list[int | None]:
         """:attr:`rows_matching` as a list (computed once)."""
         if self._matching_list is None:
@@ -799,9 +803,9 @@ class PruneReport:
         self._groups = groups
         if self._all is None:
             return groups
-        some = (self.details["verdict"] == SOME).to_list()
+        verdicts = self.block_lists().verdicts
         for i, row in enumerate(self._all.iter_rows()):
-            if some[i]:
+            if verdicts[i] == SOME:
                 groups.setdefault(tuple(not t for t in row), []).append(i)
         self._cache["groups"] = groups
         return groups
@@ -838,10 +842,9 @@ class PruneReport:
         return self._cache[key]
 
     def _count(self) -> list[int | None]:
-        rows = self.details["rows"].to_list()
+        lists = self.block_lists()
         out: list[int | None] = [
-            0 if v == NONE else r if v == ALL else None
-            for v, r in zip(self.details["verdict"].to_list(), rows, strict=True)
+            0 if v == NONE else r if v == ALL else None for v, r in zip(lists.verdicts, lists.rows, strict=True)
         ]
         if self._stats is None or self._schema is None:
             return out
@@ -863,8 +866,8 @@ class PruneReport:
 
         if self._stats is None or self._schema is None or column not in self._schema:
             return [(False, None)] * len(self.survivors)
-        verdict = self.details["verdict"].to_list()
-        idx = self.details["scanned"].arg_true().to_list()
+        lists = self.block_lists()
+        verdict, idx = lists.verdicts, lists.scanned
         pos = {b: i for i, b in enumerate(idx)}
         out: list[tuple[bool, Any]] = [(False, None)] * len(idx)
         whole: list[int] = [b for b in idx if verdict[b] == ALL]
@@ -997,16 +1000,7 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
         details, all_true, shared = _cached(_evaluations(stats), key, evaluate)
     else:
         details, all_true, shared = evaluate()
-    lists = shared.get("lists")
-    if lists is None:  # the per-block columns as lists, once per evaluation
-        scanned = details["scanned"].to_list()
-        lists = shared["lists"] = (
-            [i for i, k in enumerate(scanned) if k],
-            details["verdict"].to_list(),
-            details["rows"].to_list(),
-            details["bytes"].to_list(),
-        )
-    keep, verdict_list, rows, size = lists
+    keep, verdict_list, rows, size = _block_lists(details, shared)
     if len(keep) == n:
         survivors = tuple(infos)
         verdicts = tuple(verdict_list)
@@ -1043,6 +1037,30 @@ def plan(snap: Snapshot, schema: pl.Schema, predicate: pl.Expr | None, *, table:
 
 
 _IDENT = ["block", "first_lsn", "last_lsn", "rows", "bytes"]
+
+
+class _BlockLists(NamedTuple):
+    """The plan's per-block columns as tuples: the blocks scanned (their positions), and per block its
+    verdict, rows and bytes."""
+
+    scanned: tuple[int, ...]
+    verdicts: tuple[str, ...]
+    rows: tuple[int, ...]
+    bytes: tuple[int, ...]
+
+
+def _block_lists(details: pl.DataFrame, shared: dict[Any, Any]) -> _BlockLists:
+    """``details``' per-block columns as tuples, made once per evaluation and kept in its shared answers."""
+    got: _BlockLists | None = shared.get("lists")
+    if got is None:
+        scanned = details["scanned"].to_list()
+        got = shared["lists"] = _BlockLists(
+            tuple(i for i, k in enumerate(scanned) if k),
+            tuple(details["verdict"].to_list()),
+            tuple(details["rows"].to_list()),
+            tuple(details["bytes"].to_list()),
+        )
+    return got
 
 
 def _evaluate(
