@@ -97,7 +97,7 @@ class ReadStats:
     blocks_unfiltered: int = 0  # blocks read without evaluating the predicate (every row matches)
 
 
-def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.LazyFrame:
+def scan(table: Table, where: _prune.Where | None, *, prune: bool = True, as_of: int | None = None) -> pl.LazyFrame:
     schema = table.schema
     where_expr = _prune.to_expr(where, schema, table=table.name)
     hidden = HEIGHT not in schema  # a table with a column of that name just goes without the shortcut
@@ -107,11 +107,11 @@ def scan(table: Table, where: _prune.Where | None, *, prune: bool = True) -> pl.
         with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
     ) -> Iterator[pl.DataFrame]:
         if not hidden:
-            return _start(table, predicate, with_columns, n_rows, batch_size, prune=prune)
+            return _start(table, predicate, with_columns, n_rows, batch_size, prune=prune, as_of=as_of)
         wanted = [HEIGHT, *names] if with_columns is None else with_columns
         if HEIGHT not in wanted:
-            return _start(table, predicate, wanted, n_rows, batch_size, prune=prune)
-        return _start(table, predicate, wanted, n_rows, batch_size, prune=prune, height=True)
+            return _start(table, predicate, wanted, n_rows, batch_size, prune=prune, as_of=as_of)
+        return _start(table, predicate, wanted, n_rows, batch_size, prune=prune, height=True, as_of=as_of)
 
     source_schema = pl.Schema({HEIGHT: pl.Null(), **schema}) if hidden else schema
     lf = register_io_source(
@@ -137,13 +137,16 @@ def _start(
     prune: bool = True,
     height: bool = False,
     eager: bool = False,
+    as_of: int | None = None,
 ) -> Iterator[pl.DataFrame]:
     """One read (see :func:`_open`); on a read-only table, restarted once if a block file vanished first."""
 
     def open_read() -> _Pinned:
-        return _open(table, predicate, columns, n_rows, batch_size, prune=prune, height=height, eager=eager)
+        return _open(
+            table, predicate, columns, n_rows, batch_size, prune=prune, height=height, eager=eager, as_of=as_of
+        )
 
-    if not table.read_only:  # pinned: a compaction here never deletes what the read needs
+    if not table.read_only or as_of is not None:  # pinned: a compaction here never deletes what the read needs
         return open_read()
     return _refreshing(table, open_read)
 
@@ -158,6 +161,7 @@ def _open(
     prune: bool = True,
     height: bool = False,
     eager: bool = False,
+    as_of: int | None = None,
 ) -> _Pinned:
     """One read: a snapshot (one consistent state), its plan (recorded and logged), its blocks pinned.
 
@@ -169,7 +173,7 @@ def _open(
     frames carry it as a null column, and blocks known from statistics are not read.
     ``eager``: one frame, from one Polars query over every survivor and the hot rows.
     """
-    snap = table._snapshot(pin=True)
+    snap = table._snapshot(pin=True, as_of=as_of)
     # with a limit, the predicate applies to the limited rows (see read()): pruning by it would drop rows
     # that count toward the limit
     prune_by = predicate if prune and n_rows is None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from bt_frames import _convert
+from bt_frames import _convert, _lifecycle
 from bt_frames.errors import (
     BtError,
     CorruptionError,
@@ -237,8 +238,15 @@ class BacktraceStore:
         max_block_rows: int | None = None,
         row_group_rows: int | None = None,
         exist_ok: bool = True,
+        retention: dt.timedelta | None = None,
+        keep_versions: dt.timedelta | None = None,
+        auto_compact: bool = True,
     ) -> Table:
         """Create a table, or open it if it exists with the same schema.
+
+        ``retention``, ``keep_versions`` and ``auto_compact`` are the lifecycle
+        options of :meth:`Table.set_options` (used when the table is created;
+        change them later with ``set_options``).
 
         A different schema or time column raises SchemaMismatchError listing
         the differences, and so does a ``max_block_rows``/``row_group_rows``
@@ -291,6 +299,9 @@ class BacktraceStore:
             if lost is not None:  # a table whose table.json is gone: never built over (its data is there)
                 raise lost
             meta = catalog.TableMeta(name, pl_schema, time_column, max_block_rows, rg)
+            meta = _lifecycle.with_options(
+                meta, table=name, retention=retention, keep_versions=keep_versions, auto_compact=auto_compact
+            )
             with os_errors(f"store {str(self._path)!r}: create_table({name!r})"):
                 self._create_dir(meta)
                 try:

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 
-from bt_frames import _convert, _scan
+from bt_frames import _convert, _lifecycle, _scan
+from bt_frames._lifecycle import Change
 from bt_frames.errors import (
     BtError,
     CorruptionError,
@@ -68,7 +69,7 @@ FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from
 MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
 RETRY_INTERVAL_S = 1.0  # a failed block write or rotation is retried at most this often
 
-__all__ = ["CompactResult", "Health", "Recovery", "Snapshot", "Table"]
+__all__ = ["Change", "CompactResult", "Health", "Recovery", "Snapshot", "Table"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class Table:
         self.last_plan: PruneReport | None = None  # the plan of the last scan's collect()
         self.last_read: ReadStats | None = None  # what that read did: columns, rows, batches
         self.scans = 0
+        self.last_change: Change | None = None  # what the last delete/update/upsert/retention did
         self._load()
 
     # -- identity ------------------------------------------------------------
@@ -263,7 +265,7 @@ class Table:
                 self._meta.schema,
                 writer=writer,
                 durability=self._store.durability,
-                grace_s=self._store.retired_grace,
+                grace_s=self._keep_retired_s(),
                 pinned=self._pins.holds,
                 progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
             )
@@ -573,12 +575,139 @@ class Table:
                 self._purge_retired()
             return CompactResult(before, len(self._blocks), len(merged), rows_rewritten)
 
+    # -- the table's life: delete, update, upsert, options (see bt_frames/_lifecycle.py) --------------------
+
+    def delete(self, where: Where) -> int:
+        """Delete the rows matching ``where`` (an expression or DNF tuples, as for :meth:`scan`); return how many.
+
+        Durable and atomic like an append: when it returns, one manifest version
+        (the commit point) has retired the blocks that held those rows, and every
+        later scan misses them; a crash before that leaves the table as it was.
+        Blocks the statistics rule out are not touched, blocks where every row
+        matches are retired unread, and only the others are read and rewritten
+        (``table.last_change`` says how many). Rows where ``where`` is null are
+        kept. The hot rows are frozen into a block first.
+        """
+        return _lifecycle.delete(self, where)
+
+    def update(self, data: object) -> Change:
+        """Replace the rows whose time lies in ``data``'s time range by ``data`` (ArcticDB's ``update``).
+
+        Needs a time column. ``data`` is coerced like an append. Its rows take the
+        place of the first row they replace (see ``bt_frames/_lifecycle.py`` for
+        the order rule). Atomic and durable on return: one manifest version.
+        """
+        return _lifecycle.update(self, data)
+
+    def upsert(self, data: object, on: str | Sequence[str]) -> Change:
+        """Rows of ``data`` replace the rows with an equal key (columns ``on``); the others are appended.
+
+        A key may appear once in ``data``; null keys never match (appended, as
+        in a Delta ``MERGE``). A replacing row takes the place of the first row
+        with its key. Atomic and durable on return: one manifest version.
+        """
+        return _lifecycle.upsert(self, data, on)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``max_block_rows``, ``retention``, ``keep_versions`` and ``auto_compact`` (see :meth:`set_options`)."""
+        return _lifecycle.options_of(self._meta)
+
+    @property
+    def retention(self) -> dt.timedelta | None:
+        """Rows whose time is older than this before the newest time value are dropped (None: kept)."""
+        return _lifecycle.options_of(self._meta)["retention"]
+
+    @property
+    def keep_versions(self) -> dt.timedelta | None:
+        """Retired blocks older than this are deleted automatically (None: kept until :meth:`vacuum`)."""
+        return _lifecycle.options_of(self._meta)["keep_versions"]
+
+    @property
+    def auto_compact(self) -> bool:
+        """Whether small adjacent blocks are merged in the background."""
+        return self._meta.auto_compact
+
+    def set_options(self, **options: Any) -> None:
+        """Change ``max_block_rows``, ``retention``, ``keep_versions`` or ``auto_compact``.
+
+        ``retention`` (a ``timedelta``, or None): keep the rows whose time is
+        within it of the table's newest time value (not the wall clock); older
+        rows are dropped when blocks are frozen or compacted, whole blocks
+        first. ``keep_versions``: how long retired blocks are kept for
+        ``scan(as_of=)`` (None, the default: until :meth:`vacuum`).
+        ``auto_compact``: merge small adjacent blocks in the background.
+
+        Durable on return: ``table.json`` is rewritten atomically (the commit
+        point), then a manifest version records the change for ``versions``.
+        """
+        self._check_writable()
+        _lifecycle.check_options(options, self.name)
+        with self._lock, os_errors(f"table {self.name!r}: set_options"):
+            self._writer.wait_idle()
+            self._check_writable()
+            new = _lifecycle.with_options(self._meta, table=self.name, **options)
+            if new == self._meta:
+                return
+            layout.atomic_write(self._dir / layout.TABLE_JSON, new.to_json().encode())
+            self._meta = new
+            try:
+                self._commit(mf.Edit("set_options", info={"options": _lifecycle.options_json(new)}))
+            except Exception as e:  # the options are set; only their line in the history is missing
+                log.warning("table %r: could not record set_options in the manifest (%s)", self.name, e)
+            self._link_cache()
+        if new.retention_s is not None:
+            self.enforce_retention()
+
+    @property
+    def versions(self) -> pl.DataFrame:
+        """The table's history, one row per manifest version (Delta's ``history()``).
+
+        Columns: ``version``, ``lsn`` (the last LSN whose rows the version's
+        blocks hold), ``time`` (UTC), ``operation`` (``create``, ``publish``,
+        ``append``, ``compact``, ``delete``, ``update``, ``upsert``,
+        ``retention``, ``set_options``, ``vacuum``, housekeeping such as
+        ``rotate`` and ``close``...), ``rows_added``, ``rows_removed``, then
+        ``rows``, ``blocks`` and ``bytes`` in blocks after it, and ``detail``.
+        Any version whose blocks are still kept can be read with
+        ``scan(as_of=version)``.
+        """
+        self._check_open()
+        with os_errors(f"table {self.name!r}: reading the manifest"):
+            return _lifecycle.versions(self)
+
+    def vacuum(self, older_than: dt.timedelta = dt.timedelta(0)) -> int:
+        """Delete the files of blocks retired at least ``older_than`` ago; return the bytes freed.
+
+        Retired blocks (replaced by a compaction, a delete, an update...) are
+        kept for ``scan(as_of=)`` until vacuumed. Never deleted: a block the
+        newest version uses, one a running read in this process uses, or one
+        retired less than the store's ``retired_grace`` ago (readers in other
+        processes may still use it). Versions that needed a deleted file can no
+        longer be read with ``as_of``.
+        """
+        return _lifecycle.vacuum(self, older_than)
+
+    def enforce_retention(self) -> int:
+        """Drop the rows older than the table's ``retention`` now (whole blocks and partial ones); return how many.
+
+        Runs by itself when blocks are frozen (whole blocks) and compacted.
+        """
+        got = _lifecycle.retain(self, whole_blocks=False)
+        return got.rows_removed if got is not None else 0
+
     # -- pins and retired blocks: a running read never loses its files ---------
 
-    def _snapshot(self, *, pin: bool) -> Snapshot:
-        """The blocks and hot chunks as of now; with ``pin``, its blocks are pinned under the same lock
-        (``snap.pin`` is the token that releases them: :meth:`_unpin`)."""
+    def _snapshot(self, *, pin: bool, as_of: int | None = None) -> Snapshot:
+        """The blocks and hot chunks as of now (or the blocks of manifest version ``as_of``); with ``pin``,
+        its blocks are pinned under the same lock (``snap.pin`` is the token that releases them: :meth:`_unpin`)."""
         self._check_open()
+        if as_of is not None:
+            old = _lifecycle.blocks_at(self, as_of)
+            stats = catalog.merge_stats(None, list(old), self._meta.schema)
+            with self._lock:
+                token = self._pins.pin(old) if pin else None
+            return Snapshot(old, (), stats, token, self._meta.schema)
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
@@ -601,11 +730,19 @@ class Table:
             if released and not self._closed and self._manifest is not None and self._manifest.state.retired:
                 self._purge_retired()
 
+    def _keep_retired_s(self) -> float:
+        """How long a retired block stays: for readers (the store's ``retired_grace``) and for time travel
+        (the table's ``keep_versions``; none set: until ``vacuum``)."""
+        keep = self._meta.keep_versions_s
+        return math.inf if keep is None else max(keep, self._store.retired_grace)
+
     def _purge_retired(self, *, grace_s: float | None = None) -> None:
         """Delete retired blocks past the grace period that no scan here pins; the next version forgets them."""
         if self._manifest is None or not self._manifest.sync():  # the versions retiring them must be durable
             return
-        grace = self._store.retired_grace if grace_s is None else grace_s
+        grace = self._keep_retired_s() if grace_s is None else grace_s
+        if grace == math.inf:
+            return
         now = dt.datetime.now(dt.UTC)
         gone = []
         for r in self._manifest.state.retired:
@@ -934,16 +1071,28 @@ class Table:
 
     # -- reading ---------------------------------------------------------------
 
-    def scan(self, where: Where | None = None, *, prune: bool = True) -> pl.LazyFrame:
+    def scan(
+        self, where: Where | None = None, *, prune: bool = True, as_of: int | dt.datetime | str | None = None
+    ) -> pl.LazyFrame:
         """A LazyFrame over blocks + hot rows, in append order.
 
         Filters (``where=`` or any later ``.filter``) and projections are
         pushed down: blocks whose statistics rule the predicate out are never
         opened, survivors are read by Polars' Parquet reader. Each
         ``collect()`` reads one consistent snapshot taken when it starts.
+
+        ``as_of``: the table as it was at a manifest version (a number from
+        :attr:`versions`) or at a time (the newest version made at or before
+        it; naive datetimes are UTC): that version's blocks, read even if they
+        were retired since (until :meth:`vacuum` deletes them). A version holds
+        the rows in blocks then; rows still in the WAL at that moment are not
+        part of any version.
         """
         self._check_open()
-        return _scan.scan(self, where, prune=prune)
+        version = None if as_of is None else _lifecycle.resolve_version(self, as_of)
+        if version is not None:
+            _lifecycle.blocks_at(self, version)  # a vacuumed version fails now, not at collect()
+        return _scan.scan(self, where, prune=prune, as_of=version)
 
     def prune(self, where: Where | None = None) -> PruneReport:
         """Plan a scan: which blocks ``where`` skips and why (nothing is read)."""

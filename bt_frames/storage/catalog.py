@@ -8,7 +8,12 @@ folder) and rewritten atomically only when options change::
      "schema_ipc": "<base64 Arrow IPC stream of an empty frame: the exact schema>",
      "time_column": "ts" | null, "max_block_rows": 1000000, "row_group_rows": 16384,
      "pandas": null | {...pandas round-trip metadata...},
+     "retention_s": null | seconds, "keep_versions_s": null | seconds, "auto_compact": true,
      "checksum": "<xxh3 of the other fields>"}
+
+The lifecycle options (``Table.set_options``) default to null, null and true
+when absent (a table.json written before they existed); an older bt_frames
+keeps them as unknown keys.
 
 ``columns`` is for people; ``schema_ipc`` is authoritative (it keeps every
 dtype parameter: units, time zones, enum categories, decimal scale).
@@ -103,6 +108,10 @@ class TableMeta:
     row_group_rows: int
     pandas: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # lifecycle options (``Table.set_options``); absent from a table.json written before them: the defaults
+    retention_s: float | None = None  # rows older than this before the newest time value are dropped
+    keep_versions_s: float | None = None  # retired blocks older than this are deleted (None: kept until vacuum)
+    auto_compact: bool = True  # small adjacent blocks are merged in the background
 
     def to_json(self) -> str:
         doc = {
@@ -115,6 +124,9 @@ class TableMeta:
             "max_block_rows": self.max_block_rows,
             "row_group_rows": self.row_group_rows,
             "pandas": self.pandas,
+            "retention_s": self.retention_s,
+            "keep_versions_s": self.keep_versions_s,
+            "auto_compact": self.auto_compact,
             **{k: v for k, v in self.extra.items() if k != "checksum"},
         }
         doc["checksum"] = _doc_checksum(doc)
@@ -141,6 +153,7 @@ class TableMeta:
             known = {
                 "format", "format_version", "name", "columns", "schema_ipc", "time_column",
                 "max_block_rows", "row_group_rows", "pandas", "checksum",
+                "retention_s", "keep_versions_s", "auto_compact",
             }  # fmt: skip
             meta = cls(
                 name=doc["name"],
@@ -149,6 +162,9 @@ class TableMeta:
                 max_block_rows=int(doc["max_block_rows"]),
                 row_group_rows=int(doc["row_group_rows"]),
                 pandas=doc.get("pandas"),
+                retention_s=doc.get("retention_s"),
+                keep_versions_s=doc.get("keep_versions_s"),
+                auto_compact=doc.get("auto_compact", True),
                 extra={k: v for k, v in doc.items() if k not in known},
             )
         except (KeyError, ValueError, TypeError, pl.exceptions.PolarsError) as e:
@@ -199,6 +215,12 @@ def _meta_problem(meta: TableMeta, doc: dict[str, Any]) -> str | None:
     for key in ("max_block_rows", "row_group_rows"):
         if not isinstance(doc[key], int) or isinstance(doc[key], bool) or doc[key] < 1:
             return f"{key} is {doc[key]!r}, not a positive integer"
+    for key in ("retention_s", "keep_versions_s"):
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            return f"{key} is {value!r}, not a number of seconds >= 0 or null"
+    if not isinstance(doc.get("auto_compact", True), bool):
+        return f"auto_compact is {doc['auto_compact']!r}, not true or false"
     if meta.pandas is not None and not isinstance(meta.pandas, dict):
         return f"pandas is a {type(meta.pandas).__name__}, not an object"
     if "checksum" in doc and not isinstance(doc["checksum"], str):

@@ -24,12 +24,20 @@ Each file is one JSON object, written once with ``layout.atomic_write``
      "wal_remove": [first_lsn, ...],              # WAL segments whose records all are in blocks
      "next_lsn": int | null,                      # "close": every LSN below it is committed
      "state": null | {checkpoint, below},
+     "info": {...},                               # optional: what the operation did (below)
      "xxh3": "<xxh3-64 of the canonical JSON of every other key>"}
 
 Operations: ``create``, ``upgrade`` (built from a store written before
 manifests existed), ``publish`` (a frozen block), ``append`` (the parts of a
-large append), ``compact``, ``rotate`` (a new WAL segment), ``close`` and
-``purge``.
+large append), ``compact``, ``rotate`` (a new WAL segment), ``close``,
+``purge``, ``adopt``, ``recover``, and the lifecycle operations ``delete``,
+``update``, ``upsert``, ``retention``, ``set_options`` and ``vacuum``.
+
+``info`` (written only when not empty; older files have none) says what an
+operation did, for ``Table.versions``: ``rows_added``, ``rows_removed``,
+``lsn`` (the table's last LSN the version includes), ``where`` (a delete's
+predicate, as text), ``options``. It is history, never needed to apply a
+version. An older reader ignores it (the digest covers it like any key).
 
 Checkpoints: version 1 and every version divisible by ``CHECKPOINT_EVERY``
 carry the whole state in ``state`` (``{"blocks": [...add entries...],
@@ -66,7 +74,7 @@ import itertools
 import json
 import operator
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +182,9 @@ class Edit:
     wal_add: list[int] = field(default_factory=list)
     wal_remove: list[int] = field(default_factory=list)
     next_lsn: int | None = None
+    # what the operation did, for ``Table.versions`` (rows added/removed, its LSN, the predicate, options):
+    # written only when not empty; never needed to apply the version
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,6 +264,9 @@ class State:
             else:
                 self.blocks = sorted([*self.blocks, *edit.add], key=_order)
             self.added.update((b.block, version) for b in edit.add)
+            back = {b.block for b in edit.add}  # a retired file made live again (the same rows rewritten)
+            if any(r.block in back for r in self.retired):
+                self.retired = [r for r in self.retired if r.block not in back]
         if edit.wal_add or edit.wal_remove:
             self.wal = sorted((set(self.wal) - set(edit.wal_remove)) | set(edit.wal_add))  # a re-created one stays
         if edit.next_lsn is not None:
@@ -335,6 +349,8 @@ def encode(version: int, edit: Edit, time: str, state: State | None) -> bytes:
         "next_lsn": edit.next_lsn,
         "state": state.to_json() if state is not None else None,
     }
+    if edit.info:
+        doc["info"] = edit.info
     doc["xxh3"] = blk.hash_bytes(_canonical(doc))
     return json.dumps(doc, indent=1).encode() + b"\n"
 
@@ -361,6 +377,7 @@ def decode(path: Path, data: bytes, version: int) -> tuple[Edit, str, dict[str, 
             [int(x) for x in doc["wal_add"]],
             [int(x) for x in doc["wal_remove"]],
             None if doc["next_lsn"] is None else int(doc["next_lsn"]),
+            dict(doc.get("info") or {}),
         )
         return edit, str(doc["time"]), doc["state"]
     except UnsupportedFormatError:
@@ -387,15 +404,16 @@ def list_versions(table_dir: Path) -> list[int]:
     return sorted(v for v in map(parse_version_name, names) if v is not None)
 
 
-def load(table_dir: Path) -> State:
-    """The newest state: the last checkpoint, then every version after it (all must be intact)."""
+def load(table_dir: Path, upto: int | None = None) -> State:
+    """The newest state (or that of version ``upto``): the last checkpoint at or before it, then every
+    version after it (all must be intact)."""
     mdir = manifest_dir(table_dir)
     versions = list_versions(table_dir)
     if not versions:
         raise CorruptionError.at(
             mdir, None, "the table's manifest has no versions: its block list is lost (restore from a backup)"
         )
-    newest = versions[-1]
+    newest = versions[-1] if upto is None else upto
     start = checkpoint_of(newest)
     present = set(versions)
     state: State | None = None
@@ -428,6 +446,33 @@ def load(table_dir: Path) -> State:
 def checkpoint_of(version: int) -> int:
     """The checkpoint a load of ``version`` starts from (the last one at or before it)."""
     return max(v for v in (1, (version // CHECKPOINT_EVERY) * CHECKPOINT_EVERY) if v <= version)
+
+
+def history(table_dir: Path) -> Iterator[tuple[Edit, State]]:
+    """Every version from 1 to the newest, in order: its edit and the state after it.
+
+    The state is one object, changed in place from version to version: read
+    what you need from it before asking for the next.
+    """
+    state = State()
+    mdir = manifest_dir(table_dir)
+    for v in range(1, (list_versions(table_dir) or [0])[-1] + 1):
+        path = mdir / version_name(v)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptionError.at(path, None, f"manifest version {v} is missing") from None
+        edit, time, snap = decode(path, data, v)
+        try:
+            if v == 1:
+                if snap is None:
+                    raise ValueError("version 1 carries no state")
+                state = State.from_json(snap, v, time)
+            else:
+                state._apply_in_place(edit, v, time)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptionError.at(path, None, f"manifest version {v} does not apply ({e})") from e
+        yield edit, state
 
 
 # -- the link from the statistics cache: a reader's open without decoding any version --------------------

@@ -571,6 +571,10 @@ def _adopt_parts(blocks_dir: Path, listing: set[str], named: set[str], next_lsn:
     written; a crash (or a power loss of that version) in between leaves them.
     The append was not acknowledged, so either outcome is allowed: like a
     durable WAL record of an unacknowledged append, it is kept -- exactly once.
+    Only parts that name their writer (``blk.KEY_WRITER``) are adopted: a large
+    append writes it, and nothing else does -- a lifecycle operation's block
+    at the next LSN (an upsert's new rows) is one piece of an operation whose
+    other pieces only its version names, so without the version it is removed.
     ``named``: the blocks the manifest names.
     """
     parts = [
@@ -583,9 +587,10 @@ def _adopt_parts(blocks_dir: Path, listing: set[str], named: set[str], next_lsn:
     if sorted(p.part for p, _n in parts) != list(range(1, parts[0][0].nparts + 1)):
         return []
     try:
-        return [blk.read_block_info(blocks_dir / n) for _p, n in sorted(parts)]  # digests checked
+        infos = [blk.read_block_info(blocks_dir / n) for _p, n in sorted(parts)]  # digests checked
     except CorruptionError:
         return []
+    return infos if all(blk.block_writer(b.path) is not None for b in infos) else []
 
 
 def _chain_is_whole(names: Sequence[layout.BlockName]) -> bool:
