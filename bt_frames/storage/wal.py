@@ -591,6 +591,11 @@ class WalWriter:
         if self._zeroer is not None:
             self._zeroer.join()
         with self._fd_lock:
+            if self._zeroer is not None:
+                # The zeroer is gone. At interpreter exit (a store closed by its finaliser) Python ends a
+                # daemon thread where it stands, skipping its clean-up: a chunk it was writing is never
+                # marked done, and waiting for it would hang the exit. The cut below truncates it anyway.
+                self._zeroing = False
             if self._fd >= 0:
                 try:
                     self._cut_zeros()
