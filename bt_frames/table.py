@@ -512,6 +512,8 @@ class Table:
             self._check_writable()  # waiting released the lock: close() may have run
             n = self._hot.rows + sum(e.rows for e in self._writer.frozen)
             self._freeze()
+            if self._meta.retention_s is not None:  # whole blocks past the retention go as they are frozen
+                _lifecycle.retain(self, whole_blocks=True, freeze=False)
             return n
 
     def compact(self, *, target_rows: int | None = None, min_rows: int | None = None) -> CompactResult:
@@ -573,6 +575,8 @@ class Table:
             if merged:
                 self._write_cache()
                 self._purge_retired()
+            if self._meta.retention_s is not None:  # and, compacting, the rows of partly expired blocks
+                _lifecycle.retain(self, whole_blocks=False, freeze=False)
             return CompactResult(before, len(self._blocks), len(merged), rows_rewritten)
 
     # -- the table's life: delete, update, upsert, options (see bt_frames/_lifecycle.py) --------------------
