@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 
 import polars as pl
@@ -12,7 +13,8 @@ from tests.conftest import ORDERS_SCHEMA, make_orders
 def _small_blocks(store_path, n_blocks=8, rows=100, **options):
     frames = [make_orders(rows, start=i * rows) for i in range(n_blocks)]
     s = bt.open(store_path, **options)
-    t = s.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000)
+    # retired inputs go once the grace period has passed: no versions kept for time travel here
+    t = s.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000, keep_versions=dt.timedelta(0))
     for f in frames:
         t.append(f)
         t.flush()  # one small block per append

@@ -21,6 +21,7 @@ the file takes about 40 s in CI); ``BT_FRAMES_STRESS_FULL=1`` makes it 120 s,
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ def rows(start: int, n: int) -> pl.DataFrame:
 
 
 def _fill(store: bt.BacktraceStore, n: int = 5_000, step: int = 250) -> tuple[bt.Table, pl.DataFrame]:
-    t = store.create_table("t", SCHEMA, max_block_rows=1_000)
+    t = store.create_table("t", SCHEMA, max_block_rows=1_000, keep_versions=dt.timedelta(0))
     for start in range(0, n, step):
         t.append(rows(start, step))
     t.flush()
@@ -309,7 +310,7 @@ def _write_loop(t: bt.Table, acks: Acks, seconds: float, seed: int) -> Counter[s
 @pytest.mark.parametrize("grace", [60, 0])
 def test_scans_in_threads_while_the_writer_appends_flushes_and_compacts(tmp_path: Path, grace: float) -> None:
     with bt.open(tmp_path / "db", retired_grace=grace, durability="none") as store:
-        t = store.create_table("t", SCHEMA, max_block_rows=1_000)
+        t = store.create_table("t", SCHEMA, max_block_rows=1_000, keep_versions=dt.timedelta(0))
         acks = Acks()
         stop = threading.Event()
         stats: Counter[str] = Counter()
@@ -360,7 +361,7 @@ def test_read_only_processes_scan_while_the_writer_compacts(tmp_path: Path, grac
     started: list[tuple[float, int]] = [(0.0, 0)]  # (monotonic time before the append call, total after it)
     acked: list[tuple[float, int]] = [(0.0, 0)]  # (monotonic time after it returned, total)
     with bt.open(path, retired_grace=grace, durability="none") as store:
-        t = store.create_table("t", SCHEMA, max_block_rows=1_000)
+        t = store.create_table("t", SCHEMA, max_block_rows=1_000, keep_versions=dt.timedelta(0))
         t.append(rows(0, 10))
         t.flush()
         started.append((time.monotonic(), 10))

@@ -186,7 +186,9 @@ def test_concurrent_appends_are_seen_whole_or_not_at_all(orders: bt.Table) -> No
 def filled_no_grace(store_path: Path) -> Iterator[tuple[bt.Table, pl.DataFrame]]:
     """As ``filled``, in a store that deletes retired blocks as soon as no scan here reads them."""
     with bt.open(store_path, retired_grace=0) as store:
-        t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000)
+        t = store.create_table(
+            "orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000, keep_versions=dt.timedelta(0)
+        )
         data = make_orders(ROWS)
         for start in range(0, ROWS, 500):
             t.append(data.slice(start, 500))

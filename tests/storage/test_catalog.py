@@ -130,6 +130,7 @@ def test_cache_from_before_a_compaction_is_stale(copy: tuple[Path, pl.DataFrame]
     root, data = copy
     old_cache = cache_path(root).read_bytes()
     with bt.open(root, retired_grace=0) as store:  # the inputs are deleted at once
+        store.table("orders").set_options(keep_versions=dt.timedelta(0))
         assert store.table("orders").compact(target_rows=100).blocks_after == 1
     cache_path(root).write_bytes(old_cache)  # three rows without files, one file without a row
     open_and_check(root, state="stale", from_footer=1, data=data)
