@@ -633,14 +633,13 @@ def blocks_at(table: Table, version: int) -> tuple[blk.BlockInfo, ...]:
         b = live.get(e.block)
         if b is None:
             path = table.path / layout.BLOCKS_DIR / e.block
-            try:
-                b = blk.read_block_info(path)
-            except FileNotFoundError:
+            if not path.is_file():
                 raise BtError(
                     f"table {table.name!r}: version {version} needs block {e.block}, which was deleted by vacuum "
                     "(or keep_versions); time travel reaches only versions whose retired blocks are kept. "
                     "See table.versions, and set_options(keep_versions=...) to keep them longer."
-                ) from None
+                )
+            b = blk.read_block_info(path)  # its digest checked (a damaged file: CorruptionError naming it)
         out.append(b)
     return tuple(out)
 

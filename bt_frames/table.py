@@ -707,8 +707,8 @@ class Table:
         its blocks are pinned under the same lock (``snap.pin`` is the token that releases them: :meth:`_unpin`)."""
         self._check_open()
         if as_of is not None:
-            old = _lifecycle.blocks_at(self, as_of)
-            stats = catalog.merge_stats(None, list(old), self._meta.schema)
+            old = _lifecycle.blocks_at(self, as_of)  # live ones as they are, retired ones from their footers
+            stats = catalog.merge_stats(self._stats(), list(old), self._meta.schema)
             with self._lock:
                 token = self._pins.pin(old) if pin else None
             return Snapshot(old, (), stats, token, self._meta.schema)
