@@ -707,10 +707,10 @@ class Table:
         its blocks are pinned under the same lock (``snap.pin`` is the token that releases them: :meth:`_unpin`)."""
         self._check_open()
         if as_of is not None:
-            old = _lifecycle.blocks_at(self, as_of)  # live ones as they are, retired ones from their footers
-            stats = catalog.merge_stats(self._stats(), list(old), self._meta.schema)
-            with self._lock:
+            with self._lock:  # found and pinned under the lock: a vacuum cannot delete them in between
+                old = _lifecycle.blocks_at(self, as_of)  # live ones as they are, retired ones from their footers
                 token = self._pins.pin(old) if pin else None
+            stats = catalog.merge_stats(self._stats(), list(old), self._meta.schema)
             return Snapshot(old, (), stats, token, self._meta.schema)
         with self._lock:
             self._writer.wait_idle()
