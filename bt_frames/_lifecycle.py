@@ -472,7 +472,7 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
             matched = src.is_not_null()
             if not matched.any():
                 continue
-            first = matched & src.is_first_distinct() & ~src.is_in(pl.Series(list(placed), dtype=src.dtype))
+            first = matched & src.is_first_distinct() & ~src.is_in(pl.Series(list(placed), dtype=src.dtype).implode())
             plan.rows_removed += int(matched.sum())
             placed.update(src.filter(first).to_list())
             pos = pl.int_range(rows.height, eager=True).alias(_POS)
@@ -483,7 +483,9 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
                 .drop(_SRC)
             )
             plan.replace[i] = pl.concat([kept, new.select(kept.columns)]).sort(_POS).drop(_POS)
-        rest = df.filter(~pl.int_range(df.height, dtype=pl.Int64).is_in(pl.Series(list(placed), dtype=pl.Int64)))
+        rest = df.filter(
+            ~pl.int_range(df.height, dtype=pl.Int64).is_in(pl.Series(list(placed), dtype=pl.Int64).implode())
+        )
         plan.append = rest if rest.height else None
         return plan
 

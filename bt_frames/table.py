@@ -25,6 +25,7 @@ import logging
 import math
 import operator
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -889,6 +890,8 @@ class Table:
                 catalog.write_cache(self._dir, stats, self._meta.schema, link)
                 self._cache_version = link["version"] if link is not None else 0
         except Exception as e:  # only a cache: rebuilt from footers on the next open
+            if sys.is_finalizing():  # a store closed by its finaliser at exit: nothing to tell anyone
+                return
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
 
     def _link_cache(self) -> None:
