@@ -1,18 +1,24 @@
 """``table.json`` (a table's identity) and ``stats.arrow`` (the statistics cache).
 
 ``table.json`` — written once at creation (atomically, as part of the table
-folder) and rewritten atomically only when options change::
+folder) and rewritten atomically only when options or the schema change::
 
     {"format": "bt_frames.table", "format_version": 1, "name": "orders",
      "columns": [{"name": "ts", "dtype": "Datetime(time_unit='us', time_zone='UTC')"}, ...],
      "schema_ipc": "<base64 Arrow IPC stream of an empty frame: the exact schema>",
      "time_column": "ts" | null, "max_block_rows": 1000000, "row_group_rows": 16384,
      "pandas": null | {...pandas round-trip metadata...},
+     "schema_version": N,            # only after a schema change: the manifest version that made it
      "checksum": "<xxh3 of the other fields>"}
 
 ``columns`` is for people; ``schema_ipc`` is authoritative (it keeps every
 dtype parameter: units, time zones, enum categories, decimal scale).
 ``format_version`` greater than ``TABLE_FORMAT_VERSION`` refuses to open.
+After a schema change (``add_columns``, an append with ``schema_mode="merge"``:
+see ``evolve.py``) the manifest version of the change is the commit point and
+``table.json`` follows it; ``schema_version`` tells readers that blocks of an
+older schema may exist (they are read conformed to this one). Should the two
+disagree after a crash, the manifest's schema wins (see manifest.py).
 ``checksum`` is the xxh3 digest of the document without it, as canonical JSON
 (sorted keys, no spaces), so an edit or a flipped byte that still parses is
 caught; files written before the field existed have none and are accepted.
@@ -41,6 +47,12 @@ files on disk by name (a name carries the file's content digest); files
 without a row are read from their footer, rows without a file are dropped,
 and a writer rewrites the cache if anything differed. Loading it is one read
 and one Arrow decode, whatever the number of blocks.
+A cache written for an older schema of the table (before ``add_columns`` or
+a widening, see evolve.py) is still used: its frame is converted
+(``evolve.widen_stats``: a column it lacks is all null in its blocks, a
+widened one's statistics are cast), it counts as stale (never linked), and a
+writer rewrites it -- no footer is read again. A block's footer statistics
+likewise give an all-null column for one the block lacks.
 
 The *link* (version 5, ``manifest.link``): the manifest version whose blocks
 are exactly the frame's rows, in order, the xxh3 of every version file a load
@@ -71,7 +83,7 @@ import xxhash
 
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import layout
+from bt_frames.storage import evolve, layout
 from bt_frames.storage import manifest as mf
 
 log = logging.getLogger("bt_frames")
@@ -103,6 +115,7 @@ class TableMeta:
     row_group_rows: int
     pandas: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = 0  # the manifest version of the last schema change (0: none)
 
     def to_json(self) -> str:
         doc = {
@@ -115,6 +128,7 @@ class TableMeta:
             "max_block_rows": self.max_block_rows,
             "row_group_rows": self.row_group_rows,
             "pandas": self.pandas,
+            **({"schema_version": self.schema_version} if self.schema_version else {}),
             **{k: v for k, v in self.extra.items() if k != "checksum"},
         }
         doc["checksum"] = _doc_checksum(doc)
@@ -140,7 +154,7 @@ class TableMeta:
             schema = schema_from_b64(doc["schema_ipc"])
             known = {
                 "format", "format_version", "name", "columns", "schema_ipc", "time_column",
-                "max_block_rows", "row_group_rows", "pandas", "checksum",
+                "max_block_rows", "row_group_rows", "pandas", "checksum", "schema_version",
             }  # fmt: skip
             meta = cls(
                 name=doc["name"],
@@ -150,6 +164,7 @@ class TableMeta:
                 row_group_rows=int(doc["row_group_rows"]),
                 pandas=doc.get("pandas"),
                 extra={k: v for k, v in doc.items() if k not in known},
+                schema_version=int(doc.get("schema_version") or 0),
             )
         except (KeyError, ValueError, TypeError, pl.exceptions.PolarsError) as e:
             raise _bad_table_json(path, f"bad table metadata ({type(e).__name__}: {e})") from e
@@ -267,9 +282,9 @@ def stats_frame(infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFra
     }
     if any(b.columns is None for b in infos):  # a bug, never data: stats must come from somewhere
         raise ValueError("stats_frame: a block's statistics are only in the cached frame")
-    empty = blk.ColumnStats(0)
     for name, dtype in schema.items():
-        stats = [(b.columns or {}).get(name, empty) for b in infos]
+        # a column a block lacks (added after it was written: evolve.py) is all null there
+        stats = [(b.columns or {}).get(name) or blk.ColumnStats(b.rows) for b in infos]
         st = _stat_dtype(dtype)
         if st is not None:
             cols[f"min.{name}"] = _typed([s.min for s in stats], dtype).alias(f"min.{name}")
@@ -339,6 +354,8 @@ def read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str,
         return None, "corrupt", None
     if frame is None or frame.schema != stats_schema(schema) or frame.get_column("block").null_count():
         return None, "corrupt", None  # another layout (a build that forgot to bump CACHE_VERSION?) or a bad writer
+    if link is not None and link.get("older_schema"):  # written before a schema change: its rows still hold
+        return frame, "stale", None
     return frame, "fresh", link
 
 
@@ -365,8 +382,7 @@ def _read_open_cache(f: BinaryIO, schema: pl.Schema) -> tuple[pl.DataFrame | Non
         header = json.loads(mm[body_end:trailer])
         if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
             raise _NotACache("another format or version")
-        if header.get("schema") != _schema_key(schema):
-            raise _NotACache("written for another table schema")
+        older = header.get("schema") != _schema_key(schema)  # another schema: maybe an older one of this table
         link = header.get("manifest")
         if link is not None and not isinstance(link, dict):
             raise _NotACache("bad link")
@@ -375,7 +391,13 @@ def _read_open_cache(f: BinaryIO, schema: pl.Schema) -> tuple[pl.DataFrame | Non
         if digest != header.get("xxh3"):
             raise _NotACache("checksum mismatch")
     f.seek(0)
-    return pl.read_ipc_stream(f), link  # stops at the end-of-stream marker: the header after it is not read
+    frame = pl.read_ipc_stream(f)  # stops at the end-of-stream marker: the header after it is not read
+    if older:
+        widened = evolve.widen_stats(frame, stats_schema(schema))
+        if widened is None:
+            raise _NotACache("written for another table schema")
+        return widened, {"older_schema": True}
+    return frame, link
 
 
 def _read_cache_v4(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
@@ -443,6 +465,8 @@ def _schema_key_v4(schema: pl.Schema) -> str:
 def merge_stats(previous: pl.DataFrame | None, infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFrame:
     """The statistics frame of ``infos``: rows of ``previous`` where it has them, footer stats otherwise."""
     names = [b.filename for b in infos]
+    if previous is not None and previous.schema != stats_schema(schema):  # written before a schema change
+        previous = evolve.widen_stats(previous, stats_schema(schema))
     if previous is not None and previous.height == len(names) and previous["block"].to_list() == names:
         return previous
     known = set(previous["block"].to_list()) if previous is not None else set()
