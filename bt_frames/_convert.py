@@ -19,6 +19,13 @@ Coercion rules (a cast is allowed only when no value changes):
 - string/categorical/enum among each other: allowed when every value is a
   category of the target enum;
 - anything else (float -> int, string -> number, bool <-> number, ...): rejected.
+
+These rules fit a frame to the table's schema; they never change it. An
+append with ``schema_mode="merge"`` (``Table.append``) first extends the
+schema by the frame's new columns and lossless widenings
+(``storage/evolve.py``), fills the columns the frame lacks with nulls, then
+coerces by these rules (``coerce(..., merge=True)``). A strict append that
+fails on a new column or a wider type says so in the error.
 """
 
 from __future__ import annotations

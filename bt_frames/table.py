@@ -8,8 +8,9 @@ statistics. This class wires them together under one lock and runs the
 block writer thread.
 
 Commit points (what "acknowledged" means): an append is committed when its
-WAL record is durable; a block, the parts of a large append and a compaction
-when their manifest version is durable. ``append`` returns if and only if
+WAL record is durable; a block, the parts of a large append, a compaction
+and a schema change (``add_columns``, ``append(schema_mode="merge")``; see
+``storage/evolve.py``) when their manifest version is durable. ``append`` returns if and only if
 its record committed; anything that fails after that point (rotating the
 WAL, writing a block, the statistics cache) is logged, kept in
 ``table.health`` and retried -- never raised from the call that committed.
