@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from bt_frames.store import BacktraceStore
-    from bt_frames.table import Table
+    from bt_frames.table import SchemaMode, Table
 
 __all__ = ["PandasBtAccessor", "PolarsBtNamespace", "install", "register_pandas_accessor"]
 
@@ -56,6 +56,7 @@ def _append(
     name: str | None,
     time_column: str | None,
     options: dict[str, Any],
+    schema_mode: SchemaMode = "strict",
 ) -> int | None:
     from bt_frames.store import BacktraceStore
     from bt_frames.table import Table
@@ -67,12 +68,12 @@ def _append(
                 f"another table (df.bt.append(store, {name!r}))."
             )
         if time_column is not None or options:
-            return store.store.append(store.name, data, time_column=time_column, **options)
-        return store.append(data)
+            return store.store.append(store.name, data, time_column=time_column, schema_mode=schema_mode, **options)
+        return store.append(data, schema_mode=schema_mode)
     if isinstance(store, BacktraceStore):
         if name is None:
             raise UnsupportedInputError("df.bt.append(store, name): name the table, e.g. df.bt.append(store, 'orders')")
-        return store.append(name, data, time_column=time_column, **options)
+        return store.append(name, data, time_column=time_column, schema_mode=schema_mode, **options)
     raise UnsupportedInputError(
         f"df.bt.append expects a bt_frames.BacktraceStore (or a Table), not a {type(store).__qualname__}; "
         "open one with bt.open(path)."
@@ -88,6 +89,7 @@ class _BtMethods:
         name: str | None = None,
         *,
         time_column: str | None = None,
+        schema_mode: SchemaMode = "strict",
         **options: Any,
     ) -> int | None:
         """Append this frame to table ``name`` of ``store``; same as ``store.append(name, df, ...)``.
@@ -103,6 +105,9 @@ class _BtMethods:
         time_column
             Only used when the table is created: defaults to a pandas
             ``DatetimeIndex`` or the first datetime/date column.
+        schema_mode
+            ``"strict"`` (default) or ``"merge"``: let the frame add columns and
+            widen types losslessly (see :meth:`~bt_frames.Table.append`).
         **options
             Creation options of :meth:`~bt_frames.BacktraceStore.create_table`
             (e.g. ``max_block_rows``); ignored when the table exists.
@@ -121,7 +126,7 @@ class _BtMethods:
         >>> df.bt.append(store["orders"])  # doctest: +SKIP
         2
         """
-        return _append(self._df, store, name, time_column, options)
+        return _append(self._df, store, name, time_column, options, schema_mode)
 
 
 class PolarsBtNamespace(_BtMethods):

@@ -19,6 +19,13 @@ Coercion rules (a cast is allowed only when no value changes):
 - string/categorical/enum among each other: allowed when every value is a
   category of the target enum;
 - anything else (float -> int, string -> number, bool <-> number, ...): rejected.
+
+These rules fit a frame to the table's schema; they never change it. An
+append with ``schema_mode="merge"`` (``Table.append``) first extends the
+schema by the frame's new columns and lossless widenings
+(``storage/evolve.py``), fills the columns the frame lacks with nulls, then
+coerces by these rules (``coerce(..., merge=True)``). A strict append that
+fails on a new column or a wider type says so in the error.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 import polars as pl
 
 from bt_frames.errors import SchemaMismatchError, UnsupportedInputError
+from bt_frames.storage.evolve import is_widening
 
 __all__ = ["UnsupportedInputError", "coerce", "normalize_schema", "pandas_arrow", "to_polars"]
 
@@ -224,8 +232,14 @@ def _cast(s: pl.Series, target: pl.DataType) -> tuple[pl.Series | None, str]:
     return (out, "ok (widened)") if out is not None else (None, why)
 
 
-def coerce(df: pl.DataFrame, schema: pl.Schema, *, table: str, time_column: str | None) -> pl.DataFrame:
-    """Fit ``df`` to ``schema`` (column order, dtypes) or raise SchemaMismatchError."""
+def coerce(
+    df: pl.DataFrame, schema: pl.Schema, *, table: str, time_column: str | None, merge: bool = False
+) -> pl.DataFrame:
+    """Fit ``df`` to ``schema`` (column order, dtypes) or raise SchemaMismatchError.
+
+    ``merge``: the schema is already the merge of the table's and the frame's
+    (``schema_mode="merge"``); the error's fix says what merging cannot do.
+    """
     if df.columns == list(schema.names()) and df.dtypes == list(schema.dtypes()):
         out = df
     else:
@@ -250,12 +264,30 @@ def coerce(df: pl.DataFrame, schema: pl.Schema, *, table: str, time_column: str 
                 ok = False
                 rows.append((name, "-", str(have[name]), "not in the table"))
         if not ok:
-            raise SchemaMismatchError.from_rows(
-                table,
-                rows,
-                fix="give the frame exactly the table's columns with convertible types "
-                "(see the problem column), or append to a new table.",
-            )
+            note = None
+            if merge:
+                fix = (
+                    'schema_mode="merge" adds columns and widens types only losslessly (Int32->Int64, '
+                    "Float32->Float64, a wider Decimal, an Enum with more categories); convert the problem "
+                    "column(s) to the table's type first, or append to a new table."
+                )
+            else:
+                fix = (
+                    "give the frame exactly the table's columns with convertible types (see the problem column), "
+                    "or append to a new table."
+                )
+                evolving = [
+                    r[0]
+                    for r in rows
+                    if r[3] != "ok"
+                    and (r[1] == "-" or (r[0] in have and r[0] in schema and is_widening(schema[r[0]], have[r[0]])))
+                ]
+                if evolving:
+                    note = (
+                        f"Schema evolution is explicit: to add new columns or widen types ({', '.join(evolving)}), "
+                        'append with schema_mode="merge", or call table.add_columns({...}) first.'
+                    )
+            raise SchemaMismatchError.from_rows(table, rows, fix=fix, note=note)
         out = pl.DataFrame(cols)
     if time_column is not None:
         nulls = out.get_column(time_column).null_count()

@@ -3,7 +3,10 @@
 A pandas frame is stored as plain Arrow/Polars columns; everything pandas
 needs to rebuild the *same* frame is kept in the ``pandas`` field of
 ``table.json`` (written by the table's first pandas append; later pandas or
-Polars appends never change it). The document, ``PANDAS_META_VERSION`` 1::
+Polars appends never change it, except for a schema change: a column added
+or widened by a pandas frame with ``schema_mode="merge"`` takes that frame's
+codec, one widened otherwise loses its codec and, like a column added by
+``add_columns``, is converted by Polars' own ``to_pandas``). The document, ``PANDAS_META_VERSION`` 1::
 
     {"version": 1, "pandas_version": "3.1.1",
      "columns": [{"column": "price", "label": "price", "dtype": <codec>}, ...],

@@ -28,6 +28,9 @@ so the frame is exact whatever Polars does with it.
 Blocks where every row matches (verdict "all") are read without evaluating
 the predicate.
 
+Blocks written before a schema change (``storage/evolve.py``) are read as
+the current schema: columns they lack are null, narrower types are cast.
+
 Eager readers (``table.read()``, ``to_pandas()``, :func:`collect`) skip the
 IO plugin: one plan, then one Polars query over the surviving files and the
 hot rows.
@@ -59,7 +62,7 @@ from polars.io.plugins import register_io_source
 from bt_frames import prune as _prune
 from bt_frames.errors import BtError, CorruptionError, SchemaMismatchError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import layout
+from bt_frames.storage import evolve, layout
 
 if TYPE_CHECKING:
     from bt_frames._views import ScanSource as Table
@@ -543,9 +546,12 @@ def _read(
 
 
 def _parquet(snap: Snapshot, blocks: Sequence[blk.BlockInfo]) -> pl.LazyFrame:
-    """Polars' scan of ``blocks``. The schema is given, as every block holds the table's columns (and
-    a block that did not would fail the read, not change it): Polars then reads no footer to plan."""
-    return pl.scan_parquet([b.file for b in blocks], glob=False, schema=snap.schema)
+    """Polars' scan of ``blocks`` as the table's schema (``evolve.scan_blocks``). Until the schema first
+    changes every block holds the table's columns, so the schema is given and Polars reads no footer to
+    plan (a block that did not would fail the read, not change it); after a change, blocks written
+    before it are read with missing columns null and narrower types widened."""
+    assert snap.schema is not None
+    return evolve.scan_blocks([b.file for b in blocks], snap.schema, evolved=snap.evolved)
 
 
 def _groups(

@@ -82,13 +82,16 @@ class SchemaMismatchError(BtError, ValueError):
         *,
         headline: str = "the frame does not match the table schema",
         fix: str,
+        note: str | None = None,
     ) -> SchemaMismatchError:
-        """Render a per-column table of (column, table dtype, frame dtype, problem)."""
+        """Render a per-column table of (column, table dtype, frame dtype, problem); ``note`` goes before the fix."""
         header = ("column", "table", "frame", "problem")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
         lines = [f"table {table!r}: {headline}"]
         for r in [header, *rows]:
             lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+        if note:
+            lines.append(note)
         lines.append(f"Fix: {fix}")
         bad = [r[0] for r in rows if r[3] != "ok"]
         return cls("\n".join(lines), table=table, columns=bad)

@@ -33,7 +33,7 @@ from bt_frames.errors import (
 from bt_frames.storage import catalog, fs, layout, wal
 from bt_frames.storage.locking import StoreLock
 from bt_frames.storage.manifest import Manifest, State
-from bt_frames.table import DEFAULT_MAX_BLOCK_ROWS, DEFAULT_ROW_GROUP_ROWS, Table
+from bt_frames.table import DEFAULT_MAX_BLOCK_ROWS, DEFAULT_ROW_GROUP_ROWS, SchemaMode, Table, check_schema_mode
 
 if TYPE_CHECKING:
     from bt_frames.verify import VerifyReport
@@ -334,18 +334,29 @@ class BacktraceStore:
             raise
         _sync_after_commit(self._path, f"creating table {meta.name!r}")
 
-    def append(self, name: str, data: object, *, time_column: str | None = None, **options: Any) -> int | None:
+    def append(
+        self,
+        name: str,
+        data: object,
+        *,
+        time_column: str | None = None,
+        schema_mode: SchemaMode = "strict",
+        **options: Any,
+    ) -> int | None:
         """Append to table ``name``, creating it from ``data``'s schema if it does not exist.
 
         ``time_column`` (creation only) defaults to a pandas DatetimeIndex or
-        the first datetime/date column without nulls. Returns the LSN of the append.
+        the first datetime/date column without nulls. ``schema_mode="merge"``
+        lets the frame add columns and widen types of an existing table (see
+        :meth:`Table.append`). Returns the LSN of the append.
         """
         self._check_writable()
+        check_schema_mode(schema_mode, name)
         t = self._tables.get(name)
         if t is not None and time_column is None and not options and not (t._closed or t._dropped):
             # Open in this process: this writer's table.json cannot have gone (drop_table forgets the table;
             # a new one of that name is opened anew). No stat() of table.json per append.
-            return t.append(data)
+            return t.append(data, schema_mode=schema_mode)
         layout.validate_table_name(name)
         with self._lock:
             if not (self._path / name / layout.TABLE_JSON).is_file():
@@ -376,7 +387,7 @@ class BacktraceStore:
                         max_block_rows=options.get("max_block_rows"),
                         row_group_rows=options.get("row_group_rows"),
                     )
-        return t.append(data)
+        return t.append(data, schema_mode=schema_mode)
 
     def drop_table(self, name: str) -> None:
         """Delete a table and all its files (atomic: one rename, then removal)."""

@@ -8,8 +8,9 @@ statistics. This class wires them together under one lock and runs the
 block writer thread.
 
 Commit points (what "acknowledged" means): an append is committed when its
-WAL record is durable; a block, the parts of a large append and a compaction
-when their manifest version is durable. ``append`` returns if and only if
+WAL record is durable; a block, the parts of a large append, a compaction
+and a schema change (``add_columns``, ``append(schema_mode="merge")``; see
+``storage/evolve.py``) when their manifest version is durable. ``append`` returns if and only if
 its record committed; anything that fails after that point (rotating the
 WAL, writing a block, the statistics cache) is logged, kept in
 ``table.health`` and retried -- never raised from the call that committed.
@@ -17,6 +18,7 @@ WAL, writing a block, the statistics cache) is logged, kept in
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import io
@@ -28,11 +30,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import polars as pl
 
@@ -42,12 +44,13 @@ from bt_frames.errors import (
     BtError,
     CorruptionError,
     ReadOnlyError,
+    SchemaMismatchError,
     StoreClosedError,
     TableDroppedError,
     os_errors,
 )
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, fs, layout, locking, recovery, wal
+from bt_frames.storage import catalog, evolve, fs, layout, locking, recovery, wal
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.hot import Frozen, HotBuffer
 from bt_frames.storage.pins import PinSet
@@ -70,7 +73,20 @@ FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from
 MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
 RETRY_INTERVAL_S = 1.0  # a failed block write or rotation is retried at most this often
 
-__all__ = ["Change", "CompactResult", "Health", "Recovery", "Snapshot", "Table"]
+__all__ = ["Change", "CompactResult", "Health", "Recovery", "SchemaMode", "Snapshot", "Table"]
+
+SchemaMode = Literal["strict", "merge"]
+
+
+def check_schema_mode(mode: object, table: str) -> SchemaMode:
+    """``mode`` if it is a ``SchemaMode``, else a BtError saying which ones exist."""
+    if mode not in get_args(SchemaMode):
+        raise BtError(
+            f'table {table!r}: schema_mode={mode!r} is not a schema mode; use schema_mode="strict" (the '
+            'default: the frame must fit the table\'s schema) or schema_mode="merge" (add its new columns and '
+            "widen types losslessly)."
+        )
+    return mode  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -273,6 +289,15 @@ class Table:
         hot = HotBuffer()
         for lsn, chunk, size in got.hot:
             hot.add(lsn, chunk, size)
+        schema = got.schema if got.schema is not None else self._meta.schema
+        version = max(self._meta.schema_version, got.state.schema_version)
+        if schema != self._meta.schema or version != self._meta.schema_version:
+            # the manifest records a newer schema than table.json: a crash between the two steps of a schema
+            # change (see manifest.py); a writer completes it
+            meta = dataclasses.replace(self._meta, schema=schema, schema_version=version)
+            if writer:
+                self._write_meta(meta)
+            self._set_meta(meta)
         with self._lock:
             self._blocks = got.blocks
             self._stats_frame = got.stats
@@ -303,7 +328,28 @@ class Table:
         self._check_open()
         if not self._read_only:
             return
+        try:  # the writer may have changed the schema (or made the first pandas append) since
+            meta = catalog.TableMeta.load(self._dir / layout.TABLE_JSON)
+        except (OSError, CorruptionError) as e:
+            log.debug("table %r: table.json not re-read (%s)", self.name, e)
+        else:
+            if meta.schema_version >= self._meta.schema_version:
+                self._set_meta(meta)
         self._load()
+
+    def _set_meta(self, meta: catalog.TableMeta) -> None:
+        self._meta = meta
+        self._names = meta.schema.names()
+        self._dtypes = meta.schema.dtypes()
+
+    def _write_meta(self, meta: catalog.TableMeta) -> None:
+        """Rewrite ``table.json`` (atomically, durably) after a schema change committed; never raises:
+        the manifest holds the schema, and the next writer's open rewrites it (see manifest.py)."""
+        try:
+            layout.atomic_write(self._dir / layout.TABLE_JSON, meta.to_json().encode())
+        except OSError as e:
+            log.warning("table %r: could not rewrite table.json after a schema change (%s); the manifest holds "
+                        "the new schema and the next open rewrites it", self.name, e)  # fmt: skip
 
     # -- writing ---------------------------------------------------------------
 
@@ -335,8 +381,17 @@ class Table:
         df, _meta = _convert.to_polars(data, table=self.name)
         return _convert.coerce(df, self._meta.schema, table=self.name, time_column=self._meta.time_column)
 
-    def append(self, data: object) -> int | None:
+    def append(self, data: object, *, schema_mode: SchemaMode = "strict") -> int | None:
         """Append a frame; return its LSN (``None`` for an empty frame).
+
+        ``schema_mode="strict"`` (the default): the frame must fit the
+        table's schema (see ``_convert.coerce``). ``schema_mode="merge"``:
+        columns the table lacks are added (at the end, in the frame's order),
+        columns of a lossless wider type widen the table's (``storage/evolve.py``),
+        and columns the frame lacks are null (never the time column); anything
+        else is refused as in strict mode, with nothing changed. A schema
+        change is committed (see :meth:`add_columns`) before the rows are
+        appended: if the append itself then fails, the new schema stays.
 
         Durability: returns only after the WAL record is durable under the
         store's policy (``"fsync"``: on disk). Exactly once: the call returns
@@ -356,12 +411,18 @@ class Table:
         nothing.
         """
         self._check_writable()
+        if check_schema_mode(schema_mode, self.name) == "merge":
+            return self._append_merge(data)
+        return self._append(data)
+
+    def _append(self, data: object, prepared: tuple[pl.DataFrame, dict[str, Any] | None] | None = None) -> int | None:
+        """``append`` of ``data``, or of ``prepared`` (a frame already coerced to the schema, its pandas metadata)."""
         meta = self._meta
         df: pl.DataFrame | None = None
         payload: bytes | None = None
         chunk: pl.DataFrame | None = None
         pandas_meta: dict[str, Any] | None
-        fast = _convert.pandas_arrow(data)  # a pandas frame of a known structure: already Arrow
+        fast = _convert.pandas_arrow(data) if prepared is None else None  # a pandas frame of a known structure
         if fast is not None:
             tbl, pandas_meta = fast.table, fast.meta
             n = tbl.num_rows
@@ -380,6 +441,8 @@ class Table:
                 got = pl.from_arrow(tbl)
                 assert isinstance(got, pl.DataFrame)
                 df = _convert.coerce(got, meta.schema, table=self.name, time_column=tc)
+        elif prepared is not None:
+            df, pandas_meta = prepared
         else:
             df, pandas_meta = _convert.to_polars(data, table=self.name)
             df = _convert.coerce(df, meta.schema, table=self.name, time_column=meta.time_column)
@@ -422,6 +485,110 @@ class Table:
             if self._hot.rows >= self._meta.max_block_rows:
                 self._after_commit(self._freeze_async)
             return lsn
+
+    def _append_merge(self, data: object) -> int | None:
+        """``append(data, schema_mode="merge")``: the merged schema, checked against the whole frame before
+        anything changes; then the schema change (if any), then the append of the conformed frame."""
+        df, pandas_meta = _convert.to_polars(data, table=self.name)
+        meta = self._meta
+        old = meta.schema
+        tc = meta.time_column
+        if tc is not None and tc not in df.columns:
+            raise SchemaMismatchError(
+                f"table {self.name!r}, column {tc!r}: the time column is missing from the frame; "
+                'schema_mode="merge" fills missing columns with nulls, but never the time column. '
+                f"Fix: add a {tc!r} column ({old[tc]}) to the frame.",
+                table=self.name,
+                columns=[tc],
+            )
+        cols: dict[str, pl.DataType] = dict(old)
+        added: dict[str, pl.DataType] = {}
+        for name, dtype in df.schema.items():
+            if name not in old:
+                added[name] = pl.String() if dtype == pl.Null else dtype  # an all-null column: as create does
+            elif evolve.is_widening(old[name], dtype):
+                cols[name] = dtype
+        if added:
+            _convert.normalize_schema(added, table=self.name)  # a type that cannot be stored: refused
+        new = pl.Schema({**cols, **added})
+        missing = [pl.lit(None, dtype=d).alias(n) for n, d in new.items() if n not in df.columns]
+        filled = df.with_columns(missing) if missing else df
+        frame = _convert.coerce(filled, new, table=self.name, time_column=tc, merge=True)  # raises: nothing changed
+        if new != old:
+            self._change_schema(new, "add_columns" if added and new.dtypes()[: len(old)] == old.dtypes() else "widen",
+                                pandas_meta=pandas_meta)  # fmt: skip
+        self._check_writable()
+        return self._append(data, (frame, pandas_meta))
+
+    def add_columns(self, columns: Mapping[str, Any]) -> None:
+        """Add columns at the end of the schema (in the mapping's order); rows appended before read as null.
+
+        ``columns`` maps new column names to Polars dtypes (as for
+        ``create_table``). Refused -- a :class:`~bt_frames.BtError` naming the
+        table, the column and the fix, nothing changed -- for a name the table
+        has, a dtype that cannot be stored, an empty mapping or a read-only store.
+
+        Atomic and durable on return: the hot rows are first written to a
+        block, then one manifest version (operation ``"add_columns"``) records
+        the new schema -- the commit point -- and ``table.json`` is rewritten
+        after it (see ``storage/manifest.py`` for what a crash in between leaves).
+        """
+        self._check_writable()
+        if not isinstance(columns, Mapping) or not columns:
+            raise SchemaMismatchError(
+                f"table {self.name!r}: add_columns needs a non-empty dict of new column -> polars dtype, "
+                f"e.g. table.add_columns({{'venue': pl.String}}); got {columns!r}.",
+                table=self.name,
+            )
+        old = self._meta.schema
+        taken = [c for c in columns if c in old]
+        if taken:
+            raise SchemaMismatchError(
+                f"table {self.name!r}: column(s) {', '.join(map(repr, taken))} already exist "
+                f"({', '.join(f'{c}: {old[c]}' for c in taken)}); add_columns only adds new ones. Fix: pick "
+                'another name; to widen a column\'s type, append a frame of the wider type with schema_mode="merge".',
+                table=self.name,
+                columns=taken,
+            )
+        bad = [c for c in columns if not isinstance(c, str) or not c]
+        if bad:
+            raise SchemaMismatchError(
+                f"table {self.name!r}: column name(s) {bad!r} are not non-empty strings. Fix: name them with strings.",
+                table=self.name,
+            )
+        added = _convert.normalize_schema(columns, table=self.name)
+        self._change_schema(pl.Schema({**old, **added}), "add_columns")
+
+    def _change_schema(self, new: pl.Schema, operation: str, *, pandas_meta: dict[str, Any] | None = None) -> None:
+        """Commit ``new`` as the table's schema (a widening of the current one: ``evolve.conforms``).
+
+        Order (the crash analysis is in ``storage/manifest.py``): the hot rows are frozen into a block (so
+        every WAL record replay decodes has the current schema), then the manifest version carrying the
+        schema (the commit point), then ``table.json``, then the in-memory state and the statistics cache.
+        """
+        with self._lock, os_errors(f"table {self.name!r}: {operation}"):
+            self._writer.wait_idle()
+            self._check_writable()  # waiting released the lock: close() may have run
+            old = self._meta
+            assert evolve.conforms(old.schema, new), (old.schema, new)
+            self._freeze()  # raises (nothing changed) if the block cannot be written
+            state = self._commit(mf.Edit(operation, schema=catalog.schema_to_b64(new)))  # the commit point
+            meta = dataclasses.replace(
+                old,
+                schema=new,
+                schema_version=state.version,
+                pandas=_evolved_pandas(old.pandas, old.schema, new, pandas_meta),
+            )
+            self._write_meta(meta)
+            self._set_meta(meta)
+            frame = self._stats_frame
+            if frame is not None:
+                self._stats_frame = evolve.widen_stats(frame, catalog.stats_schema(new))
+                if self._stats_frame is None:  # pragma: no cover - widen_stats accepts every older schema
+                    self._stats_key = ()
+            log.info("table %r: schema changed (%s, manifest version %d): %s", self.name, operation,
+                     state.version, new)  # fmt: skip
+        self._write_cache()
 
     def _after_commit(self, work: Callable[[], None]) -> None:
         """Run work that follows a commit point: a failure is logged and kept in ``health``, never raised."""
@@ -548,7 +715,9 @@ class Table:
                 for group in it:
                     for b in group:
                         blk.verify_block(b.path)
-                    df = pl.concat([pl.read_parquet(b.path) for b in group], rechunk=True)
+                    df = evolve.scan_blocks(
+                        [b.file for b in group], self._meta.schema, evolved=self._meta.schema_version > 0
+                    ).collect()
                     out = blk.write_block(
                         blocks_dir,
                         df,
@@ -712,13 +881,13 @@ class Table:
                 old = _lifecycle.blocks_at(self, as_of)  # live ones as they are, retired ones from their footers
                 token = self._pins.pin(old) if pin else None
             stats = catalog.merge_stats(self._stats(), list(old), self._meta.schema)
-            return Snapshot(old, (), stats, token, self._meta.schema)
+            return Snapshot(old, (), stats, token, self._meta.schema, self._meta.schema_version > 0)
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
             blocks = _frozen(self._blocks)
             token = self._pins.pin(blocks) if pin else None
-            return Snapshot(blocks, hot, self._stats(), token, self._meta.schema)
+            return Snapshot(blocks, hot, self._stats(), token, self._meta.schema, self._meta.schema_version > 0)
 
     def _repin(self, token: int, blocks: Sequence[blk.BlockInfo]) -> int:
         """Narrow pin ``token`` to ``blocks`` (a subset of what it holds): a new token for them."""
@@ -1203,6 +1372,29 @@ class Table:
         from bt_frames import _display
 
         return _display.table_html(self)
+
+
+def _evolved_pandas(
+    doc: dict[str, Any] | None, old: pl.Schema, new: pl.Schema, frame: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The table's pandas metadata after a schema change: columns whose type changed, and new ones, take
+    the codec of the pandas frame that changed them (if it was one); else a widened column drops its
+    codec (Polars' own conversion: the old pandas dtype may not hold the wider values) and a new one
+    has none (read as Polars converts it)."""
+    if doc is None:
+        return None
+    out = dict(doc)
+    theirs = {c["column"]: c for c in (frame or {}).get("columns") or []}
+    columns = []
+    for c in doc.get("columns") or []:
+        name = c.get("column")
+        if name in old and name in new and old[name] != new[name]:
+            c = theirs.get(name) or {**c, "dtype": {"kind": "polars"}}
+        columns.append(c)
+    index_cols = {lv.get("column") for lv in (doc.get("index") or {}).get("levels") or []}
+    columns += [theirs[n] for n in new.names() if n not in old and n in theirs and n not in index_cols]
+    out["columns"] = columns
+    return out
 
 
 def _compaction_runs(blocks: Sequence[blk.BlockInfo], target: int, small: int) -> list[list[blk.BlockInfo]]:

@@ -20,7 +20,7 @@ import polars as pl
 
 from bt_frames.errors import BtError, CorruptionError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, layout, recovery, wal
+from bt_frames.storage import catalog, evolve, layout, recovery, wal
 from bt_frames.storage import manifest as mf
 
 
@@ -89,7 +89,15 @@ def verify_store(root: Path) -> VerifyReport:
         except BtError as e:
             rep.problems.append(Problem(tdir / layout.TABLE_JSON, None, str(e)))
             continue
-        _verify_wal(tdir / layout.WAL_DIR, meta.schema, rep)
+        schema = meta.schema
+        if meta.schema_version or mf.exists(tdir):  # the manifest's newest schema change wins (manifest.py)
+            try:
+                newest = mf.load(tdir).schema
+            except (BtError, OSError):
+                newest = None  # reported by the recovery below
+            if newest is not None:
+                schema = catalog.schema_from_b64(newest)
+        _verify_wal(tdir / layout.WAL_DIR, schema, rep)
         _verify_blocks(tdir, rep)
         try:  # continuity of LSNs across blocks and WAL, as an open checks it (retrying while a writer moves)
             recovery.recover(tdir, meta.schema, writer=False)
@@ -161,7 +169,7 @@ def _verify_wal(wal_dir: Path, schema: pl.Schema, rep: VerifyReport) -> None:
             rep.wal_records += 1
             try:
                 df = pl.read_ipc_stream(io.BytesIO(r.payload))
-                if df.schema != schema:
+                if df.schema != schema and not evolve.conforms(df.schema, schema):  # older schemas are read too
                     raise ValueError(f"schema {df.schema} is not the table's")
             except Exception as e:
                 rep.problems.append(Problem(path, r.offset, f"record {r.lsn}: bad payload ({e})"))

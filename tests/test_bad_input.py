@@ -168,6 +168,7 @@ table 'orders': the frame does not match the table schema
   price   Float64                                    String                                     incompatible types; convert the column first
   qty     Int64                                      -                                          missing from the frame
   fee     -                                          Float64                                    not in the table
+Schema evolution is explicit: to add new columns or widen types (fee), append with schema_mode="merge", or call table.add_columns({...}) first.
 Fix: give the frame exactly the table's columns with convertible types (see the problem column), or append to a new table."""  # noqa: E501
 
 
@@ -194,6 +195,8 @@ def test_lossy_int64_to_int32_is_rejected_with_the_first_bad_value(store: bt.Bac
         "  column  table  frame  problem\n"
         "  ts      Int64  Int64  ok\n"
         "  n       Int32  Int64  would change values, e.g. 2147483648 at row 1\n"
+        "Schema evolution is explicit: to add new columns or widen types (n), append with "
+        'schema_mode="merge", or call table.add_columns({...}) first.\n'
         "Fix: give the frame exactly the table's columns with convertible types (see the problem column), "
         "or append to a new table."
     )

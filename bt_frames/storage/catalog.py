@@ -1,7 +1,7 @@
 """``table.json`` (a table's identity) and ``stats.arrow`` (the statistics cache).
 
 ``table.json`` — written once at creation (atomically, as part of the table
-folder) and rewritten atomically only when options change::
+folder) and rewritten atomically only when options or the schema change::
 
     {"format": "bt_frames.table", "format_version": 1, "name": "orders",
      "columns": [{"name": "ts", "dtype": "Datetime(time_unit='us', time_zone='UTC')"}, ...],
@@ -9,6 +9,7 @@ folder) and rewritten atomically only when options change::
      "time_column": "ts" | null, "max_block_rows": 1000000, "row_group_rows": 16384,
      "pandas": null | {...pandas round-trip metadata...},
      "retention_s": null | seconds, "keep_versions_s": null | seconds, "auto_compact": true,
+     "schema_version": N,            # only after a schema change: the manifest version that made it
      "checksum": "<xxh3 of the other fields>"}
 
 The lifecycle options (``Table.set_options``) default to null, null and true
@@ -18,6 +19,11 @@ keeps them as unknown keys.
 ``columns`` is for people; ``schema_ipc`` is authoritative (it keeps every
 dtype parameter: units, time zones, enum categories, decimal scale).
 ``format_version`` greater than ``TABLE_FORMAT_VERSION`` refuses to open.
+After a schema change (``add_columns``, an append with ``schema_mode="merge"``:
+see ``evolve.py``) the manifest version of the change is the commit point and
+``table.json`` follows it; ``schema_version`` tells readers that blocks of an
+older schema may exist (they are read conformed to this one). Should the two
+disagree after a crash, the manifest's schema wins (see manifest.py).
 ``checksum`` is the xxh3 digest of the document without it, as canonical JSON
 (sorted keys, no spaces), so an edit or a flipped byte that still parses is
 caught; files written before the field existed have none and are accepted.
@@ -46,6 +52,12 @@ files on disk by name (a name carries the file's content digest); files
 without a row are read from their footer, rows without a file are dropped,
 and a writer rewrites the cache if anything differed. Loading it is one read
 and one Arrow decode, whatever the number of blocks.
+A cache written for an older schema of the table (before ``add_columns`` or
+a widening, see evolve.py) is still used: its frame is converted
+(``evolve.widen_stats``: a column it lacks is all null in its blocks, a
+widened one's statistics are cast), it counts as stale (never linked), and a
+writer rewrites it -- no footer is read again. A block's footer statistics
+likewise give an all-null column for one the block lacks.
 
 The *link* (version 5, ``manifest.link``): the manifest version whose blocks
 are exactly the frame's rows, in order, the xxh3 of every version file a load
@@ -76,7 +88,7 @@ import xxhash
 
 from bt_frames.errors import CorruptionError, UnsupportedFormatError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import layout
+from bt_frames.storage import evolve, layout
 from bt_frames.storage import manifest as mf
 
 log = logging.getLogger("bt_frames")
@@ -112,6 +124,7 @@ class TableMeta:
     retention_s: float | None = None  # rows older than this before the newest time value are dropped
     keep_versions_s: float | None = None  # retired blocks older than this are deleted (None: kept until vacuum)
     auto_compact: bool = True  # small adjacent blocks are merged in the background
+    schema_version: int = 0  # the manifest version of the last schema change (0: none)
 
     def to_json(self) -> str:
         doc = {
@@ -127,6 +140,7 @@ class TableMeta:
             "retention_s": self.retention_s,
             "keep_versions_s": self.keep_versions_s,
             "auto_compact": self.auto_compact,
+            **({"schema_version": self.schema_version} if self.schema_version else {}),
             **{k: v for k, v in self.extra.items() if k != "checksum"},
         }
         doc["checksum"] = _doc_checksum(doc)
@@ -154,6 +168,7 @@ class TableMeta:
                 "format", "format_version", "name", "columns", "schema_ipc", "time_column",
                 "max_block_rows", "row_group_rows", "pandas", "checksum",
                 "retention_s", "keep_versions_s", "auto_compact",
+                "schema_version",
             }  # fmt: skip
             meta = cls(
                 name=doc["name"],
@@ -166,6 +181,7 @@ class TableMeta:
                 keep_versions_s=doc.get("keep_versions_s"),
                 auto_compact=doc.get("auto_compact", True),
                 extra={k: v for k, v in doc.items() if k not in known},
+                schema_version=int(doc.get("schema_version") or 0),
             )
         except (KeyError, ValueError, TypeError, pl.exceptions.PolarsError) as e:
             raise _bad_table_json(path, f"bad table metadata ({type(e).__name__}: {e})") from e
@@ -289,9 +305,9 @@ def stats_frame(infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFra
     }
     if any(b.columns is None for b in infos):  # a bug, never data: stats must come from somewhere
         raise ValueError("stats_frame: a block's statistics are only in the cached frame")
-    empty = blk.ColumnStats(0)
     for name, dtype in schema.items():
-        stats = [(b.columns or {}).get(name, empty) for b in infos]
+        # a column a block lacks (added after it was written: evolve.py) is all null there
+        stats = [(b.columns or {}).get(name) or blk.ColumnStats(b.rows) for b in infos]
         st = _stat_dtype(dtype)
         if st is not None:
             cols[f"min.{name}"] = _typed([s.min for s in stats], dtype).alias(f"min.{name}")
@@ -361,6 +377,8 @@ def read_cache(path: Path, schema: pl.Schema) -> tuple[pl.DataFrame | None, str,
         return None, "corrupt", None
     if frame is None or frame.schema != stats_schema(schema) or frame.get_column("block").null_count():
         return None, "corrupt", None  # another layout (a build that forgot to bump CACHE_VERSION?) or a bad writer
+    if link is not None and link.get("older_schema"):  # written before a schema change: its rows still hold
+        return frame, "stale", None
     return frame, "fresh", link
 
 
@@ -387,8 +405,7 @@ def _read_open_cache(f: BinaryIO, schema: pl.Schema) -> tuple[pl.DataFrame | Non
         header = json.loads(mm[body_end:trailer])
         if header.get("format") != CACHE_FORMAT or header.get("version") != CACHE_VERSION:
             raise _NotACache("another format or version")
-        if header.get("schema") != _schema_key(schema):
-            raise _NotACache("written for another table schema")
+        older = header.get("schema") != _schema_key(schema)  # another schema: maybe an older one of this table
         link = header.get("manifest")
         if link is not None and not isinstance(link, dict):
             raise _NotACache("bad link")
@@ -397,7 +414,13 @@ def _read_open_cache(f: BinaryIO, schema: pl.Schema) -> tuple[pl.DataFrame | Non
         if digest != header.get("xxh3"):
             raise _NotACache("checksum mismatch")
     f.seek(0)
-    return pl.read_ipc_stream(f), link  # stops at the end-of-stream marker: the header after it is not read
+    frame = pl.read_ipc_stream(f)  # stops at the end-of-stream marker: the header after it is not read
+    if older:
+        widened = evolve.widen_stats(frame, stats_schema(schema))
+        if widened is None:
+            raise _NotACache("written for another table schema")
+        return widened, {"older_schema": True}
+    return frame, link
 
 
 def _read_cache_v4(data: bytes, schema: pl.Schema) -> pl.DataFrame | None:
@@ -465,6 +488,8 @@ def _schema_key_v4(schema: pl.Schema) -> str:
 def merge_stats(previous: pl.DataFrame | None, infos: Sequence[blk.BlockInfo], schema: pl.Schema) -> pl.DataFrame:
     """The statistics frame of ``infos``: rows of ``previous`` where it has them, footer stats otherwise."""
     names = [b.filename for b in infos]
+    if previous is not None and previous.schema != stats_schema(schema):  # written before a schema change
+        previous = evolve.widen_stats(previous, stats_schema(schema))
     if previous is not None and previous.height == len(names) and previous["block"].to_list() == names:
         return previous
     known = set(previous["block"].to_list()) if previous is not None else set()

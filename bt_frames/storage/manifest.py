@@ -25,13 +25,15 @@ Each file is one JSON object, written once with ``layout.atomic_write``
      "next_lsn": int | null,                      # "close": every LSN below it is committed
      "state": null | {checkpoint, below},
      "info": {...},                               # optional: what the operation did (below)
+     "schema": "<catalog.schema_to_b64 of the table's new schema>",  # only in a schema change
      "xxh3": "<xxh3-64 of the canonical JSON of every other key>"}
 
 Operations: ``create``, ``upgrade`` (built from a store written before
 manifests existed), ``publish`` (a frozen block), ``append`` (the parts of a
 large append), ``compact``, ``rotate`` (a new WAL segment), ``close``,
 ``purge``, ``adopt``, ``recover``, and the lifecycle operations ``delete``,
-``update``, ``upsert``, ``retention``, ``set_options`` and ``vacuum``.
+``update``, ``upsert``, ``retention``, ``set_options`` and ``vacuum``,
+and the schema changes ``add_columns`` and ``widen`` (see below).
 
 ``info`` (written only when not empty; older files have none) says what an
 operation did, for ``Table.versions``: ``rows_added``, ``rows_removed``,
@@ -39,10 +41,23 @@ operation did, for ``Table.versions``: ``rows_added``, ``rows_removed``,
 predicate, as text), ``options``. It is history, never needed to apply a
 version. An older reader ignores it (the digest covers it like any key).
 
+Schema changes (``storage/evolve.py``): a version whose edit carries
+``schema`` sets the table's schema from then on (the key is absent from every
+other version, so their bytes are as before). The newest such schema, and the
+version that set it, are part of the state (``schema``/``schema_version``,
+carried in checkpoints), so a load knows it whatever checkpoint it starts
+from. The version is the commit point of the change; ``table.json`` (which
+opening reads first) is rewritten after it. A writer that opens a table whose
+``table.json`` disagrees with the state's schema (a crash between the two)
+rewrites ``table.json`` from the state; a reader uses the state's schema. So
+after a crash at any instant the next open sees the old schema everywhere
+(the version was not written) or the new one everywhere.
+
 Checkpoints: version 1 and every version divisible by ``CHECKPOINT_EVERY``
 carry the whole state in ``state`` (``{"blocks": [...add entries...],
 "retired": [{"block", "version", "time"}], "wal": [...], "next_lsn": int}``)
-after applying their own edit, so loading reads the last checkpoint and the
+after applying their own edit (and ``"schema"``/``"schema_version"`` once a
+schema change happened), so loading reads the last checkpoint and the
 versions after it. Loading checks every version from the checkpoint to the
 newest is present and intact (``CorruptionError`` naming the file otherwise).
 
@@ -185,6 +200,7 @@ class Edit:
     # what the operation did, for ``Table.versions`` (rows added/removed, its LSN, the predicate, options):
     # written only when not empty; never needed to apply the version
     info: dict[str, Any] = field(default_factory=dict)
+    schema: str | None = None  # a schema change: the new schema (catalog.schema_to_b64)
 
 
 @dataclass
@@ -203,6 +219,8 @@ class State:
     # xxh3 of the bytes of each version file a load reads for this version (its checkpoint, then every
     # version after it), as read or written: what ``link`` records and ``load_linked`` checks
     files: dict[int, str] = field(default_factory=dict)
+    schema: str | None = None  # the schema set by the newest schema change (None: the one the table was created with)
+    schema_version: int = 0  # the version of that change
 
     @property
     def block_lsn(self) -> int:
@@ -219,6 +237,8 @@ class State:
             self.time,
             dict(self.added),
             dict(self.files),
+            self.schema,
+            self.schema_version,
         )
 
     def apply(self, edit: Edit, version: int, time: str) -> State:
@@ -271,14 +291,19 @@ class State:
             self.wal = sorted((set(self.wal) - set(edit.wal_remove)) | set(edit.wal_add))  # a re-created one stays
         if edit.next_lsn is not None:
             self.next_lsn = edit.next_lsn
+        if edit.schema is not None:
+            self.schema, self.schema_version = edit.schema, version
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "blocks": [b.to_json() for b in self.blocks],
             "retired": [{"block": r.block, "version": r.version, "time": r.time} for r in self.retired],
             "wal": self.wal,
             "next_lsn": self.next_lsn,
         }
+        if self.schema is not None:
+            doc["schema"], doc["schema_version"] = self.schema, self.schema_version
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], version: int, time: str) -> State:
@@ -291,6 +316,8 @@ class State:
             int(doc["next_lsn"]),
             time,
             {b.block: version for b in blocks},
+            schema=None if doc.get("schema") is None else str(doc["schema"]),
+            schema_version=int(doc.get("schema_version") or 0),
         )
 
     def named_by(self, table_dir: Path, block: str) -> str:
@@ -351,6 +378,8 @@ def encode(version: int, edit: Edit, time: str, state: State | None) -> bytes:
     }
     if edit.info:
         doc["info"] = edit.info
+    if edit.schema is not None:
+        doc["schema"] = edit.schema
     doc["xxh3"] = blk.hash_bytes(_canonical(doc))
     return json.dumps(doc, indent=1).encode() + b"\n"
 
@@ -378,6 +407,7 @@ def decode(path: Path, data: bytes, version: int) -> tuple[Edit, str, dict[str, 
             [int(x) for x in doc["wal_remove"]],
             None if doc["next_lsn"] is None else int(doc["next_lsn"]),
             dict(doc.get("info") or {}),
+            None if doc.get("schema") is None else str(doc["schema"]),
         )
         return edit, str(doc["time"]), doc["state"]
     except UnsupportedFormatError:

@@ -18,6 +18,9 @@ naming the file and the LSN range at stake.
    catalog.py) takes the state from it instead (``Recovery.manifest_decoded``
    is False) and runs the checks below on the cache's columns; if any of them
    fails, it decodes the manifest, so errors are the same.
+   The schema recovered with (``Recovered.schema``) is that of the newest
+   schema change the decoded manifest records, when it differs from the
+   caller's (``table.json`` not yet rewritten after a crash: manifest.py).
 2. Every block the manifest names exists (missing: ``CorruptionError``
    naming it and its LSNs; a read-only reader first retries: it may be
    behind a writer that retired the file). Block LSN ranges are contiguous
@@ -27,6 +30,9 @@ naming the file and the LSN range at stake.
    highest LSN are consecutive, starting right after it; and at least up to
    the ``next_lsn`` recorded by the last clean close. A gap is
    ``CorruptionError`` naming the LSNs and the segment.
+   A record written under an older schema of the table (a prefix of its
+   columns, each of the same or a narrower type: ``evolve.conforms``) is
+   widened to the current schema; any other schema is ``CorruptionError``.
 4. Leftovers, removed by a writer only when their rows are provably
    elsewhere: a block file the manifest does not name whose LSNs all lie in
    named blocks (superseded) or above them (an unfinished publish, whose
@@ -53,7 +59,7 @@ import polars as pl
 
 from bt_frames.errors import CorruptionError
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, fs, layout, locking, wal
+from bt_frames.storage import catalog, evolve, fs, layout, locking, wal
 from bt_frames.storage import manifest as mf
 
 log = logging.getLogger("bt_frames")
@@ -133,6 +139,7 @@ class Recovered:
     stats_changed: bool  # the stats cache should be rewritten
     wal_writer: wal.WalWriter | None
     report: Recovery
+    schema: pl.Schema | None = None  # the schema recovered with: the manifest's, if it differs from the caller's
 
 
 def decode_payload(path: Path, record: wal.Record, schema: pl.Schema) -> pl.DataFrame:
@@ -141,6 +148,10 @@ def decode_payload(path: Path, record: wal.Record, schema: pl.Schema) -> pl.Data
     except Exception as e:
         raise CorruptionError.at(path, record.offset, f"record {record.lsn} payload is not Arrow IPC ({e})") from e
     if chunk.schema != schema:
+        try:  # written before a schema change (evolve.py): columns it lacks are null, narrower types widened
+            return evolve.conform(chunk, schema)
+        except ValueError:
+            pass
         raise CorruptionError.at(path, record.offset, f"record {record.lsn} has schema {chunk.schema}, not the table's")
     return chunk
 
@@ -210,6 +221,7 @@ class _Named:
     block_lsn: int  # the highest LSN any named block holds
     named: set[str]  # the named blocks' file names
     linked: bool  # a reader took the state from a cache linked to the newest version
+    schema: pl.Schema  # the table's schema: the newest schema change's in the manifest, else the caller's
 
 
 @dataclass
@@ -242,6 +254,7 @@ def _recover_once(
     cache = catalog.read_cache(table_dir / layout.STATS_CACHE, schema)
     found = _named_blocks(table_dir, schema, rep, writer, listing, cache, fast, progress)
     state, loaded = found.state, found.loaded
+    schema = found.schema
     infos = loaded.blocks
     log_ = _replay(table_dir, schema, rep, state, listing, found.block_lsn)
     next_lsn = log_.next_lsn
@@ -260,7 +273,7 @@ def _recover_once(
             rep.blocks, rep.block_rows = len(infos), sum(b.rows for b in infos)
         rep.stats_linked = found.linked or (cache[2] is not None and cache[2] == mf.link(state))
         return Recovered(
-            state, None, infos, loaded.stats, log_.hot, next_lsn, log_.records, log_.wal_bytes, False, None, rep
+            state, None, infos, loaded.stats, log_.hot, next_lsn, log_.records, log_.wal_bytes, False, None, rep, schema
         )
     manifest = found.manifest
     assert manifest is not None
@@ -298,6 +311,7 @@ def _recover_once(
         loaded.changed or bool(adopted),
         writer_,
         rep,
+        schema,
     )
 
 
@@ -337,6 +351,11 @@ def _named_blocks(
                 state = manifest.state
         if writer and manifest is None:
             manifest = mf.Manifest(table_dir, state)
+        if state.schema is not None:  # the manifest's schema wins over table.json's (a crash between them)
+            newest = catalog.schema_from_b64(state.schema)
+            if newest != schema:
+                schema = newest
+                cache = catalog.read_cache(table_dir / layout.STATS_CACHE, schema)
 
         # 2. named blocks exist (one listing of the folder, not a stat() per block) and chain
         names = [e.block for e in state.blocks]
@@ -366,7 +385,7 @@ def _named_blocks(
     rep.blocks_from_cache = loaded.from_cache
     rep.blocks_from_footer = loaded.from_footer
     rep.blocks = len(loaded.blocks)
-    return _Named(state, manifest, loaded, block_lsn, named, linked is not None)
+    return _Named(state, manifest, loaded, block_lsn, named, linked is not None, schema)
 
 
 def _replay(

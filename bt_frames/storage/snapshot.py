@@ -22,7 +22,9 @@ class Snapshot:
     hot: tuple[pl.DataFrame, ...]
     stats: pl.DataFrame | None = field(default=None, compare=False)
     pin: int | None = field(default=None, compare=False)  # the token of its pin (Table._snapshot(pin=True))
-    schema: pl.Schema | None = field(default=None, compare=False)  # the table's columns: every block's schema
+    schema: pl.Schema | None = field(default=None, compare=False)  # the table's columns (what every read gives)
+    # the schema changed since the table was created: blocks may hold an older schema (storage/evolve.py)
+    evolved: bool = field(default=False, compare=False)
 
     @property
     def hot_rows(self) -> int:
