@@ -43,6 +43,7 @@ import datetime as dt
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -569,7 +570,7 @@ def versions(table: Table) -> pl.DataFrame:
     for edit, state in mf.history(table.path):
         info = edit.info
         added = sum(b.rows for b in edit.add) if edit.operation in _ADDS_ROWS else 0
-        detail = {k: v for k, v in info.items() if k not in ("rows_added", "rows_removed", "lsn")}
+        detail = {k: v for k, v in info.items() if k not in ("rows_added", "rows_removed", "lsn", "previous_schema")}
         rows.append(
             (
                 state.version,
@@ -624,6 +625,24 @@ def _as_datetime(value: dt.datetime | dt.date | str, table: str) -> dt.datetime:
     if not isinstance(value, dt.datetime):
         value = dt.datetime.combine(value, dt.time())
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def schema_at(table_dir: Path, version: int, current: pl.Schema) -> pl.Schema:
+    """The table's schema as of ``version``: set by the newest schema change at or before it, else the one
+    the first later change replaced (its ``previous_schema``), else today's."""
+    from bt_frames.storage import catalog
+
+    state = mf.load(table_dir, version)
+    if state.schema is not None:
+        return catalog.schema_from_b64(state.schema)
+    mdir = mf.manifest_dir(table_dir)
+    for v in range(version + 1, (mf.list_versions(table_dir) or [0])[-1] + 1):
+        path = mdir / mf.version_name(v)
+        edit, _time, _state = mf.decode(path, path.read_bytes(), v)
+        if edit.schema is not None:
+            previous = edit.info.get("previous_schema")
+            return catalog.schema_from_b64(previous) if isinstance(previous, str) else current
+    return current
 
 
 def blocks_at(table: Table, version: int) -> tuple[blk.BlockInfo, ...]:

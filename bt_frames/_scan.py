@@ -101,7 +101,12 @@ class ReadStats:
 
 
 def scan(table: Table, where: _prune.Where | None, *, prune: bool = True, as_of: int | None = None) -> pl.LazyFrame:
-    schema = table.schema
+    if as_of is None:
+        schema = table.schema
+    else:  # the columns the table had then
+        from bt_frames import _lifecycle
+
+        schema = _lifecycle.schema_at(table.path, as_of, table.schema)
     where_expr = _prune.to_expr(where, schema, table=table.name)
     hidden = HEIGHT not in schema  # a table with a column of that name just goes without the shortcut
     names = schema.names()

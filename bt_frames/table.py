@@ -572,7 +572,13 @@ class Table:
             old = self._meta
             assert evolve.conforms(old.schema, new), (old.schema, new)
             self._freeze()  # raises (nothing changed) if the block cannot be written
-            state = self._commit(mf.Edit(operation, schema=catalog.schema_to_b64(new)))  # the commit point
+            # the previous schema too, as history: what scan(as_of=) of an older version reads
+            edit = mf.Edit(
+                operation,
+                schema=catalog.schema_to_b64(new),
+                info={"previous_schema": catalog.schema_to_b64(old.schema), "columns": list(new)[len(old.schema) :]},
+            )
+            state = self._commit(edit)  # the commit point
             meta = dataclasses.replace(
                 old,
                 schema=new,
@@ -880,8 +886,9 @@ class Table:
             with self._lock:  # found and pinned under the lock: a vacuum cannot delete them in between
                 old = _lifecycle.blocks_at(self, as_of)  # live ones as they are, retired ones from their footers
                 token = self._pins.pin(old) if pin else None
+            schema = _lifecycle.schema_at(self._dir, as_of, self._meta.schema)
             stats = catalog.merge_stats(self._stats(), list(old), self._meta.schema)
-            return Snapshot(old, (), stats, token, self._meta.schema, self._meta.schema_version > 0)
+            return Snapshot(old, (), stats, token, schema, self._meta.schema_version > 0)
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
