@@ -17,21 +17,6 @@ from tests.conftest import ORDERS_SCHEMA, make_orders
 
 @pytest.mark.xfail(
     strict=True,
-    reason="_lifecycle.upsert calls Series.is_in(<Series of the same dtype>) twice, which Polars 2 "
-    "deprecates: every upsert prints a DeprecationWarning to stderr (from Rust, past Python's filters)",
-)
-def test_upsert_prints_no_deprecation_warning(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    with bt.BacktraceStore(tmp_path / "db") as store:
-        t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000)
-        t.append(make_orders(1_000))
-        capfd.readouterr()
-        t.upsert(make_orders(2, start=999, seed=1), on="ts")  # one key matches, one is new
-        err = capfd.readouterr().err
-    assert "DeprecationWarning" not in err, err
-
-
-@pytest.mark.xfail(
-    strict=True,
     reason="_lifecycle.upsert wraps its key predicate in pl.all_horizontal([...]), which the pruner does not "
     "understand: every block is read, even where the statistics rule every key out",
 )
