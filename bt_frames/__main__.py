@@ -5,10 +5,17 @@
     bt-frames info PATH [TABLE]       tables, blocks, rows (cold/hot), bytes, WAL state, time range
     bt-frames verify PATH             every WAL record and block checksum; exit 1 on corruption
     bt-frames query PATH TABLE [--where EXPR] [--columns a,b] [--limit N]
+    bt-frames history PATH TABLE [--limit N] [--operation OP] [--all]
+                                      the table's manifest versions (``table.versions``)
+    bt-frames vacuum PATH TABLE [--older-than 7d] [--grace SECONDS]
+                                      delete retired blocks; print the files and bytes freed
     bt-frames demo PATH               ingest, kill -9 a writer, recover, run a pruned query
 
-``info``, ``verify`` and ``query`` open the store read-only: they take no lock,
-write nothing, and work while another process is writing.
+``info``, ``verify``, ``query`` and ``history`` open the store read-only: they
+take no lock, write nothing, and work while another process is writing.
+``vacuum`` deletes files, so it opens the store as its writer: it refuses (exit
+1, nothing deleted) while another process holds the store, or when the folder
+cannot be written.
 
 Exit codes: 0 success; 1 corruption (``verify``) or an error from the engine;
 2 bad usage (unknown table or column, a bad ``--where``, a path that is not a
@@ -46,7 +53,8 @@ if TYPE_CHECKING:
     from bt_frames.store import BacktraceStore
 
 PROG = "bt-frames"
-COMMANDS = ("info", "verify", "query", "demo")  # the public subcommands (README and tests check them)
+# the public subcommands (README and tests check them)
+COMMANDS = ("info", "verify", "query", "history", "vacuum", "demo")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -233,6 +241,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             t = store.table(name)
             print()
             print(_display.table_report(t))
+            print(_lifecycle_report(t))
             if args.table:
                 blocks = t.blocks
                 tc = t.time_column
@@ -243,6 +252,87 @@ def cmd_info(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _lifecycle_report(t: Any) -> str:
+    """The lines ``info`` adds to a table's report: its options, versions and the retired blocks kept."""
+    from bt_frames.prune import _fmt_bytes
+    from bt_frames.storage import manifest as mf
+
+    opts = t.options
+    keep = opts["keep_versions"]
+    lines = [
+        f"  options      retention={_fmt_duration(opts['retention'])}, "
+        f"keep_versions={_fmt_duration(keep) if keep is not None else 'none (until vacuum)'}, "
+        f"auto_compact={opts['auto_compact']}",
+    ]
+    compaction = getattr(t, "compaction", None)  # the background compactor's status, where there is one
+    if compaction is not None:
+        lines.append(f"  compaction   {compaction}")
+    versions = mf.list_versions(t.path)
+    kept = _retired_files(t)
+    size = sum(n for _name, n in kept)
+    lines.append(f"  versions     {len(versions)} (see: bt-frames history)")
+    lines.append(
+        f"  retired      {len(kept)} block(s) kept for time travel, {_fmt_bytes(size)} ({size:,} bytes)"
+        + (" (bt-frames vacuum deletes them)" if kept else "")
+    )
+    return "\n".join(lines)
+
+
+def _retired_files(t: Any) -> list[tuple[str, int]]:
+    """(file name, bytes) of each retired block of ``t`` whose file is still there."""
+    from bt_frames.storage import manifest as mf
+
+    out = []
+    for r in mf.load(t.path).retired:
+        try:
+            out.append((r.block, (t.path / layout.BLOCKS_DIR / r.block).stat().st_size))
+        except FileNotFoundError:  # deleted; the next version forgets it
+            continue
+    return out
+
+
+_UNITS = {"w": 7 * 86_400, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([wdhms]?)\s*")
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w``, ``1d 12h`` or ``0`` (a bare number is seconds) as a timedelta."""
+    parts = text.strip().lower()
+    seconds = 0.0
+    pos = 0
+    while parts and pos < len(parts):
+        m = _DURATION_PART.match(parts, pos)
+        if m is None:
+            break
+        seconds += float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        pos = m.end()
+    if not parts or pos < len(parts):
+        raise UsageError(
+            f"{text!r} is not a duration; write a number and a unit: 7d, 12h, 30m, 45s, 2w, 1d 12h (or 0 for none)"
+        )
+    return dt.timedelta(seconds=seconds)
+
+
+def _fmt_duration(td: dt.timedelta | None) -> str:
+    """``td`` as ``parse_duration`` reads it (``1d 12h``); ``none`` for None."""
+    if td is None:
+        return "none"
+    left = td.total_seconds()
+    if left == 0:
+        return "0s"
+    parts = []
+    for unit, size in _UNITS.items():
+        if unit == "w":
+            continue
+        n = int(left // size)
+        if n:
+            parts.append(f"{n}{unit}")
+            left -= n * size
+    if left:
+        parts.append(f"{left:g}s")
+    return " ".join(parts)
 
 
 # -- verify ----------------------------------------------------------------------------
@@ -299,6 +389,107 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(repr(report))
     finally:
         store.close()
+    return EXIT_OK
+
+
+# -- history ---------------------------------------------------------------------------
+
+HOUSEKEEPING = ("rotate", "close", "recover")  # versions that change no row: hidden unless --all
+OPERATIONS = (  # every operation a manifest version can record (storage/manifest.py)
+    "create", "upgrade", "publish", "append", "compact", "rotate", "close", "purge", "adopt", "recover",
+    "delete", "update", "upsert", "retention", "set_options", "vacuum",
+)  # fmt: skip
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be >= 0, not {args.limit}")
+    wanted = [op.strip() for ops in args.operation or [] for op in ops.split(",") if op.strip()]
+    unknown = [op for op in wanted if op not in OPERATIONS]
+    if unknown:
+        raise UsageError(
+            f"--operation {', '.join(map(repr, unknown))}: not an operation; the versions record "
+            f"{', '.join(OPERATIONS)}"
+        )
+    store = _open_read_only(args.path)
+    try:
+        versions = store.table(args.table).versions
+    finally:
+        store.close()
+    shown = versions
+    hidden = 0
+    if wanted:
+        shown = shown.filter(pl.col("operation").is_in(wanted))
+    elif not args.all:
+        shown = shown.filter(~pl.col("operation").is_in(HOUSEKEEPING))
+        hidden = versions.height - shown.height
+    matching = shown.height
+    if args.limit is not None:
+        shown = shown.tail(args.limit)
+    print(f"table {args.table!r}: {versions.height} version(s)")
+    _print_frame(shown)
+    note = f"{shown.height} of {versions.height} version(s) shown"
+    if matching > shown.height:
+        note += f" (the newest {shown.height} of {matching}: --limit)"
+    if hidden:
+        note += f"; {hidden} housekeeping version(s) ({'/'.join(HOUSEKEEPING)}) hidden, --all shows them"
+    print(note)
+    return EXIT_OK
+
+
+# -- vacuum ----------------------------------------------------------------------------
+
+
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    from bt_frames.errors import StoreLockedError
+    from bt_frames.prune import _fmt_bytes
+    from bt_frames.store import BacktraceStore
+
+    older = parse_duration(args.older_than)
+    if args.grace is not None and args.grace < 0:
+        raise UsageError(f"--grace must be >= 0 seconds, not {args.grace}")
+    check = _open_read_only(args.path)  # the read-only commands' checks first: a store, with that table
+    try:
+        check.table(args.table)
+    finally:
+        check.close()
+    path = Path(args.path)
+    for d in (path, path / args.table, path / args.table / layout.BLOCKS_DIR):
+        if d.exists() and not os.access(d, os.W_OK):
+            raise BtError(
+                f"vacuum deletes files, and {str(d)!r} is read-only (no write permission); nothing was deleted. "
+                "Run it as a user who can write the store."
+            )
+    options: dict[str, Any] = {} if args.grace is None else {"retired_grace": args.grace}
+    try:
+        store = BacktraceStore(path, progress=False, **options)
+    except StoreLockedError as e:
+        raise BtError(
+            f"vacuum deletes files, so it must open the store as its writer, and another writer holds it ({e}) "
+            "Nothing was deleted. Stop that writer first, or call table.vacuum(older_than=...) in it."
+        ) from None
+    try:
+        t = store.table(args.table)
+        before = dict(_retired_files(t))
+        freed = t.vacuum(older)
+        after = dict(_retired_files(t))
+        grace = store.retired_grace
+    finally:
+        store.close()
+    gone = sorted(set(before) - set(after))
+    print(f"table {args.table!r}: vacuum of the blocks retired at least {_fmt_duration(older)} ago")
+    for name in gone:
+        print(f"  deleted {name} ({before[name]:,} bytes)")
+    print(f"deleted {len(gone)} file(s), {freed:,} bytes freed ({_fmt_bytes(freed)})")
+    if after:
+        size = sum(after.values())
+        print(
+            f"kept {len(after)} retired block(s), {size:,} bytes: retired less than "
+            f"{_fmt_duration(max(older, dt.timedelta(seconds=grace)))} ago (--older-than {_fmt_duration(older)}; "
+            f"the store's retired_grace, {grace:g} s, protects readers in other processes: --grace)"
+        )
     return EXIT_OK
 
 
@@ -614,7 +805,8 @@ def cmd_demo_writer(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect, check and query a bt_frames store; run the crash-recovery demo.",
+        description="Inspect, check and query a bt_frames store, read a table's history, vacuum it; "
+        "run the crash-recovery demo.",
         epilog="Exit codes: 0 ok, 1 corruption or engine error, 2 bad usage.",
     )
     from bt_frames import __version__
@@ -655,6 +847,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--columns", "-c", help="comma-separated columns to show (default: all)")
     s.add_argument("--limit", "-n", type=int, default=20, help="rows to print (default: 20)")
     s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser(
+        "history",
+        help="the table's versions: what each change did (table.versions)",
+        description="Print TABLE's manifest versions, oldest first, one row per version (table.versions): "
+        "version, lsn, time, operation, rows_added, rows_removed, then rows, blocks and bytes after it, and "
+        "detail. Housekeeping versions (" + ", ".join(HOUSEKEEPING) + ") are hidden unless --all or "
+        "--operation names them. Read-only.",
+    )
+    s.add_argument("path", metavar="PATH", help="the store's folder")
+    s.add_argument("table", metavar="TABLE", help="the table")
+    s.add_argument("--limit", "-n", type=int, default=None, help="print only the newest N versions")
+    s.add_argument(
+        "--operation",
+        "-o",
+        action="append",
+        metavar="OP",
+        help="only versions of this operation (repeat, or comma-separate: delete,update,upsert)",
+    )
+    s.add_argument("--all", "-a", action="store_true", help="also the housekeeping versions")
+    s.set_defaults(func=cmd_history)
+
+    s = sub.add_parser(
+        "vacuum",
+        help="delete retired blocks; print the files and bytes freed",
+        description="Delete the files of TABLE's blocks that were retired (by a compaction, delete, update, "
+        "upsert or retention) at least --older-than ago; the versions that needed them can no longer be read "
+        "with scan(as_of=...). Never deletes a block the table uses now. Opens the store as its writer: "
+        "refuses (exit 1, nothing deleted) while another process holds it, or if the folder is read-only.",
+        epilog="DURATION: a number and a unit: 7d, 12h, 30m, 45s, 2w; 0 for every retired block.",
+    )
+    s.add_argument("path", metavar="PATH", help="the store's folder")
+    s.add_argument("table", metavar="TABLE", help="the table")
+    s.add_argument(
+        "--older-than",
+        default="7d",
+        metavar="DURATION",
+        help="only blocks retired at least this long ago (default: 7d, as Delta's VACUUM)",
+    )
+    s.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the store's retired_grace: blocks retired less than this ago are kept for readers in other "
+        "processes, whatever --older-than says (default: 60)",
+    )
+    s.set_defaults(func=cmd_vacuum)
 
     s = sub.add_parser(
         "demo",

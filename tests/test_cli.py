@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 
 import bt_frames as bt
 from bt_frames.storage import layout, wal
-from tests.conftest import ORDERS_SCHEMA, make_orders
+from bt_frames.storage import manifest as mf
+from tests.conftest import ORDERS_SCHEMA, T0, make_orders
 from tests.helpers.faults import flip_byte
 from tests.helpers.procs import Child
 
@@ -246,6 +248,206 @@ def test_no_command_is_a_usage_error() -> None:
     assert out.returncode == 2
     assert "usage: bt-frames" in out.stderr
     assert "_demo_writer" not in out.stderr  # the demo's child process is not advertised
+
+
+# -- history, vacuum and the lifecycle lines of info -----------------------------------
+
+
+@pytest.fixture
+def changed_db(tmp_path: Path) -> Path:
+    """A closed store whose 'orders' table had a delete, an update and an upsert; the retired blocks kept.
+
+    3 blocks of 1,000 rows (ts 0..2999 s), then: delete ts < 1500 s (block 1 retired unread, block 2
+    rewritten), update of 60 rows at 2000..2059 s (block 3 rewritten), upsert of 2 rows by ts (one
+    existing: block 3's rewrite rewritten; one new). Four retired blocks.
+    """
+    path = tmp_path / "db"
+    with bt.BacktraceStore(path) as store:
+        t = store.create_table("orders", ORDERS_SCHEMA, time_column="ts", max_block_rows=BLOCK_ROWS)
+        for i in range(3):
+            t.append(make_orders(BLOCK_ROWS, start=i * BLOCK_ROWS))
+        assert t.delete(pl.col("ts") < T0 + dt.timedelta(seconds=1_500)) == 1_500
+        t.update(make_orders(60, start=2_000, seed=1))
+        t.upsert(make_orders(2, start=2_999, seed=2), on="ts")
+        t.set_options(retention=dt.timedelta(days=7))
+    return path
+
+
+def body_lines(stdout: str) -> list[str]:
+    """The rows of a printed frame (``│ 12 ┆ ...``)."""
+    return [ln for ln in stdout.splitlines() if re.match(r"│ \d", ln)]
+
+
+def operations(stdout: str) -> list[str]:
+    return [ln.split("┆")[3].strip() for ln in body_lines(stdout)]
+
+
+def retired(path: Path) -> list[Path]:
+    """The files of the blocks the newest manifest version lists as retired."""
+    return [path / "orders" / layout.BLOCKS_DIR / r.block for r in mf.load(path / "orders").retired]
+
+
+def test_history_prints_every_change_and_hides_housekeeping(changed_db: Path) -> None:
+    out = run_cli("history", changed_db, "orders")
+    assert out.returncode == 0, out.stderr
+    with bt.BacktraceStore(changed_db, read_only=True) as store:
+        versions = store.table("orders").versions
+    ops = operations(out.stdout)
+    want = [op for op in versions["operation"] if op not in ("rotate", "close", "recover")]
+    assert ops == want
+    assert ops[:4] == ["create", "append", "append", "append"]
+    assert ops[-4:] == ["delete", "update", "upsert", "set_options"]
+    assert f"table 'orders': {versions.height} version(s)" in out.stdout
+    hidden = versions.height - len(want)
+    assert hidden >= 1  # the close
+    assert f"{len(want)} of {versions.height} version(s) shown; {hidden} housekeeping version(s)" in out.stdout
+    delete = next(ln for ln in body_lines(out.stdout) if "┆ delete " in ln)
+    cells = [c.strip() for c in delete.strip("│ ").split("┆")]
+    assert cells[4:8] == ["0", "1500", "1500", "3"]  # rows_added, rows_removed, rows, blocks after it
+    assert 'where=[(col("ts")) < (2024-01-01 00:25:00 UTC)]' in delete
+
+
+def test_history_all_limit_and_operation_filters(changed_db: Path) -> None:
+    out = run_cli("history", changed_db, "orders", "--all")
+    assert out.returncode == 0, out.stderr
+    assert "close" in operations(out.stdout)
+    assert "hidden" not in out.stdout
+
+    out = run_cli("history", changed_db, "orders", "--all", "--limit", "2")
+    assert out.returncode == 0, out.stderr
+    assert operations(out.stdout) == ["set_options", "close"]
+    assert "shape: (2, 10)" in out.stdout
+    assert "(the newest 2 of" in out.stdout
+
+    out = run_cli("history", changed_db, "orders", "-o", "delete,upsert", "-o", "update")
+    assert out.returncode == 0, out.stderr
+    assert operations(out.stdout) == ["delete", "update", "upsert"]
+
+    out = run_cli("history", changed_db, "orders", "--operation", "close")  # named: shown without --all
+    assert operations(out.stdout) == ["close"]
+
+
+def test_history_bad_arguments_exit_2(changed_db: Path) -> None:
+    assert_clean_error(run_cli("history", changed_db, "orders", "-o", "merge"), 2, "'merge'", "delete, update")
+    assert_clean_error(run_cli("history", changed_db, "orders", "-n", "-1"), 2, "--limit must be >= 0")
+    assert_clean_error(run_cli("history", changed_db, "trades"), 2, "no table 'trades'")
+
+
+def test_info_shows_options_versions_and_retired_blocks(changed_db: Path) -> None:
+    kept = retired(changed_db)
+    assert len(kept) == 4  # delete: block 1 (unread) and block 2; update: block 3; upsert: the update's block
+    size = sum(p.stat().st_size for p in kept)
+    out = run_cli("info", changed_db)
+    assert out.returncode == 0, out.stderr
+    assert "  options      retention=7d, keep_versions=none (until vacuum), auto_compact=True" in out.stdout
+    assert f"  versions     {len(mf.list_versions(changed_db / 'orders'))} (see: bt-frames history)" in out.stdout
+    assert "  retired      4 block(s) kept for time travel, " in out.stdout
+    assert f"({size:,} bytes) (bt-frames vacuum deletes them)" in out.stdout
+
+
+def test_vacuum_deletes_retired_blocks_and_prints_what_it_freed(changed_db: Path) -> None:
+    kept = retired(changed_db)
+    sizes = {p.name: p.stat().st_size for p in kept}
+    live = {p.name for p in block_files(changed_db)} - set(sizes)
+    with bt.BacktraceStore(changed_db, read_only=True) as store:
+        t = store.table("orders")
+        before_delete = int(t.versions.filter(pl.col("operation") == "delete")["version"][0]) - 1
+        assert t.scan(as_of=before_delete).select(pl.len()).collect().item() == 3_000
+
+    out = run_cli("vacuum", changed_db, "orders", "--older-than", "0", "--grace", "0")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name, size in sizes.items():
+        assert f"  deleted {name} ({size:,} bytes)" in out.stdout
+    assert f"deleted 4 file(s), {sum(sizes.values()):,} bytes freed" in out.stdout
+    assert "kept" not in out.stdout
+    assert not any(p.exists() for p in kept)
+    assert {p.name for p in block_files(changed_db)} == live  # the table's own blocks are untouched
+
+    with bt.BacktraceStore(changed_db, read_only=True) as store:
+        t = store.table("orders")
+        assert t.rows == 1_501
+        assert "vacuum" in t.versions["operation"].to_list()[-2:]  # (a close follows only if the LSN moved)
+        with pytest.raises(bt.BtError, match="deleted by vacuum"):
+            t.scan(as_of=before_delete)
+    assert "  retired      0 block(s) kept for time travel" in run_cli("info", changed_db).stdout
+    again = run_cli("vacuum", changed_db, "orders", "--older-than", "0", "--grace", "0")
+    assert "deleted 0 file(s), 0 bytes freed" in again.stdout
+
+
+def test_vacuum_keeps_blocks_retired_recently(changed_db: Path) -> None:
+    kept = retired(changed_db)
+    for args in [(), ("--older-than", "0")]:  # the default 7d; 0, but within the store's 60 s retired_grace
+        out = run_cli("vacuum", changed_db, "orders", *args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "deleted 0 file(s), 0 bytes freed (0 B)" in out.stdout
+        assert f"kept 4 retired block(s), {sum(p.stat().st_size for p in kept):,} bytes" in out.stdout
+    assert "retired less than 1m ago (--older-than 0s" in out.stdout
+    assert all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        pytest.param(["--older-than", "3x"], ["'3x' is not a duration", "7d, 12h, 30m"], id="duration"),
+        pytest.param(["--older-than=-1d"], ["is not a duration"], id="negative"),
+        pytest.param(["--older-than", "7 days"], ["is not a duration"], id="words"),
+        pytest.param(["--grace", "-5"], ["--grace must be >= 0"], id="grace"),
+    ],
+)
+def test_vacuum_bad_arguments_exit_2(changed_db: Path, args: list[str], needles: list[str]) -> None:
+    assert_clean_error(run_cli("vacuum", changed_db, "orders", *args), 2, *needles)
+
+
+def test_vacuum_unknown_table_or_not_a_store_exits_2(changed_db: Path, tmp_path: Path) -> None:
+    assert_clean_error(run_cli("vacuum", changed_db, "trades"), 2, "no table 'trades'")
+    (tmp_path / "notes").mkdir()
+    assert_clean_error(run_cli("vacuum", tmp_path / "notes", "orders"), 2, "is not a bt_frames store")
+
+
+@pytest.mark.crash
+def test_vacuum_refuses_while_another_process_holds_the_store(changed_db: Path, tmp_path: Path) -> None:
+    kept = retired(changed_db)
+    holder = Child("hold", "--path", str(changed_db), stderr_path=tmp_path / "hold.err")
+    try:
+        holder.wait_line("locked")
+        out = run_cli("vacuum", changed_db, "orders", "--older-than", "0", "--grace", "0")
+        assert_clean_error(out, 1, "must open the store as its writer", "another writer holds it", "Nothing was")
+        assert all(p.exists() for p in kept)
+    finally:
+        holder.kill()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write a read-only folder")
+def test_vacuum_refuses_a_read_only_folder(changed_db: Path) -> None:
+    blocks = changed_db / "orders" / layout.BLOCKS_DIR
+    blocks.chmod(0o555)
+    try:
+        out = run_cli("vacuum", changed_db, "orders", "--older-than", "0", "--grace", "0")
+        assert_clean_error(out, 1, "is read-only", "nothing was deleted")
+    finally:
+        blocks.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0", 0),
+        ("45s", 45),
+        ("30m", 1_800),
+        ("12h", 43_200),
+        ("7d", 604_800),
+        ("2w", 1_209_600),
+        ("1.5h", 5_400),
+        ("1d 12h", 129_600),
+        ("1h30m", 5_400),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    from bt_frames.__main__ import _fmt_duration, parse_duration
+
+    got = parse_duration(text)
+    assert got.total_seconds() == seconds
+    assert parse_duration(_fmt_duration(got)) == got
 
 
 # -- demo ------------------------------------------------------------------------------

@@ -30,6 +30,16 @@ EXPECTED = {
         r"ts >= 101 h: 36 blocks none, 13 all, 1 some",
         r"identical \d+ rows",
     ],
+    "05_lifecycle.ipynb": [
+        r"deleted 23,400 rows: 7 blocks replaced, 1 read \(6 retired unread\), 41 untouched",
+        r"update: 3,600 rows replaced by 3,600; blocks read: 0, 1 replaced",
+        r"upsert: 3 rows replaced, 2 new",
+        r"version \d+ \(before the delete\): 172,800 rows; now: 149,402 rows",
+        r"hour 10's prices summed as of .* \(before the update\): 90,221,288.25; now: 91,123,501.43",
+        r"vacuum freed [\d,]+ bytes: \d+ retired block files deleted",
+        r"as_of after vacuum: table 'orders': version \d+ needs block .* which was deleted by vacuum",
+        r"retention 24 h: 63,001 rows dropped",
+    ],
 }
 
 
