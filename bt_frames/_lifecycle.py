@@ -204,7 +204,8 @@ def change(
                 for b in written:  # identical rewrites (same name): nothing changes, no version
                     if b.filename not in {x.filename for x in snap.blocks}:
                         fs.unlink(b.path, missing_ok=True)
-                return Change(operation, 0, 0, 0, plan.blocks_read, 0, 0)
+                table.last_change = Change(operation, 0, 0, 0, plan.blocks_read, 0, 0)
+                return table.last_change
             new = [b for b in written if b.filename not in {x.filename for x in snap.blocks}]
             doc = {
                 "rows_added": plan.rows_added,
@@ -385,7 +386,8 @@ def update(table: Table, data: object) -> Change:
         )
     df = _frame(table, data, "update")
     if df.height == 0:
-        return Change("update", 0, 0, 0, 0, 0, 0)
+        table.last_change = Change("update", 0, 0, 0, 0, 0, 0)
+        return table.last_change
     lo, hi = df.get_column(tc).min(), df.get_column(tc).max()
     col = pl.col(tc)
     in_range = (col >= pl.lit(lo, dtype=table.schema[tc])) & (col <= pl.lit(hi, dtype=table.schema[tc]))
@@ -440,7 +442,8 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
         raise BtError(f"table {table.name!r}: upsert keys {keys} name a column twice")
     df = _frame(table, data, "upsert")
     if df.height == 0:
-        return Change("upsert", 0, 0, 0, 0, 0, 0)
+        table.last_change = Change("upsert", 0, 0, 0, 0, 0, 0)
+        return table.last_change
     matchable = df.with_row_index(_SRC).filter(pl.all_horizontal([pl.col(k).is_not_null() for k in keys]))
     dup = matchable.select(keys).is_duplicated()
     if dup.any():
