@@ -634,9 +634,12 @@ def blocks_at(table: Table, version: int) -> tuple[blk.BlockInfo, ...]:
     out = []
     for e in state.blocks:
         b = live.get(e.block)
-        if b is None:
+        # a live block whose statistics are only in the cache frame (a reopened table's): its footer has them
+        if b is None or b.columns is None:
             path = table.path / layout.BLOCKS_DIR / e.block
             try:
+                if not path.exists():  # read_block_info would call it corruption: it was vacuumed
+                    raise FileNotFoundError(path)
                 b = blk.read_block_info(path)
             except FileNotFoundError:
                 raise BtError(
