@@ -141,6 +141,8 @@ def predicates(st: Any) -> Any:
         st.lists(sym, min_size=1, max_size=2).map(lambda ss: pair(pl.col("symbol").is_in(ss))),
         st.just(pair(pl.col("symbol").is_null())),
         st.just(pair(pl.col("qty").is_null())),
+        st.just(pair(pl.lit(True))),  # what delete's error message says to pass to delete every row
+        st.just(pair(pl.lit(False))),
         qty.map(lambda q: pair(pl.col("qty") > q)),
         qty.map(lambda q: pair(pl.col("qty") == q)),
         qty.map(lambda q: pair(~(pl.col("qty") <= q))),  # null stays null: kept
