@@ -343,7 +343,9 @@ def _rows_matching(
             continue
         rows = _read_block(snap, b)
         plan.blocks_read += 1
-        mask = rows.select(predicate.fill_null(False)).to_series()
+        # with_columns, not select: a scalar predicate (pl.lit(True), which delete's error message suggests)
+        # is broadcast to the block's rows instead of giving a mask of one value
+        mask = rows.with_columns(predicate.fill_null(False).alias(_MASK)).get_column(_MASK)
         if mask.any():
             yield i, rows, mask
 
@@ -494,6 +496,7 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
 
 
 _SRC = "__bt_frames_source_row"
+_MASK = "__bt_frames_mask"
 _POS = "__bt_frames_position"
 
 
