@@ -67,7 +67,7 @@ def frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
 
 
 def model_delete(m: pl.DataFrame, pred: pl.Expr) -> tuple[pl.DataFrame, int]:
-    hit = m.select(pred.fill_null(False)).to_series()
+    hit = m.with_columns(pred.fill_null(False).alias("hit")).get_column("hit")  # a scalar is broadcast
     return m.filter(~hit), int(hit.sum())
 
 
