@@ -40,7 +40,9 @@ frame's order.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -456,8 +458,9 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
             "Deduplicate the frame first, e.g. df.unique(subset=on, keep='last', maintain_order=True)"
         )
     targets = matchable.select(_SRC, *keys)
+    # a plain conjunction: the pruner sees through `&`, not through pl.all_horizontal (every block was read)
     candidates = (
-        pl.all_horizontal([pl.col(k).is_in(targets.get_column(k).unique().implode()) for k in keys])
+        functools.reduce(operator.and_, [pl.col(k).is_in(targets.get_column(k).unique().implode()) for k in keys])
         if targets.height
         else pl.lit(False)
     )
@@ -477,7 +480,7 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
             matched = src.is_not_null()
             if not matched.any():
                 continue
-            first = matched & src.is_first_distinct() & ~src.is_in(pl.Series(list(placed), dtype=src.dtype))
+            first = matched & src.is_first_distinct() & ~src.is_in(pl.Series([list(placed)], dtype=pl.List(src.dtype)))
             plan.rows_removed += int(matched.sum())
             placed.update(src.filter(first).to_list())
             pos = pl.int_range(rows.height, eager=True).alias(_POS)
@@ -488,7 +491,9 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
                 .drop(_SRC)
             )
             plan.replace[i] = pl.concat([kept, new.select(kept.columns)]).sort(_POS).drop(_POS)
-        rest = df.filter(~pl.int_range(df.height, dtype=pl.Int64).is_in(pl.Series(list(placed), dtype=pl.Int64)))
+        rest = df.filter(
+            ~pl.int_range(df.height, dtype=pl.Int64).is_in(pl.Series(list(placed), dtype=pl.Int64).implode())
+        )
         plan.append = rest if rest.height else None
         return plan
 
