@@ -382,6 +382,7 @@ def _frame(table: Table, data: object, operation: str) -> pl.DataFrame:
 
 
 def update(table: Table, data: object) -> Change:
+    table._check_writable()  # before anything else: an empty frame on a read-only store is refused too
     tc = table._meta.time_column
     if tc is None:
         raise BtError(
@@ -432,6 +433,7 @@ def update(table: Table, data: object) -> Change:
 
 
 def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
+    table._check_writable()
     keys = [on] if isinstance(on, str) else list(on)
     missing = [k for k in keys if k not in table.schema]
     if not keys or missing:
@@ -528,6 +530,7 @@ def retention_cutoff(table: Table) -> Any:
 def retain(table: Table, *, whole_blocks: bool, freeze: bool = True) -> Change | None:
     """Drop the rows older than the retention (``whole_blocks``: only blocks every row of which is older,
     unread); None when the table has no retention or nothing to drop."""
+    table._check_writable()  # a read-only store refuses it even when there is nothing to drop
     cutoff = retention_cutoff(table)
     if cutoff is None:
         return None
