@@ -170,7 +170,7 @@ def _points(n: int) -> list[str]:
     ks = list(range(1, n + 1))
     if not ALL_POINTS and len(ks) > MAX_POINTS:
         step = len(ks) / MAX_POINTS
-        ks = sorted({ks[int(i * step)] for i in range(MAX_POINTS)} | {ks[-1]})
+        ks = sorted({ks[int(i * step)] for i in range(MAX_POINTS)} | set(ks[-6:]))  # and around the commit
     return [str(k) for k in ks] + [f"{k}:half" for k in ks[::4]] + ["after"]
 
 

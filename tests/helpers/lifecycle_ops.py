@@ -59,10 +59,11 @@ def create(store: Any) -> Any:
 
 
 def setup(store: Any, n: int = 400) -> pl.DataFrame:
-    """The table with ``n`` rows in blocks of 40 and a few hot rows; returns its contents."""
+    """The table with ``n`` rows in single-append blocks of 30 (which compact() merges) and 7 hot rows."""
     t = create(store)
-    t.append(rows(0, n - 7))
-    t.flush()
+    for a in range(0, n - 7, 30):
+        t.append(rows(a, min(30, n - 7 - a)))
+        t.flush()
     t.append(rows(n - 7, 7))
     return rows(0, n)
 
