@@ -40,7 +40,9 @@ frame's order.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -205,7 +207,8 @@ def change(
                 for b in written:  # identical rewrites (same name): nothing changes, no version
                     if b.filename not in {x.filename for x in snap.blocks}:
                         fs.unlink(b.path, missing_ok=True)
-                return Change(operation, 0, 0, 0, plan.blocks_read, 0, 0)
+                table.last_change = Change(operation, 0, 0, 0, plan.blocks_read, 0, 0)
+                return table.last_change
             new = [b for b in written if b.filename not in {x.filename for x in snap.blocks}]
             doc = {
                 "rows_added": plan.rows_added,
@@ -343,7 +346,9 @@ def _rows_matching(
             continue
         rows = _read_block(snap, b)
         plan.blocks_read += 1
-        mask = rows.select(predicate.fill_null(False)).to_series()
+        # with_columns, not select: a scalar predicate (pl.lit(True), which delete's error message suggests)
+        # is broadcast to the block's rows instead of giving a mask of one value
+        mask = rows.with_columns(predicate.fill_null(False).alias(_MASK)).get_column(_MASK)
         if mask.any():
             yield i, rows, mask
 
@@ -378,6 +383,7 @@ def _frame(table: Table, data: object, operation: str) -> pl.DataFrame:
 
 
 def update(table: Table, data: object) -> Change:
+    table._check_writable()  # before anything else: an empty frame on a read-only store is refused too
     tc = table._meta.time_column
     if tc is None:
         raise BtError(
@@ -386,7 +392,8 @@ def update(table: Table, data: object) -> Change:
         )
     df = _frame(table, data, "update")
     if df.height == 0:
-        return Change("update", 0, 0, 0, 0, 0, 0)
+        table.last_change = Change("update", 0, 0, 0, 0, 0, 0)
+        return table.last_change
     lo, hi = df.get_column(tc).min(), df.get_column(tc).max()
     col = pl.col(tc)
     in_range = (col >= pl.lit(lo, dtype=table.schema[tc])) & (col <= pl.lit(hi, dtype=table.schema[tc]))
@@ -427,6 +434,7 @@ def update(table: Table, data: object) -> Change:
 
 
 def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
+    table._check_writable()
     keys = [on] if isinstance(on, str) else list(on)
     missing = [k for k in keys if k not in table.schema]
     if not keys or missing:
@@ -441,7 +449,8 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
         raise BtError(f"table {table.name!r}: upsert keys {keys} name a column twice")
     df = _frame(table, data, "upsert")
     if df.height == 0:
-        return Change("upsert", 0, 0, 0, 0, 0, 0)
+        table.last_change = Change("upsert", 0, 0, 0, 0, 0, 0)
+        return table.last_change
     matchable = df.with_row_index(_SRC).filter(pl.all_horizontal([pl.col(k).is_not_null() for k in keys]))
     dup = matchable.select(keys).is_duplicated()
     if dup.any():
@@ -452,8 +461,9 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
             "Deduplicate the frame first, e.g. df.unique(subset=on, keep='last', maintain_order=True)"
         )
     targets = matchable.select(_SRC, *keys)
+    # a plain conjunction: the pruner sees through `&`, not through pl.all_horizontal (every block was read)
     candidates = (
-        pl.all_horizontal([pl.col(k).is_in(targets.get_column(k).unique().implode()) for k in keys])
+        functools.reduce(operator.and_, [pl.col(k).is_in(targets.get_column(k).unique().implode()) for k in keys])
         if targets.height
         else pl.lit(False)
     )
@@ -494,6 +504,7 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
 
 
 _SRC = "__bt_frames_source_row"
+_MASK = "__bt_frames_mask"
 _POS = "__bt_frames_position"
 
 
@@ -520,6 +531,7 @@ def retention_cutoff(table: Table) -> Any:
 def retain(table: Table, *, whole_blocks: bool, freeze: bool = True) -> Change | None:
     """Drop the rows older than the retention (``whole_blocks``: only blocks every row of which is older,
     unread); None when the table has no retention or nothing to drop."""
+    table._check_writable()  # a read-only store refuses it even when there is nothing to drop
     cutoff = retention_cutoff(table)
     if cutoff is None:
         return None
