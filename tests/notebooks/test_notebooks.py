@@ -33,7 +33,7 @@ EXPECTED = {
     "05_lifecycle.ipynb": [
         r"deleted 23,400 rows: 7 blocks replaced, 1 read \(6 retired unread\), 41 untouched",
         r"update: 3,600 rows replaced by 3,600; blocks read: 0, 1 replaced",
-        r"upsert: 3 rows replaced, 2 new",
+        r"upsert: 3 rows replaced, 2 new; 3 blocks read, 3 replaced",
         r"venue added in version \d+ \(no block rewritten\): 3 rows on XNAS; 44 of 45 blocks skipped unread",
         r"version \d+ \(before the delete\): 172,800 rows; now: 149,405 rows",
         r"hour 10's prices summed as of .* \(before the update\): 90,221,288.25; now: 91,123,501.43",
