@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 log = logging.getLogger("bt_frames")
 
@@ -105,7 +104,7 @@ def matching(
     dtype = schema[col]
     k = len(blocks)
     idx = np.asarray(blocks, dtype=np.int64)
-    # numpy and Arrow here: each Polars Series method would be a query of its own
+    # numpy here: each Polars Series method would be a query of its own
     nulls = stats.get_column(f"null_count.{col}").to_numpy()[idx]
     rows = stats.get_column("rows").to_numpy()[idx]
     if nullness:
@@ -124,27 +123,22 @@ def matching(
         cnt = f"counts.{col}"
         if cnt not in stats.columns:
             return None
-        take = pa.array(idx)
-        counts_all = stats.get_column(cnt).to_arrow().take(take)
-        distinct_all = stats.get_column(f"distinct.{col}").to_arrow().take(take)
-        lens = counts_all.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        dlens = distinct_all.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        # Polars, not Arrow: pa.array(ndarray), fill_null and to_numpy of an array with nulls import pandas
+        # (0.3-0.6 s, once per process: the first count query or delete of a Polars-only process paid it)
+        counts_all = stats.get_column(cnt).gather(idx)
+        distinct_all = stats.get_column(f"distinct.{col}").gather(idx)
+        lens = counts_all.list.len().fill_null(0).to_numpy().astype(np.int64)
+        dlens = distinct_all.list.len().fill_null(0).to_numpy().astype(np.int64)
         # a block's counts are usable only with its distinct set beside them, value for value
         # (blocks written before counts existed have a distinct set and no counts)
-        has = (
-            counts_all.is_valid().to_numpy(zero_copy_only=False)
-            & distinct_all.is_valid().to_numpy(zero_copy_only=False)
-            & (lens == dlens)
-        )
-        sel = np.flatnonzero(has & (lens > 0))
+        has = counts_all.is_not_null().to_numpy() & distinct_all.is_not_null().to_numpy() & (lens == dlens)
+        sel = np.flatnonzero(has & (lens > 0))  # no empty or null list: explode() gives each one's values
         bid = np.repeat(sel, lens[sel])
-        cnts = counts_all.take(pa.array(sel, type=pa.int64())).flatten().to_numpy(zero_copy_only=False)
-        cnts = cnts.astype(np.int64)
+        cnts = counts_all.gather(sel).explode().to_numpy().astype(np.int64)
         sums = np.bincount(bid, weights=cnts, minlength=k).astype(np.int64)
         known = (has & (sums + nulls == rows)) | (nulls == rows)
         keep = known[bid]
-        distinct = distinct_all.take(pa.array(sel, type=pa.int64())).flatten()
-        vals = pl.Series(col, distinct.filter(pa.array(keep)))
+        vals = distinct_all.gather(sel).explode().filter(pl.Series(keep, dtype=pl.Boolean)).alias(col)
         if vals.dtype != dtype:  # categorical/enum values are kept as strings
             vals = vals.cast(dtype)
         cnts, bid = cnts[keep], bid[keep]

@@ -13,9 +13,15 @@ folder, which persists across rounds. The child
    prints the batch ids it found (``state``);
 2. runs a random mix of appends (mostly small; sometimes a direct-to-blocks
    append of 1-3 blocks, most of them >= 2 * max_block_rows), flushes,
-   compactions (different targets) and short sleeps that let the background
-   block writer interleave; prints ``try ID`` before and ``ack ID`` after each
-   append returned;
+   compactions (different targets), short sleeps that let the background
+   block writer interleave, and lifecycle operations on 1-3 whole batches it
+   knows are stored (recent ones or any): ``delete`` by an id range
+   (``is_between``) or list (``is_in``), ``upsert`` of every row of the
+   batches on ``(batch, row)`` with a new ``mark`` value, and
+   ``vacuum(older_than=0)`` (the round's ``retired_grace`` decides); prints
+   ``try ID`` before and ``ack ID`` after each append returned, and
+   ``do KIND {...}`` before and ``did KIND ...`` after each lifecycle
+   operation returned;
 3. every so often closes the store and opens it again in-process (a clean
    close, then the same check);
 
@@ -28,10 +34,14 @@ manifest version or a WAL record, after a WAL segment was created, after a
 compaction's output was renamed, while retired blocks are deleted, during
 recovery itself, ... A few rounds exit cleanly instead.
 
-This process keeps the expected state: the ids every ``state`` line showed,
-plus the ids acknowledged since, plus the at-most-one id per killed child that
-was in flight (it may be present or absent, completely or not at all -- the
-child checks completeness). Every ``state`` line must equal exactly that. The
+This process keeps the expected state: the batches (and their marks) the last
+``state`` line showed, changed by the appends, deletes and upserts acknowledged
+since, plus the operation in flight when a child was killed. An append in
+flight may be present or absent, completely or not at all (the child checks
+completeness); a delete in flight removed every batch it targeted or none; an
+upsert in flight marked every batch it targeted or none (the child checks a
+batch's mark is the same on all its rows); a batch an acknowledged delete
+removed never comes back. Every ``state`` line must equal exactly that. The
 durability mode varies per round ("fsync", "batch", "none"): a process kill
 loses nothing acknowledged in any of them (only a power loss could cost
 "batch"/"none" their last interval), so the check is the same for all three.
@@ -76,6 +86,7 @@ SCHEMA = pl.Schema(
         "ts": pl.Datetime("us", "UTC"),
         "sym": pl.String(),
         "val": pl.Float64(),
+        "mark": pl.Int64(),  # null as appended; an upsert of whole batches sets it (one value per upsert)
     }
 )
 _T0_US = 1_704_067_200_000_000
@@ -124,6 +135,23 @@ FAULTS: list[tuple[str, str]] = [
     ("close", "manifest-tmp-written"),
     ("close", "manifest-renamed"),
     ("close", "block-unlink"),
+    # delete of whole batches (freeze the hot rows, rewrite or empty the blocks holding them, one version)
+    ("delete", "block-tmp-partial"),
+    ("delete", "block-tmp-written"),
+    ("delete", "block-renamed"),  # a replacement in place, the version retiring the originals not yet written
+    ("delete", "manifest-tmp-partial"),
+    ("delete", "manifest-tmp-written"),
+    ("delete", "manifest-renamed"),  # committed, the stats cache not yet rewritten
+    ("delete", "cache-tmp-written"),
+    # upsert of whole batches (every row replaced in place, a marker value set)
+    ("upsert", "block-tmp-written"),
+    ("upsert", "block-renamed"),
+    ("upsert", "manifest-tmp-written"),
+    ("upsert", "manifest-renamed"),
+    # vacuum (deleting retired blocks, then one version forgetting them)
+    ("vacuum", "block-unlink"),
+    ("vacuum", "manifest-tmp-written"),
+    ("vacuum", "manifest-renamed"),
     # recovery (the open after the previous kill)
     ("open", "any-unlink"),  # removing leftovers: tmp files, uncommitted parts, covered segments
     ("open", "ftruncate"),  # cutting a torn WAL tail
@@ -137,8 +165,9 @@ _MANY = {"wal-torn-record", "wal-record-written"}
 # -- batches -----------------------------------------------------------------------------------------------------
 
 
-def make_frame(ids: Sequence[int], sizes: Sequence[int]) -> pl.DataFrame:
-    """The rows of batches ``ids`` (``sizes`` rows each), in that order; every value a function of (batch, row)."""
+def make_frame(ids: Sequence[int], sizes: Sequence[int], marks: Sequence[int | None] | None = None) -> pl.DataFrame:
+    """The rows of batches ``ids`` (``sizes`` rows each), in that order; every value a function of (batch, row),
+    but ``mark``: the batch's entry of ``marks`` (default: null)."""
     ids_a = np.asarray(ids, dtype=np.int64)
     sizes_a = np.asarray(sizes, dtype=np.int64)
     batch = np.repeat(ids_a, sizes_a)
@@ -152,16 +181,20 @@ def make_frame(ids: Sequence[int], sizes: Sequence[int]) -> pl.DataFrame:
             "ts": pl.Series(_T0_US + batch * 1_000_000 + row, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
             "sym": _SYMS[(batch + row) % len(_SYMS)],
             "val": batch.astype(np.float64) + row / 1_000_000,
+            "mark": pl.Series([None] * len(ids) if marks is None else list(marks), dtype=pl.Int64).gather(
+                np.repeat(np.arange(len(ids_a)), sizes_a)
+            ),
         },
         schema=SCHEMA,
     )
 
 
-def check_frame(df: pl.DataFrame) -> list[int]:
-    """The batch ids in ``df``, in order; AssertionError unless each is there once, complete and exact."""
+def check_frame(df: pl.DataFrame) -> tuple[list[int], dict[int, int]]:
+    """The batch ids in ``df``, in order, and the marks of the marked ones; AssertionError unless each batch is
+    there once, complete and exact (its mark the same on every row)."""
     assert df.schema == SCHEMA, f"schema {df.schema}"
     if df.height == 0:
-        return []
+        return [], {}
     runs = df.select(pl.col("batch").rle()).unnest("batch")
     ids = runs.get_column("value").to_list()
     lens = runs.get_column("len").to_list()
@@ -175,12 +208,28 @@ def check_frame(df: pl.DataFrame) -> list[int]:
     ns = df.get_column("n").gather(starts).to_list()
     partial = [(i, got, want) for i, got, want in zip(ids, lens, ns, strict=True) if got != want]
     assert not partial, f"partial batches (id, rows found, rows appended): {partial[:10]}"
-    expected = make_frame(ids, lens)
+    marks = df.get_column("mark").gather(starts).to_list()
+    torn = df.select(pl.col("batch"), pl.col("mark").ne_missing(pl.col("mark").first().over("batch")).alias("bad"))
+    torn_ids = torn.filter("bad").get_column("batch").unique(maintain_order=True).to_list()
+    assert not torn_ids, f"batches upserted in part (rows of one batch with different marks): {torn_ids[:10]}"
+    expected = make_frame(ids, lens, marks)
     if not df.equals(expected, null_equal=True):
         both = df.with_row_index("i").join(expected.with_row_index("i"), on="i", suffix="_want")
         bad = both.filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}_want")) for c in SCHEMA))
         raise AssertionError(f"row contents differ from what was appended:\n{bad.head(5)}")
-    return ids
+    return ids, {i: m for i, m in zip(ids, marks, strict=True) if m is not None}
+
+
+def marks_json(marks: dict[int, int]) -> list[list[Any]]:
+    """``{batch: mark}`` as ``[[mark, ranges of its batches], ...]`` (a mark is one upsert's: a few batches)."""
+    by: dict[int, list[int]] = {}
+    for i, m in sorted(marks.items()):
+        by.setdefault(m, []).append(i)
+    return [[m, to_ranges(ids)] for m, ids in sorted(by.items())]
+
+
+def marks_from_json(doc: Sequence[Sequence[Any]]) -> dict[int, int]:
+    return {i: int(m) for m, ranges in doc for i in from_ranges(ranges)}
 
 
 def to_ranges(ids: Sequence[int]) -> list[list[int]]:
@@ -326,7 +375,8 @@ def _make_fault_fs(spec: str) -> Any:
     return FaultFS()
 
 
-def _open_and_check(args: argparse.Namespace, rng: random.Random, *, verify: bool) -> tuple[Any, Any]:
+def _open_and_check(args: argparse.Namespace, rng: random.Random, *, verify: bool) -> tuple[Any, Any, dict[int, int]]:
+    """Open (recover) and check the store, print its ``state``; the store, the table and {batch id: rows}."""
     import bt_frames as bt
     from bt_frames.storage import layout
 
@@ -337,7 +387,7 @@ def _open_and_check(args: argparse.Namespace, rng: random.Random, *, verify: boo
     left = [str(p) for p in Path(args.path).rglob("*") if layout.is_tmp(p.name) and not p.name.endswith(me)]
     df = table.scan().collect()
     try:
-        ids = check_frame(df)
+        ids, marks = check_frame(df)
         assert not left, f"temporary files of an earlier process survived the writer's open: {left}"
         if verify:
             report = store.verify()
@@ -348,9 +398,27 @@ def _open_and_check(args: argparse.Namespace, rng: random.Random, *, verify: boo
     rec = {k: v for k, v in dataclasses.asdict(table.recovery).items() if isinstance(v, int) and v}
     blocks = table.blocks
     parts = int((blocks["nparts"] > 1).sum()) if blocks.height and "nparts" in blocks.columns else 0
-    state = {"ranges": to_ranges(ids), "rows": df.height, "blocks": blocks.height, "parts": parts, "recovery": rec}
+    state = {"ranges": to_ranges(ids), "marks": marks_json(marks), "rows": df.height, "blocks": blocks.height,
+             "parts": parts, "recovery": rec}  # fmt: skip
     emit("state " + json.dumps(state))
-    return store, table
+    sizes = df.get_column("batch").value_counts().rows() if df.height else []
+    return store, table, {int(i): int(n) for i, n in sizes}
+
+
+def _targets(rng: random.Random, known: dict[int, int], *, consecutive: bool) -> list[int]:
+    """1-3 batches the child knows are stored: recent ones (maybe still hot) or any; consecutive or scattered."""
+    ids = sorted(known)
+    pool = ids[-20:] if rng.random() < 0.5 else ids
+    k = rng.randint(1, min(3, len(pool)))
+    if consecutive:
+        i = rng.randrange(len(pool) - k + 1)
+        return pool[i : i + k]
+    return sorted(rng.sample(pool, k))
+
+
+def _child_fail(error: str) -> None:
+    emit("FAIL " + json.dumps({"error": error}))
+    sys.exit(3)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -368,6 +436,9 @@ def child(args: argparse.Namespace) -> None:
         "append": 80,
         "flush": 20 if fault_phase == "flush" else 3,
         "compact": 25 if fault_phase == "compact" else 3,
+        "delete": 25 if fault_phase == "delete" else 2,
+        "upsert": 25 if fault_phase == "upsert" else 1,
+        "vacuum": 25 if fault_phase == "vacuum" else 1,
         "sleep": 6,
     }
     ops, w = list(weights), list(weights.values())
@@ -375,13 +446,15 @@ def child(args: argparse.Namespace) -> None:
     next_id = args.start
     done = 0
     parent = os.getppid()
-    store, table = _open_and_check(args, rng, verify=args.verify)
+    store, table, known = _open_and_check(args, rng, verify=args.verify)  # known: batch id -> rows, as stored
     while True:
         session = rng.randint(3, 25) if short else rng.randint(10, 200)
         for _ in range(session):
             if os.getppid() != parent:  # the loop is gone (interrupted): do not write on forever
                 os._exit(0)
             op = rng.choices(ops, w)[0]
+            if op in ("delete", "upsert") and not known:
+                op = "append"
             if op == "append":
                 big = rng.random() < p_big
                 if big:
@@ -393,7 +466,37 @@ def child(args: argparse.Namespace) -> None:
                 with phase("big-append" if big else "append"):
                     table.append(df)
                 emit(f"ack {next_id}")
+                known[next_id] = n
                 next_id += 1
+            elif op == "delete":  # whole batches, by an id range or a list; "did" only once delete() returned
+                by_range = rng.random() < 0.5  # the range covers consecutive stored batches (and gaps: none stored)
+                ids = _targets(rng, known, consecutive=by_range or rng.random() < 0.5)
+                where = pl.col("batch").is_between(ids[0], ids[-1]) if by_range else pl.col("batch").is_in(ids)
+                emit("do delete " + json.dumps({"ids": ids, "by": "range" if by_range else "list"}))
+                with phase("delete"):
+                    got = table.delete(where)
+                want = sum(known[i] for i in ids)
+                if got != want:
+                    _child_fail(f"delete of batches {ids} removed {got} rows, not {want}")
+                emit(f"did delete {got}")
+                for i in ids:
+                    del known[i]
+            elif op == "upsert":  # every row of whole batches, on (batch, row), with a new mark
+                ids = _targets(rng, known, consecutive=rng.random() < 0.5)
+                mark = next_id  # marks come from the id counter: unique across rounds
+                next_id += 1
+                df = make_frame(ids, [known[i] for i in ids], [mark] * len(ids))
+                emit("do upsert " + json.dumps({"ids": ids, "mark": mark}))
+                with phase("upsert"):
+                    change = table.upsert(df, on=["batch", "row"])
+                if (change.rows_added, change.rows_removed) != (df.height, df.height):
+                    _child_fail(f"upsert of batches {ids} ({df.height} rows) reported {change}")
+                emit(f"did upsert {change.version}")
+            elif op == "vacuum":  # older_than=0: the store's retired_grace decides; rows unchanged
+                emit("do vacuum {}")
+                with phase("vacuum"):
+                    freed = table.vacuum(older_than=0)
+                emit(f"did vacuum {freed}")
             elif op == "flush":
                 emit("op flush")
                 with phase("flush"):
@@ -417,7 +520,7 @@ def child(args: argparse.Namespace) -> None:
         with phase("close"):
             store.close()
         emit("op reopen")
-        store, table = _open_and_check(args, rng, verify=False)
+        store, table, known = _open_and_check(args, rng, verify=False)
 
 
 # -- the parent --------------------------------------------------------------------------------------------------
@@ -434,6 +537,11 @@ class Report:
     in_flight: int = 0  # killed during an append
     in_flight_kept: int = 0
     in_flight_dropped: int = 0
+    ops_acked: Counter[str] = dataclasses.field(default_factory=Counter)  # delete/upsert/vacuum returned
+    batches_deleted: int = 0  # by acknowledged deletes
+    batches_upserted: int = 0  # by acknowledged upserts
+    vacuum_bytes: int = 0  # freed by acknowledged vacuums
+    ops_in_flight: Counter[str] = dataclasses.field(default_factory=Counter)  # "delete applied", ... after a kill
     rows_verified: int = 0
     recoveries: int = 0
     repairs: Counter[str] = dataclasses.field(default_factory=Counter)  # recovery counters, summed
@@ -461,6 +569,10 @@ class Report:
             *(f"  {k:<40} {v}" for k, v in sorted(self.points.items())),
             f"appends acknowledged: {self.appends_acked:,}; killed in flight: {self.in_flight} "
             f"(present after recovery {self.in_flight_kept}, absent {self.in_flight_dropped})",
+            f"lifecycle ops acknowledged: {', '.join(f'{k} {v}' for k, v in sorted(self.ops_acked.items())) or 'none'}"
+            f" ({self.batches_deleted:,} batches deleted, {self.batches_upserted:,} upserted, "
+            f"{self.vacuum_bytes:,} bytes vacuumed); killed in flight: "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(self.ops_in_flight.items())) or 'none'}",
             f"recoveries checked: {self.recoveries:,}; rows verified: {self.rows_verified:,}",
             "recovery work (summed): " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.repairs.items())),
             f"final store: {self.final_batches:,} batches, {self.final_rows:,} rows, {self.final_blocks} blocks "
@@ -548,10 +660,12 @@ class Loop:
         self.snapshots = snapshots
         self.log = log
         self.report = Report(seed=seed)
-        # The model: ids the last state showed, ids acknowledged since, ids in flight at a kill since.
-        self.confirmed: list[int] = []
-        self.acked: list[int] = []
-        self.maybe: list[int] = []
+        # The model: the batches that must be stored ({id: mark or None}: the last state, plus the appends,
+        # deletes and upserts acknowledged since), the operations killed in flight since (each may have
+        # happened or not, wholly), and every batch an acknowledged delete removed (never to come back).
+        self.present: dict[int, int | None] = {}
+        self.pending: list[dict[str, Any]] = []  # {"kind": "append", "id": i} or {"kind": "delete"/"upsert", ...}
+        self.deleted: set[int] = set()
         self.next_id = 0
         self.last_kill = "none (fresh store)"
 
@@ -570,37 +684,70 @@ class Loop:
         self._say(f"FAILURE {json.dumps(entry)}")
 
     def _check_state(self, rnd: int, state: dict[str, Any], **ctx: Any) -> bool:
-        """Compare a state line with the model; resolve the in-flight ids; True if it matched."""
-        ids = from_ranges(state["ranges"])
+        """Compare a state line with the model; resolve the operations in flight; True if it matched.
+
+        A batch the model holds must be there with its mark; an append killed in flight may be there
+        (unmarked) or not; a delete killed in flight removed all the batches it targeted or none; an upsert
+        killed in flight marked all of them or none. Nothing else may be there.
+        """
+        marks = marks_from_json(state.get("marks", []))
+        got: dict[int, int | None] = {i: marks.get(i) for i in from_ranges(state["ranges"])}
         self.report.recoveries += 1
         self.report.rows_verified += state["rows"]
         self.report.repairs.update(state.get("recovery", {}))
-        n = len(self.confirmed)
-        ok = True
-        if ids[:n] != self.confirmed:
-            lost = sorted(set(self.confirmed) - set(ids))
-            extra = sorted(set(ids[:n]) - set(self.confirmed))
-            self._fail(rnd, "batches seen by an earlier recovery changed", lost=lost[:20], appeared=extra[:20], **ctx)
-            ok = False
-        new = ids[n:]
-        missing = sorted(set(self.acked) - set(new))
-        unexpected = sorted(set(new) - set(self.acked) - set(self.maybe))
-        if ok and (missing or unexpected):
-            self._fail(
-                rnd,
-                "acknowledged batches missing" if missing else "batches never acknowledged nor in flight appeared",
-                missing=missing[:20],
-                unexpected=unexpected[:20],
-                acked_since=to_ranges(self.acked),
-                in_flight=self.maybe,
-                **ctx,
-            )
-            ok = False
-        kept = set(new) & set(self.maybe)
-        self.report.in_flight_kept += len(kept)
-        self.report.in_flight_dropped += len(self.maybe) - len(kept)
-        self.confirmed, self.acked, self.maybe = ids, [], []
-        return ok
+        expect = self.present
+        loose: set[int] = set()  # batches whose fate an operation in flight decides
+        bad: list[tuple[str, dict[str, Any]]] = []
+        for op in self.pending:
+            kind = op["kind"]
+            if kind == "append":
+                i = op["id"]
+                loose.add(i)
+                kept = i in got
+                self.report.in_flight_kept += kept
+                self.report.in_flight_dropped += not kept
+                if kept and got[i] is not None:
+                    bad.append(("a batch appended in flight came back marked", {"batch": i, "mark": got[i]}))
+                continue
+            ids = op["ids"]
+            loose.update(ids)
+            there = [i for i in ids if i in got]
+            if kind == "delete":
+                if there and len(there) != len(ids):
+                    gone = [i for i in ids if i not in got]
+                    detail = {**op, "kept": there, "removed": gone}
+                    bad.append(("a delete killed in flight removed part of its batches", detail))
+                self.report.ops_in_flight["delete applied" if not there else "delete not applied"] += 1
+                wrong = [(i, got[i], expect.get(i)) for i in there if got[i] != expect.get(i)]
+            else:
+                if len(there) != len(ids):
+                    detail = {**op, "missing": sorted(set(ids) - set(got))}
+                    bad.append(("an upsert killed in flight lost batches", detail))
+                new = [i for i in there if got[i] == op["mark"]]
+                if new and len(new) != len(ids):
+                    bad.append(("an upsert killed in flight marked part of its batches", {**op, "marked": new}))
+                self.report.ops_in_flight["upsert applied" if new else "upsert not applied"] += 1
+                wrong = [(i, got[i], expect.get(i)) for i in there if got[i] not in (op["mark"], expect.get(i))]
+            if wrong:
+                bad.append(("marks of batches an operation in flight targeted changed otherwise",
+                            {**op, "batch_found_model": wrong[:10]}))  # fmt: skip
+        missing = sorted(i for i in expect if i not in got and i not in loose)
+        unexpected = sorted(i for i in got if i not in expect and i not in loose)
+        back = [i for i in unexpected if i in self.deleted]
+        wrong_marks = [(i, got[i], m) for i, m in expect.items() if i in got and i not in loose and got[i] != m]
+        if missing:
+            bad.append(("acknowledged batches missing", {"missing": missing[:20]}))
+        if back:
+            bad.append(("batches an acknowledged delete removed came back", {"resurrected": back[:20]}))
+        if len(unexpected) > len(back):
+            never = [i for i in unexpected if i not in self.deleted]
+            bad.append(("batches never acknowledged nor in flight appeared", {"unexpected": never[:20]}))
+        if wrong_marks:
+            bad.append(("batches with marks other than the model's (batch, found, model)", {"marks": wrong_marks[:20]}))
+        for what, detail in bad:
+            self._fail(rnd, what, **detail, in_flight=self.pending, **ctx)
+        self.present, self.pending = got, []
+        return not bad
 
     def round(self, rnd: int) -> bool:
         """One round; False if it found a failure that ends the loop."""
@@ -670,6 +817,7 @@ class Loop:
         stderr = stderr_path.read_text(errors="replace")[-3000:]
         # Replay the child's output against the model.
         tried: int | None = None
+        doing: dict[str, Any] | None = None  # a delete, upsert or vacuum printed ("do") and not returned ("did")
         fired = None
         last_op = "start-up/recovery"
         for ln in lines:
@@ -685,20 +833,49 @@ class Loop:
             elif kind == "ack":
                 if tried != int(rest):
                     self._fail(rnd, f"child acknowledged {rest} while {tried} was in flight", **ctx)
-                self.acked.append(int(rest))
+                self.present[int(rest)] = None
                 self.report.appends_acked += 1
                 tried = None
+                last_op = "idle"
+            elif kind == "do":
+                op_kind, _, doc = rest.partition(" ")
+                doing = {"kind": op_kind, **json.loads(doc)}
+                last_op = op_kind
+                if "mark" in doing:
+                    self.next_id = max(self.next_id, doing["mark"] + 1)
+            elif kind == "did":
+                op_kind = rest.partition(" ")[0]
+                if doing is None or doing["kind"] != op_kind:
+                    self._fail(rnd, f"child acknowledged a {op_kind} while {doing} was in flight", **ctx)
+                    return False
+                if op_kind == "delete":
+                    for i in doing["ids"]:
+                        self.present.pop(i, None)
+                    self.deleted.update(doing["ids"])
+                    self.report.batches_deleted += len(doing["ids"])
+                elif op_kind == "upsert":
+                    for i in doing["ids"]:
+                        self.present[i] = doing["mark"]
+                    self.report.batches_upserted += len(doing["ids"])
+                elif op_kind == "vacuum":
+                    self.report.vacuum_bytes += int(rest.partition(" ")[2])
+                self.report.ops_acked[op_kind] += 1
+                doing = None
                 last_op = "idle"
             elif kind == "op":
                 last_op = rest
             elif kind == "fault":
                 fired = rest
             elif kind == "FAIL":
-                self._fail(rnd, "the child's check of the recovered store failed", detail=json.loads(rest), **ctx)
+                self._fail(rnd, "the child's check failed", detail=json.loads(rest), **ctx)
                 return False
         if tried is not None:
-            self.maybe.append(tried)
+            self.pending.append({"kind": "append", "id": tried})
             self.report.in_flight += 1
+        if doing is not None and doing["kind"] in ("delete", "upsert"):
+            self.pending.append(doing)
+        elif doing is not None:  # a vacuum changes no row: the next state must match the model as it is
+            self.report.ops_in_flight[doing["kind"]] += 1
         self.report.rounds += 1
         if hung:
             self._fail(rnd, "child hung (no progress for 120 s)", last_lines=lines[-5:], stderr=stderr, **ctx)
@@ -729,14 +906,14 @@ class Loop:
             table = store.table(TABLE)
             df = table.scan().collect()
             try:
-                ids = check_frame(df)
+                ids, marks = check_frame(df)
                 report = store.verify()
                 assert report.ok, repr(report)
             except AssertionError as e:
                 self._fail(self.report.rounds, "final check failed", error=str(e))
                 return
             blocks = table.blocks
-            state = {"ranges": to_ranges(ids), "rows": df.height}
+            state = {"ranges": to_ranges(ids), "marks": marks_json(marks), "rows": df.height}
             self._check_state(self.report.rounds, state, mode="final check")
             self.report.final_batches = len(ids)
             self.report.final_rows = df.height
@@ -748,7 +925,7 @@ def _progress(loop: Loop, rnd: int, t0: float) -> None:
     if (rnd + 1) % 50 == 0:
         r = loop.report
         loop._say(
-            f"round {rnd + 1}: {r.appends_acked:,} acked, {len(loop.confirmed):,} batches stored, "
+            f"round {rnd + 1}: {r.appends_acked:,} acked, {len(loop.present):,} batches stored, "
             f"{sum(r.kills.values())} kills, {len(r.failures)} failures, {time.monotonic() - t0:.0f} s"
         )
 

@@ -1,5 +1,9 @@
 """The SIGKILL crash loop (tests/crash_loop.py) at CI size: 100 rounds on one store, zero failures.
 
+The children append, flush, compact, delete and upsert whole batches, and vacuum; every
+acknowledged operation must survive each kill, and one killed in flight must have happened
+wholly or not at all.
+
 Full size: ``BT_FRAMES_CRASH_ROUNDS=1000 pytest tests/test_crash_loop.py`` or
 ``python tests/crash_loop.py --rounds 1000``. ``BT_FRAMES_CRASH_SEED`` picks
 the seed (the report, shown on failure, names it).
@@ -43,3 +47,10 @@ def test_crash_loop(tmp_path: Path) -> None:
     assert report.rows_verified > report.final_rows
     assert report.in_flight > 0
     assert report.final_parts > 0, "no multi-part direct-to-blocks append survived into the final store"
+    # The lifecycle operations ran, were acknowledged and were killed in flight.
+    assert report.ops_acked["delete"] > 0, report.ops_acked
+    assert report.batches_deleted > 0
+    assert report.ops_acked["upsert"] > 0, report.ops_acked
+    assert report.batches_upserted > 0
+    assert report.ops_acked["vacuum"] > 0, report.ops_acked
+    assert sum(report.ops_in_flight.values()) > 0, report.ops_in_flight

@@ -4,7 +4,12 @@ A Hypothesis state machine appends, deletes (random predicates on time, symbol
 and qty, nulls included, as expressions and as DNF tuples), updates, upserts
 (``on=["ts", "symbol"]`` and ``on=["id"]``), flushes, compacts, vacuums and
 reopens a table, and applies each operation to a Polars frame by the ROW ORDER
-RULE of ``bt_frames/_lifecycle.py``'s module docstring. After every step:
+RULE of ``bt_frames/_lifecycle.py``'s module docstring. It also changes the
+schema: ``add_columns`` (the new columns null for earlier rows) and
+``append(..., schema_mode="merge")`` of frames carrying a new column, ``qty``
+widened from Int32 (as created) to Int64, and/or lacking a column (null for
+their rows); later frames carry every column of the schema of the moment.
+After every step:
 
 - ``t.scan().collect()`` equals the model exactly, order included, and
   ``len(t)`` its height;
@@ -13,8 +18,9 @@ RULE of ``bt_frames/_lifecycle.py``'s module docstring. After every step:
   rows_removed``, and the history recorded earlier is unchanged;
 - every version an operation committed still reads (``scan(as_of=v)``) as the
   model did right after it (the operation froze the hot rows first, so the
-  version held every row) -- until a vacuum deletes its blocks, after which it
-  raises a BtError that says so.
+  version held every row), with the columns and types the table had then
+  (a schema change's version: the earlier rows with the new schema) -- until
+  a vacuum deletes its blocks, after which it raises a BtError that says so.
 
 CI size: 40 examples. ``BT_FRAMES_MODEL_EXAMPLES=2000`` runs a long one.
 """
@@ -44,7 +50,7 @@ SCHEMA = pl.Schema(
         "id": pl.Int64(),
         "ts": pl.Datetime("us", "UTC"),
         "symbol": pl.String(),
-        "qty": pl.Int64(),
+        "qty": pl.Int32(),  # Int32 at creation: a merge append of an Int64 qty widens it
         "price": pl.Float64(),
     }
 )
@@ -64,6 +70,24 @@ def frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
 
 
 # -- the model: the ROW ORDER RULE of bt_frames/_lifecycle.py -------------------------------------------------
+
+
+def extra_values(name: str, dtype: pl.DataType, j: int) -> pl.Expr:
+    """The values of a column added after creation, for new rows: a function of ``id`` (null ids: null)."""
+    i = pl.col("id")
+    if dtype == pl.Int64:
+        e = pl.when(i % 4 != 0).then(i * 7 + j)
+    elif dtype == pl.Float64:
+        e = i.cast(pl.Float64) / 2 + j
+    elif dtype == pl.String:
+        e = pl.format("s{}", i % 3)
+    else:
+        e = i % 2 == 0
+    return e.cast(dtype).alias(name)
+
+
+EXTRA_DTYPES = [pl.Int64(), pl.String(), pl.Float64(), pl.Boolean()]
+MAX_EXTRA = 4  # columns added after creation
 
 
 def model_delete(m: pl.DataFrame, pred: pl.Expr) -> tuple[pl.DataFrame, int]:
@@ -114,7 +138,7 @@ def model_upsert(m: pl.DataFrame, df: pl.DataFrame, on: list[str]) -> tuple[pl.D
             placed.add(j)
             out.append(frame_rows[j])
     out += [r for j, r in enumerate(frame_rows) if j not in placed]
-    return pl.DataFrame(out, schema=SCHEMA, orient="row"), removed
+    return pl.DataFrame(out, schema=m.schema, orient="row"), removed
 
 
 def has_duplicate_keys(df: pl.DataFrame, on: list[str]) -> bool:
@@ -190,6 +214,7 @@ def _machine() -> Any:
             self.t = self.store.create_table("m", SCHEMA, time_column="ts", max_block_rows=self.mbr, auto_compact=False)
             self.model = pl.DataFrame(schema=SCHEMA)
             self.next_id = 0
+            self.extra = 0  # columns added so far (named a0, m1, ...)
             self.recorded: dict[int, pl.DataFrame] = {}  # version -> the model right after its operation
             self.history = self.t.versions
 
@@ -201,11 +226,26 @@ def _machine() -> Any:
 
         # -- helpers ----------------------------------------------------------
         def _new_rows(self, parts: list[tuple[Any, ...]], *, null_id: bool = False) -> pl.DataFrame:
+            """New rows with the table's current schema (added columns: ``extra_values``)."""
             rows = []
             for s, sym, q, p in parts:
                 rows.append((None if null_id and s % 5 == 0 else self.next_id, s, sym, q, p))
                 self.next_id += 1
-            return frame(rows)
+            df = frame(rows)
+            extras = [extra_values(n, d, j) for j, (n, d) in enumerate(self.model.schema.items()) if n not in SCHEMA]
+            return df.with_columns(extras).select(self.model.columns).cast(dict(self.model.schema))
+
+        def _newest(self, *operations: str) -> int:
+            v = self.t.versions.filter(pl.col("operation").is_in(list(operations)))["version"]
+            return int(v.max()) if v.len() else 0
+
+        def _schema_changed(self, operations: tuple[str, ...], before: int) -> None:
+            """One new version of ``operations`` (a schema change) holds every row with the new schema."""
+            v = self._newest(*operations)
+            assert v > before, f"no new {operations} version:\n{self.t.versions}"
+            row = self.t.versions.filter(pl.col("version") == v).row(0, named=True)
+            assert (row["rows_added"], row["rows_removed"], row["rows"]) == (0, 0, self.model.height), row
+            self.recorded[v] = self.model
 
         def _ops_versions(self, operation: str) -> int:
             v = self.t.versions
@@ -232,6 +272,55 @@ def _machine() -> Any:
             lsn = self.t.append(df)
             assert (lsn is None) == (df.height == 0)
             self.model = pl.concat([self.model, df])
+
+        @precondition(lambda self: self.extra < MAX_EXTRA)
+        @rule(dtypes=st.lists(st.sampled_from(EXTRA_DTYPES), min_size=1, max_size=2))
+        def add_columns(self, dtypes: list[pl.DataType]) -> None:
+            new = {}
+            for d in dtypes:
+                new[f"a{self.extra}"] = d
+                self.extra += 1
+            before = self._newest("add_columns", "widen")
+            self.t.add_columns(new)
+            self.model = self.model.with_columns(pl.lit(None, dtype=d).alias(n) for n, d in new.items())
+            assert self.t.schema == self.model.schema, (self.t.schema, self.model.schema)
+            self._schema_changed(("add_columns",), before)
+
+        @rule(
+            parts=st.lists(row_parts, min_size=0, max_size=8),
+            new_col=st.one_of(st.none(), st.sampled_from(EXTRA_DTYPES)),
+            widen=st.booleans(),
+            drop=st.sampled_from([None, None, "price", "symbol"]),
+        )
+        def append_merge(
+            self, parts: list[tuple[Any, ...]], new_col: pl.DataType | None, widen: bool, drop: str | None
+        ) -> None:
+            """append(schema_mode="merge"): a new column (at the end), qty as Int64 and/or a column missing."""
+            df = self._new_rows(parts)
+            old = self.model.schema
+            added: dict[str, pl.DataType] = {}
+            if new_col is not None and self.extra < MAX_EXTRA:
+                name = f"m{self.extra}"
+                self.extra += 1
+                df = df.with_columns(extra_values(name, new_col, len(df.columns)))
+                added[name] = new_col
+            if widen:
+                df = df.with_columns(pl.col("qty").cast(pl.Int64))
+            if drop is not None:
+                df = df.drop(drop)
+            schema = pl.Schema({**{n: (pl.Int64() if widen and n == "qty" else d) for n, d in old.items()}, **added})
+            before = self._newest("add_columns", "widen")
+            lsn = self.t.append(df, schema_mode="merge")
+            assert (lsn is None) == (df.height == 0)
+            assert self.t.schema == schema, (self.t.schema, schema)
+            if schema != old:  # the earlier rows, as the schema change's version holds them
+                widened = self.model.cast({n: d for n, d in schema.items() if n in old})
+                self.model = widened.with_columns(pl.lit(None, dtype=d).alias(n) for n, d in added.items())
+                self._schema_changed(("add_columns", "widen"), before)
+            else:
+                assert self._newest("add_columns", "widen") == before, "a merge that changed nothing made a version"
+            filled = df.with_columns(pl.lit(None, dtype=d).alias(n) for n, d in schema.items() if n not in df.columns)
+            self.model = pl.concat([self.model, filled.select(schema.names()).cast(dict(schema))])
 
         @rule(p=predicates(st))
         def delete(self, p: tuple[Any, pl.Expr]) -> None:
@@ -268,7 +357,7 @@ def _machine() -> Any:
                     [(0, "A", data.draw(st.one_of(st.none(), st.integers(0, 9))), 7.5) for _ in range(old.height)]
                 )
                 keep = on  # the key columns stay, the others change
-                parts.append(old.select(keep).hstack(fresh.drop(keep)).select(SCHEMA.names()))
+                parts.append(old.select(keep).hstack(fresh.drop(keep)).select(self.model.columns))
             parts.append(self._new_rows(new, null_id=True))
             df = pl.concat(parts)
             if data.draw(st.booleans()):
