@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import itertools
 import json
 import os
@@ -129,7 +130,7 @@ FAULTS: list[tuple[str, str]] = [
     ("compact", "block-renamed"),  # merged output in place, inputs still named by the manifest
     ("compact", "manifest-tmp-written"),
     ("compact", "manifest-renamed"),  # committed: inputs retired
-    ("compact", "block-unlink"),  # deleting retired inputs (retired_grace=0)
+    ("compact", "block-unlink"),  # deleting retired inputs (keep_versions=0, retired_grace=0)
     ("compact", "cache-tmp-written"),
     # close
     ("close", "manifest-tmp-written"),
@@ -382,7 +383,11 @@ def _open_and_check(args: argparse.Namespace, rng: random.Random, *, verify: boo
 
     with phase("open"):
         store = bt.BacktraceStore(args.path, durability=args.durability, retired_grace=args.retired_grace)
-        table = store.create_table(TABLE, SCHEMA, time_column="ts", max_block_rows=args.max_block_rows)
+        # keep_versions=0: retired blocks go once the round's retired_grace has passed (0 or 60 s), so compaction
+        # and close delete files (their faults fire) and, in 60 s rounds, vacuum still finds some to delete
+        table = store.create_table(
+            TABLE, SCHEMA, time_column="ts", max_block_rows=args.max_block_rows, keep_versions=dt.timedelta(0)
+        )
     me = f".{os.getpid()}.tmp"
     left = [str(p) for p in Path(args.path).rglob("*") if layout.is_tmp(p.name) and not p.name.endswith(me)]
     df = table.scan().collect()
