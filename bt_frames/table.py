@@ -890,6 +890,10 @@ class Table:
         """
         try:
             stats = self._stats()  # before the cache lock: never wait for the table lock while holding it
+            # Our own frame object: writing a DataFrame locks it in Polars while the GIL is released, and another
+            # thread (the block writer's settle, a background merge) reading the shared one would hold the GIL
+            # waiting for that lock -- a deadlock. A clone shares the columns; it costs nothing.
+            stats = stats.clone()
             link = None
             m = self._manifest
             if m is not None:
