@@ -231,9 +231,9 @@ class Compactor:
         except Stopped:
             return False
         except Exception as e:
-            if out is not None:
-                _unlink(out)
             with self.cond:
+                if out is not None:
+                    self._discard(out)
                 self.error = f"{type(e).__name__}: {e}"
                 self.failed_at = time.monotonic()
                 t._problems["compact"] = (
@@ -250,10 +250,11 @@ class Compactor:
         with self.cond:
             while self.holds and not self.stopped:
                 self.cond.wait()
-            if not self._may_run() or not _adjacent_in(t._blocks, run):
+            if not self._may_run() or not _adjacent_in(t._blocks, run) or not out.path.exists():
+                # (missing: an operation wrote the same rows under the same name meanwhile, then gave up)
                 if self._may_run():
                     self.conflicts += 1
-                _unlink(out)
+                self._discard(out)
                 log.debug("table %r: auto-compaction of %d blocks given up (conflict or close)", t.name, len(run))
                 return self._may_run()
             self.committing = True
@@ -282,6 +283,18 @@ class Compactor:
         with self.cond:
             t._purge_retired()
         return True
+
+    def _discard(self, out: blk.BlockInfo) -> None:
+        """Delete a merged block no version committed (under the lock) -- unless a version names the same
+        file: an operation that merged the same rows (``compact()``) wrote and committed it meanwhile."""
+        m = self.table._manifest
+        if m is not None:
+            state = m.state
+            if any(e.block == out.filename for e in state.blocks) or any(
+                r.block == out.filename for r in state.retired
+            ):
+                return
+        _unlink(out)
 
 
 def _index(blocks: Sequence[blk.BlockInfo], b: blk.BlockInfo) -> int:
