@@ -191,7 +191,8 @@ def change(
     ``freeze=False`` (retention in the background): the hot rows stay hot and only blocks change.
     """
     table._check_writable()
-    with table._lock, os_errors(f"table {table.name!r}: {operation}"):
+    with table._lock, os_errors(f"table {table.name!r}: {operation}"), table._compactor.hold():
+        # hold(): a background merge never commits between our snapshot and our commit
         table._writer.wait_idle()
         table._check_writable()  # waiting released the lock: close() may have run
         if freeze:

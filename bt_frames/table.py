@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 import polars as pl
 
 from bt_frames import _convert, _lifecycle, _scan
+from bt_frames._compactor import CompactionStats, Compactor, merge_blocks
 from bt_frames._lifecycle import Change
 from bt_frames.errors import (
     BtError,
@@ -73,7 +74,7 @@ FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from
 MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
 RETRY_INTERVAL_S = 1.0  # a failed block write or rotation is retried at most this often
 
-__all__ = ["Change", "CompactResult", "Health", "Recovery", "SchemaMode", "Snapshot", "Table"]
+__all__ = ["Change", "CompactResult", "CompactionStats", "Health", "Recovery", "SchemaMode", "Snapshot", "Table"]
 
 SchemaMode = Literal["strict", "merge"]
 
@@ -213,6 +214,7 @@ class Table:
         self.last_read: ReadStats | None = None  # what that read did: columns, rows, batches
         self.scans = 0
         self.last_change: Change | None = None  # what the last delete/update/upsert/retention did
+        self._compactor = Compactor(self)  # auto-compaction (bt_frames/_compactor.py)
         self._load()
 
     # -- identity ------------------------------------------------------------
@@ -688,6 +690,7 @@ class Table:
             self._freeze()
             if self._meta.retention_s is not None:  # whole blocks past the retention go as they are frozen
                 _lifecycle.retain(self, whole_blocks=True, freeze=False)
+            self._compactor.kick()  # retries a failed auto-compaction too
             return n
 
     def compact(self, *, target_rows: int | None = None, min_rows: int | None = None) -> CompactResult:
@@ -710,29 +713,22 @@ class Table:
         with self._lock, os_errors(f"table {self.name!r}: compact"):
             self._writer.wait_idle()
             self._check_writable()  # waiting released the lock: close() may have run
+            return self._compact(target, small)
+
+    def _compact(self, target: int, small: int) -> CompactResult:
+        """``compact`` under the lock, the block writer idle; no background merge commits meanwhile."""
+        with self._compactor.hold():
             before = len(self._blocks)
             runs = _compaction_runs(self._blocks, target, small)
             bar = self._store._progress(f"compact {self.name}")
             it: Iterable[list[blk.BlockInfo]] = bar(runs, len(runs)) if bar is not None else runs
             rows_rewritten = 0
-            blocks_dir = self._dir / layout.BLOCKS_DIR
             merged: list[tuple[list[blk.BlockInfo], blk.BlockInfo]] = []
             try:
                 for group in it:
-                    for b in group:
-                        blk.verify_block(b.path)
-                    df = evolve.scan_blocks(
-                        [b.file for b in group], self._meta.schema, evolved=self._meta.schema_version > 0
-                    ).collect()
-                    out = blk.write_block(
-                        blocks_dir,
-                        df,
-                        first_lsn=group[0].first_lsn,
-                        last_lsn=group[-1].last_lsn,
-                        row_group_rows=self._meta.row_group_rows,
-                    )
+                    out = merge_blocks(self, group)
                     merged.append((group, out))
-                    rows_rewritten += df.height
+                    rows_rewritten += out.rows
                 if merged:
                     self._commit(
                         mf.Edit(
@@ -808,6 +804,20 @@ class Table:
         """Whether small adjacent blocks are merged in the background."""
         return self._meta.auto_compact
 
+    @property
+    def compaction(self) -> CompactionStats:
+        """What auto-compaction did in this process: merges, rows and bytes rewritten, runs pending, the last
+        error (see ``bt_frames/_compactor.py``). Never waits for a running merge."""
+        with self._lock:
+            return self._compactor.stats()
+
+    def _wait_compacted(self) -> None:
+        """Wait until auto-compaction has nothing left to merge now (for tests and benchmarks)."""
+        with self._lock:
+            self._writer.wait_idle()
+            self._compactor.kick()
+            self._compactor.wait_idle()
+
     def set_options(self, **options: Any) -> None:
         """Change ``max_block_rows``, ``retention``, ``keep_versions`` or ``auto_compact``.
 
@@ -823,7 +833,7 @@ class Table:
         """
         self._check_writable()
         _lifecycle.check_options(options, self.name)
-        with self._lock, os_errors(f"table {self.name!r}: set_options"):
+        with self._lock, os_errors(f"table {self.name!r}: set_options"), self._compactor.hold():
             self._writer.wait_idle()
             self._check_writable()
             new = _lifecycle.with_options(self._meta, table=self.name, **options)
@@ -836,6 +846,8 @@ class Table:
             except Exception as e:  # the options are set; only their line in the history is missing
                 log.warning("table %r: could not record set_options in the manifest (%s)", self.name, e)
             self._link_cache()
+        if new.auto_compact:
+            self._compactor.kick()
         if new.retention_s is not None:
             self.enforce_retention()
 
@@ -1042,6 +1054,7 @@ class Table:
             except OSError as e:  # removed by the next open: no version names it
                 log.warning("table %r: could not delete WAL segment %s (%s)", self.name, path.name, e)
         self._write_cache()
+        self._compactor.kick()  # a new block: perhaps a run of small ones to merge (in another thread)
 
     def _block_list(self) -> list[blk.BlockInfo]:
         """The blocks, to change in place: a writer's are always a list."""
@@ -1056,6 +1069,10 @@ class Table:
         """
         try:
             stats = self._stats()  # before the cache lock: never wait for the table lock while holding it
+            # Our own frame object: writing a DataFrame locks it in Polars while the GIL is released, and another
+            # thread (the block writer's settle, a background merge) reading the shared one would hold the GIL
+            # waiting for that lock -- a deadlock. A clone shares the columns; it costs nothing.
+            stats = stats.clone()
             link = None
             m = self._manifest
             if m is not None:
@@ -1081,6 +1098,7 @@ class Table:
         """In a forked child: forget the parent's WAL descriptor without touching its files (see
         ``BacktraceStore._abandon``)."""
         self._closed = True
+        self._compactor.stopped = True  # the parent's merge thread does not exist here: never start one
         wal_, self._wal = self._wal, None
         if wal_ is not None:
             wal_.abandon()
@@ -1098,6 +1116,8 @@ class Table:
             if self._closed:
                 return
             self._writer.wait_idle()
+            self._compactor.stop()  # waits for a running background merge (releasing the lock)
+            self._writer.wait_idle()  # a block may have been handed over meanwhile
             if self._writer.frozen:
                 log.warning("table %r: closing with %d rows not in blocks (a block write failed); they are "
                             "durable in the WAL and replayed on the next open", self.name,
