@@ -1,5 +1,10 @@
 """Auto-compaction: merging small adjacent blocks in the background (``storage/compaction.py`` plans what).
 
+Retention too: each round first retires the blocks every row of which is
+past the table's ``retention`` (``_lifecycle.retain``, whole blocks, unread:
+"enforced when blocks are frozen"), so a table with a retention and
+``auto_compact`` off still runs rounds, without merges.
+
 Where it runs: in one housekeeping thread per table, started by a kick at
 the end of the block writer's ``settle`` (after each block is published),
 by ``flush()`` and by ``set_options(auto_compact=True)``. Not in the block
@@ -124,16 +129,23 @@ class Compactor:
 
     # -- under the table lock ------------------------------------------------------------------------
 
-    def _may_run(self) -> bool:
+    def _alive(self) -> bool:
         t = self.table
-        return not (self.stopped or t._closed or t._read_only or t._store._forked) and t._meta.auto_compact
+        return not (self.stopped or t._closed or t._read_only or t._store._forked)
+
+    def _may_run(self) -> bool:
+        return self._alive() and self.table._meta.auto_compact
+
+    def _may_start(self) -> bool:
+        """A round does retention (whole expired blocks) and merges: either may be on."""
+        return self._alive() and (self.table._meta.auto_compact or self.table._meta.retention_s is not None)
 
     def kick(self) -> None:
         """Start a round of merges unless one runs (then it plans once more), it is off, or it failed
         less than ``RETRY_INTERVAL_S`` ago. Needs no lock (takes it briefly); never raises."""
         try:
             with self.cond:
-                if not self._may_run():
+                if not self._may_start():
                     return
                 if self.running:
                     self.again = True
@@ -197,6 +209,7 @@ class Compactor:
     def _run(self) -> None:
         _writer._writer_started()  # appenders get the GIL back quickly while we encode
         try:
+            self._retain()
             while self._one():
                 pass
         except Exception as e:  # pragma: no cover - _one records its failures; a bug must not kill the thread
@@ -206,6 +219,28 @@ class Compactor:
             with self.cond:
                 self.running = False
                 self.cond.notify_all()
+
+    def _retain(self) -> None:
+        """Retention as blocks are frozen: retire the blocks every row of which is past the table's
+        retention, unread (``_lifecycle.retain``: one manifest version). The partly expired blocks keep
+        their rows until a compaction or ``enforce_retention()``."""
+        from bt_frames import _lifecycle
+
+        t = self.table
+        with self.cond:
+            if not self._alive() or t._meta.retention_s is None:
+                return
+        try:
+            _lifecycle.retain(t, whole_blocks=True, freeze=False)
+        except Exception as e:
+            if not self._alive():  # closed meanwhile: nothing to report
+                return
+            with self.cond:
+                t._problems["retention"] = f"dropping the blocks past the retention failed ({e}); retried"
+            log.warning("table %r: retention failed (%s); retried when the next block is frozen", t.name, e)
+        else:
+            with self.cond:
+                t._problems.pop("retention", None)
 
     def _one(self) -> bool:
         """Plan and merge one run; False when there is nothing (more) to do for now."""

@@ -633,6 +633,30 @@ def test_retention_drops_old_whole_blocks_when_blocks_are_frozen(store: bt.Backt
     assert t.scan().collect().height >= model.filter(pl.col("ts") >= newest - dt.timedelta(days=2)).height
 
 
+@pytest.mark.parametrize("auto_compact", [False, True])
+def test_retention_drops_whole_blocks_frozen_in_the_background(store: bt.BacktraceStore, auto_compact: bool) -> None:
+    """No flush() here: the hot rows reach max_block_rows, the block writer freezes them in the background,
+    and the housekeeping round after each publish retires the blocks past the retention (whole, unread)."""
+    t = store.create_table(
+        "bg", SCHEMA, time_column="ts", max_block_rows=24, retention=dt.timedelta(days=2), auto_compact=auto_compact
+    )
+    for d in range(6):  # a day of hourly rows per append: each fills the hot buffer, a block per day
+        t.append(rows(d * 24, 12, step_s=3_600))
+        t.append(rows(d * 24 + 12, 12, step_s=3_600))
+    t._wait_compacted()  # the housekeeping thread has run its rounds
+    model = rows(0, 6 * 24, step_s=3_600)
+    newest = model["ts"].max()
+    assert isinstance(newest, dt.datetime)
+    got = t.scan().collect()
+    kept = model.filter(pl.col("ts") >= newest - dt.timedelta(days=2))
+    assert got.height < model.height, "no block was dropped although 3 whole days are past the retention"
+    assert got.height >= kept.height, "retention dropped rows within the retention"
+    assert_frame_equal(got, model.tail(got.height))  # whole blocks, oldest first, nothing else touched
+    ops = t.versions["operation"].to_list()
+    assert "retention" in ops
+    assert t.health.ok, t.health
+
+
 def test_retention_drops_partial_blocks_at_compact(store: bt.BacktraceStore) -> None:
     """enforce_retention's documentation: retention runs by itself when blocks are compacted (partial ones too)."""
     t, model = daily(store, 4, retention=dt.timedelta(days=2, hours=6))
