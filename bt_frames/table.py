@@ -699,6 +699,9 @@ class Table:
         ``target_rows`` defaults to ``max_block_rows``; a block is small when it
         has fewer than ``min_rows`` rows (default: half of ``target_rows``).
         Parts of a multi-part append are left alone. Row order is unchanged.
+        (With ``auto_compact`` on, the default, small blocks are also merged in
+        the background by a size-tiered policy: ``bt_frames/_compactor.py``;
+        ``table.compaction`` says what it did.)
 
         Crash safety: the merged blocks are written first, then one manifest
         version replaces the inputs with them (the commit point); a crash
