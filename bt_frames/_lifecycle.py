@@ -42,6 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import numbers
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -84,6 +85,10 @@ def _seconds(value: object, option: str, table: str) -> float | None:
         )
     if not math.isfinite(seconds) or seconds < 0:
         raise BtError(f"table {table!r}: {option} must be >= 0 and finite, got {value!r}")
+    try:
+        dt.timedelta(seconds=seconds)
+    except OverflowError:
+        raise BtError(f"table {table!r}: {option}={value!r} is longer than a timedelta can be") from None
     return seconds
 
 
@@ -339,7 +344,16 @@ def _rows_matching(
     A block every row of which matches comes unread (rows and mask None); the others are read (counted
     in ``plan.blocks_read``) and come with the mask of their matching rows (null counts as false).
     """
-    for i, (b, (verdict, exact)) in enumerate(zip(snap.blocks, _verdicts(snap, table, predicate), strict=True)):
+    report = prune.plan(snap, table.schema, predicate, table=table.name)
+    if report.not_understood:
+        # Not understood by the pruner: perhaps not row by row (k == k.max(), is_first_distinct(), cum_sum,
+        # int_range(len()) ...), whose value for a row depends on the other rows of the *table*. Evaluated
+        # block by block it would pick other rows, so the mask is computed once over every block, in table
+        # order, as Polars' filter over the whole table would (only the predicate's columns are read).
+        yield from _rows_matching_whole(snap, table, predicate, plan)
+        return
+    verdicts = zip(report.block_lists().verdicts, report.matching_list(), strict=True)
+    for i, (b, (verdict, exact)) in enumerate(zip(snap.blocks, verdicts, strict=True)):
         if b.rows == 0 or verdict == prune.NONE or exact == 0:
             continue
         if verdict == prune.ALL or exact == b.rows:
@@ -349,9 +363,46 @@ def _rows_matching(
         plan.blocks_read += 1
         # with_columns, not select: a scalar predicate (pl.lit(True), which delete's error message suggests)
         # is broadcast to the block's rows instead of giving a mask of one value
-        mask = rows.with_columns(predicate.fill_null(False).alias(_MASK)).get_column(_MASK)
+        mask = _evaluate(table, rows.lazy(), predicate)
         if mask.any():
             yield i, rows, mask
+
+
+def _evaluate(table: Table, rows: pl.LazyFrame, predicate: pl.Expr) -> pl.Series:
+    """``predicate`` over ``rows`` as a mask (null: false); a failure (an overflowing cast, a raising
+    function) is a BtError naming the table, raised before anything is written."""
+    try:
+        mask = _unused(_MASK, table.schema)
+        return rows.with_columns(predicate.fill_null(False).alias(mask)).select(mask).collect().to_series()
+    except Exception as e:
+        raise BtError(
+            f"table {table.name!r}: evaluating the filter {predicate} failed ({type(e).__name__}: {e}); "
+            "nothing was changed. Fix the expression (or the values it meets) and retry."
+        ) from e
+
+
+def _rows_matching_whole(
+    snap: Snapshot, table: Table, predicate: pl.Expr, plan: Plan
+) -> Iterator[tuple[int, pl.DataFrame | None, pl.Series | None]]:
+    """``_rows_matching`` for a predicate the pruner does not understand: one mask over the whole table."""
+    if not snap.blocks:
+        return
+    from bt_frames import _scan
+
+    for b in snap.blocks:
+        blk.verify_block(b.path)
+    mask = _evaluate(table, _scan._parquet(snap, snap.blocks), predicate)
+    plan.blocks_read += len(snap.blocks)
+    offset = 0
+    for i, b in enumerate(snap.blocks):
+        part = mask.slice(offset, b.rows)
+        offset += b.rows
+        if not part.any():
+            continue
+        if part.all():
+            yield i, None, None
+        else:
+            yield i, _read_block(snap, b), part
 
 
 def delete(table: Table, where: prune.Where) -> int:
@@ -361,6 +412,7 @@ def delete(table: Table, where: prune.Where) -> int:
             f"table {table.name!r}: delete needs a filter (a Polars expression or DNF tuples), got {where!r}; "
             "to delete every row, pass pl.lit(True)"
         )
+    _evaluate(table, pl.LazyFrame(schema=table.schema), predicate)  # types checked before anything is frozen
 
     def decide(snap: Snapshot) -> Plan:
         plan = Plan()
@@ -436,6 +488,8 @@ def update(table: Table, data: object) -> Change:
 
 def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
     table._check_writable()
+    if not (isinstance(on, str) or (isinstance(on, Sequence) and all(isinstance(k, str) for k in on))):
+        raise BtError(f"table {table.name!r}: upsert(on=...) takes a column name or a list of column names, got {on!r}")
     keys = [on] if isinstance(on, str) else list(on)
     missing = [k for k in keys if k not in table.schema]
     if not keys or missing:
@@ -449,10 +503,11 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
     if len(set(keys)) != len(keys):
         raise BtError(f"table {table.name!r}: upsert keys {keys} name a column twice")
     df = _frame(table, data, "upsert")
+    src_col, pos_col = _unused(_SRC, table.schema), _unused(_POS, table.schema)  # helper columns
     if df.height == 0:
         table.last_change = Change("upsert", 0, 0, 0, 0, 0, 0)
         return table.last_change
-    matchable = df.with_row_index(_SRC).filter(pl.all_horizontal([pl.col(k).is_not_null() for k in keys]))
+    matchable = df.with_row_index(src_col).filter(pl.all_horizontal([pl.col(k).is_not_null() for k in keys]))
     dup = matchable.select(keys).is_duplicated()
     if dup.any():
         first = matchable.select(keys).filter(dup).row(0, named=True)
@@ -461,7 +516,7 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
             f"repeated (e.g. {first}); each key may appear once (which of them should win?). "
             "Deduplicate the frame first, e.g. df.unique(subset=on, keep='last', maintain_order=True)"
         )
-    targets = matchable.select(_SRC, *keys)
+    targets = matchable.select(src_col, *keys)
     # a plain conjunction: the pruner sees through `&`, not through pl.all_horizontal (every block was read)
     candidates = (
         functools.reduce(operator.and_, [pl.col(k).is_in(targets.get_column(k).unique().implode()) for k in keys])
@@ -479,7 +534,7 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
             src = (
                 rows.select(keys)
                 .join(targets, on=keys, how="left", maintain_order="left", nulls_equal=False)
-                .get_column(_SRC)
+                .get_column(src_col)
             )
             matched = src.is_not_null()
             if not matched.any():
@@ -487,14 +542,14 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
             first = matched & src.is_first_distinct() & ~src.is_in(pl.Series(list(placed), dtype=src.dtype).implode())
             plan.rows_removed += int(matched.sum())
             placed.update(src.filter(first).to_list())
-            pos = pl.int_range(rows.height, eager=True).alias(_POS)
+            pos = pl.int_range(rows.height, eager=True).alias(pos_col)
             kept = rows.with_columns(pos).filter(~matched)
             new = (
-                pl.DataFrame({_POS: pos.filter(first), _SRC: src.filter(first)})
-                .join(df.with_row_index(_SRC), on=_SRC, how="left", maintain_order="left")
-                .drop(_SRC)
+                pl.DataFrame({pos_col: pos.filter(first), src_col: src.filter(first)})
+                .join(df.with_row_index(src_col), on=src_col, how="left", maintain_order="left")
+                .drop(src_col)
             )
-            plan.replace[i] = pl.concat([kept, new.select(kept.columns)]).sort(_POS).drop(_POS)
+            plan.replace[i] = pl.concat([kept, new.select(kept.columns)]).sort(pos_col).drop(pos_col)
         rest = df.filter(
             ~pl.int_range(df.height, dtype=pl.Int64).is_in(pl.Series(list(placed), dtype=pl.Int64).implode())
         )
@@ -502,6 +557,13 @@ def upsert(table: Table, data: object, on: Sequence[str]) -> Change:
         return plan
 
     return change(table, "upsert", decide, {"on": keys})
+
+
+def _unused(name: str, schema: pl.Schema) -> str:
+    """``name``, or ``name`` with underscores added until no column of ``schema`` has it."""
+    while name in schema:
+        name += "_"
+    return name
 
 
 _SRC = "__bt_frames_source_row"
@@ -525,7 +587,10 @@ def retention_cutoff(table: Table) -> Any:
     if dtype.is_integer():  # an integer time column has no unit: the retention counts its own units
         return newest - int(seconds)
     if isinstance(newest, dt.date):  # a datetime too
-        return newest - dt.timedelta(seconds=seconds)
+        try:
+            return newest - dt.timedelta(seconds=seconds)
+        except OverflowError:  # a cutoff before year 1: no row is older
+            return None
     return None
 
 
@@ -605,6 +670,8 @@ def resolve_version(table: Table, as_of: int | dt.datetime | dt.date | str) -> i
     """The manifest version ``as_of`` names: a version number, or the newest version made at or before a
     time (a naive datetime is UTC; a string is ISO 8601)."""
     newest = (mf.list_versions(table.path) or [0])[-1]
+    if isinstance(as_of, numbers.Integral) and not isinstance(as_of, bool):
+        as_of = int(as_of)  # numpy integers too
     if isinstance(as_of, bool) or not isinstance(as_of, (int, dt.datetime, dt.date, str)):
         raise BtError(
             f"table {table.name!r}: as_of must be a version number (see table.versions) or a datetime, got {as_of!r}"
@@ -682,7 +749,8 @@ def vacuum(table: Table, older_than: dt.timedelta | float) -> int:
     """Delete retired blocks retired at least ``older_than`` ago (and past the store's ``retired_grace``)
     that no running read pins; the bytes freed. One manifest version forgets them."""
     seconds = _seconds(older_than, "older_than", table.name)
-    assert seconds is not None
+    if seconds is None:
+        raise BtError(f"table {table.name!r}: vacuum(older_than=...) takes a timedelta (or seconds), not None")
     cutoff = max(seconds, table.store.retired_grace)
     table._check_writable()
     with table._lock, os_errors(f"table {table.name!r}: vacuum"):

@@ -851,8 +851,12 @@ class Table:
             self._link_cache()
         if new.auto_compact:
             self._compactor.kick()
-        if new.retention_s is not None:
-            self.enforce_retention()
+        if new.retention_s is not None:  # after the commit point: a failure is reported, never raised
+            try:
+                self.enforce_retention()
+            except BtError as e:
+                self._problems["retention"] = f"enforcing the retention failed ({e}); retried at the next freeze"
+                log.warning("table %r: %s", self.name, self._problems["retention"])
 
     @property
     def versions(self) -> pl.DataFrame:

@@ -738,3 +738,81 @@ def test_chains_after_changes_equal_the_model(changed: tuple[bt.Table, pl.DataFr
     want = f(model.lazy()).collect()
     got = f(t.scan()).collect(engine=engine)  # type: ignore[call-overload]
     assert_frame_equal(got, want)
+
+
+# -- found by review: predicates that are not row by row, and raw errors ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [
+        pl.col("id") == pl.col("id").max(),
+        pl.col("id").is_first_distinct(),
+        pl.int_range(pl.len()) < 3,
+        pl.col("id").cum_sum() > 20,
+        pl.col("id").max().over(pl.lit(1)) == pl.col("id"),
+        (pl.col("id") < 5) & (pl.col("id") == pl.col("id").max()),
+    ],
+    ids=["eq_max", "first_distinct", "int_range", "cum_sum", "over", "and_max"],
+)
+def test_delete_of_a_predicate_over_the_whole_table_is_the_one_polars_applies(
+    store: bt.BacktraceStore, predicate: pl.Expr
+) -> None:
+    """A predicate whose value for a row depends on the other rows (an aggregate, a window, a running sum)
+    is evaluated over the whole table, as Polars' filter would be -- never block by block."""
+    t = store.create_table("w", SCHEMA, time_column="ts", max_block_rows=4, auto_compact=False)
+    model = rows(0, 12)
+    t.append(model)
+    t.flush()
+    assert t.blocks.height == 3
+    expected = model.filter(~predicate.fill_null(False))
+    n = t.delete(predicate)
+    assert n == model.height - expected.height
+    assert_frame_equal(t.scan().collect(), expected)
+
+
+def test_bad_arguments_found_by_review_are_bt_errors_and_change_nothing(store: bt.BacktraceStore) -> None:
+    t = store.create_table("b", SCHEMA, time_column="ts", max_block_rows=1_000, auto_compact=False)
+    t.append(rows(0, 10))
+    versions, files = t.versions.height, sorted(p.name for p in t.path.rglob("*"))
+    with pytest.raises(bt.BtError, match="'b'"):
+        t.delete([("id", "=", [1, 2])])  # a list compared with an integer column
+    for on in (5, None, [["id"]]):
+        with pytest.raises(bt.BtError, match="on="):
+            t.upsert(rows(0, 1), on=on)  # type: ignore[arg-type]
+    with pytest.raises(bt.BtError, match="older_than"):
+        t.vacuum(None)  # type: ignore[arg-type]
+    assert t.hot_rows == 10, "a refused delete froze the hot rows"
+    assert t.versions.height == versions
+    assert sorted(p.name for p in t.path.rglob("*")) == files
+    t.set_options(retention=dt.timedelta(days=999_999_999))  # a cutoff before year 1: nothing is older
+    assert len(t) == 10
+    t.set_options(keep_versions=5.0)
+    assert t.keep_versions == dt.timedelta(seconds=5)
+    assert t.health.ok, t.health
+    import numpy as np
+
+    assert t.scan(as_of=np.int64(1)).collect().height == 0
+
+
+def test_upsert_works_beside_columns_named_like_its_helper_columns(store: bt.BacktraceStore) -> None:
+    t = store.create_table("h", {"k": pl.Int64, "__bt_frames_source_row": pl.Int64, "__bt_frames_position": pl.Int64})
+    t.append(pl.DataFrame({"k": [1, 2], "__bt_frames_source_row": [10, 20], "__bt_frames_position": [5, 6]}))
+    t.upsert(pl.DataFrame({"k": [2, 3], "__bt_frames_source_row": [21, 31], "__bt_frames_position": [7, 8]}), on="k")
+    assert t.read().rows() == [(1, 10, 5), (2, 21, 7), (3, 31, 8)]
+
+
+def test_two_threads_of_one_process_never_share_a_temporary_file() -> None:
+    """compact() and a background merge of the same rows write the same block name at once."""
+    import threading
+
+    from bt_frames.storage import layout
+
+    target = Path("/x/blocks/a.parquet")
+    names: list[Path] = []
+    th = threading.Thread(target=lambda: names.append(layout.tmp_path(target)))
+    th.start()
+    th.join()
+    assert names[0] != layout.tmp_path(target)
+    assert layout.is_tmp(names[0].name)
+    assert layout.is_tmp(layout.tmp_path(target).name)

@@ -22,7 +22,7 @@ Names:
   width of the count, ``02of12``, so that a listing sorts in append order)
   and the xxh3-64 digest (16 hex digits) of the whole file: the checksum
   lives outside the file.
-- Temporary files are ``.<name>.<pid>.tmp`` beside their target; a writer
+- Temporary files are ``.<name>.<thread>.<pid>.tmp`` beside their target; a writer
   removes them when it opens a table. Temporary and dropped table folders
   match ``TRANSIENT_DIR`` exactly; a writer removes those when it opens a
   store that has the marker -- and no other name: a folder that is not a
@@ -38,6 +38,7 @@ import itertools
 import operator
 import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -138,7 +139,9 @@ def parse_block_names(names: Sequence[str]) -> list[BlockName] | None:
 
 
 def tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    """``.<name>.<thread>.<pid>.tmp``: the thread too, as two threads of one process may write the same
+    file at once (a block's name is its content: compact() and a background merge of the same rows)."""
+    return path.with_name(f".{path.name}.{threading.get_native_id()}.{os.getpid()}{TMP_SUFFIX}")
 
 
 def is_tmp(name: str) -> bool:
