@@ -92,6 +92,11 @@ def _seconds(value: object, option: str, table: str) -> float | None:
     return seconds
 
 
+def seconds_of(value: object, option: str, table: str) -> float | None:
+    """``value`` (a timedelta or seconds) as seconds, checked; a BtError naming ``option`` otherwise."""
+    return _seconds(value, option, table)
+
+
 def with_options(
     meta: TableMeta,
     *,
@@ -574,9 +579,11 @@ _POS = "__bt_frames_position"
 # -- retention -------------------------------------------------------------------------------------------
 
 
-def retention_cutoff(table: Table) -> Any:
-    """The oldest time value retention keeps (rows before it go), or None (no retention, or no rows)."""
-    tc, seconds = table._meta.time_column, table._meta.retention_s
+def retention_cutoff(table: Table, seconds: float | None = None) -> Any:
+    """The oldest time value retention keeps (rows before it go), or None (no retention, or no rows).
+    ``seconds``: this retention instead of the table's."""
+    tc = table._meta.time_column
+    seconds = table._meta.retention_s if seconds is None else seconds
     if tc is None or seconds is None:
         return None
     span = table.time_range()
@@ -594,11 +601,12 @@ def retention_cutoff(table: Table) -> Any:
     return None
 
 
-def retain(table: Table, *, whole_blocks: bool, freeze: bool = True) -> Change | None:
+def retain(table: Table, *, whole_blocks: bool, freeze: bool = True, seconds: float | None = None) -> Change | None:
     """Drop the rows older than the retention (``whole_blocks``: only blocks every row of which is older,
-    unread); None when the table has no retention or nothing to drop."""
+    unread); None when the table has no retention or nothing to drop. ``seconds``: this retention
+    instead of the table's (``enforce_retention(retention=...)``)."""
     table._check_writable()  # a read-only store refuses it even when there is nothing to drop
-    cutoff = retention_cutoff(table)
+    cutoff = retention_cutoff(table, seconds)
     if cutoff is None:
         return None
     tc = table._meta.time_column

@@ -887,12 +887,15 @@ class Table:
         """
         return _lifecycle.vacuum(self, older_than)
 
-    def enforce_retention(self) -> int:
+    def enforce_retention(self, retention: dt.timedelta | None = None) -> int:
         """Drop the rows older than the table's ``retention`` now (whole blocks and partial ones); return how many.
 
         Runs by itself when blocks are frozen (whole blocks) and compacted.
+        ``retention``: a one-off retention instead of the table's (its option unchanged):
+        ``enforce_retention(timedelta(days=30))`` keeps the last 30 days once.
         """
-        got = _lifecycle.retain(self, whole_blocks=False)
+        seconds = None if retention is None else _lifecycle.seconds_of(retention, "retention", self.name)
+        got = _lifecycle.retain(self, whole_blocks=False, seconds=seconds)
         return got.rows_removed if got is not None else 0
 
     # -- pins and retired blocks: a running read never loses its files ---------
