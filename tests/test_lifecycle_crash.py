@@ -50,7 +50,10 @@ from tests.helpers.procs import listing, tmp_files
 
 CHILD = Path(__file__).parent / "helpers" / "lifecycle_child.py"
 ALL_POINTS = os.environ.get("BT_FRAMES_LIFECYCLE_ALL_POINTS", "") not in ("", "0")
-MAX_POINTS = 8  # kill points per op at CI size (evenly spread; BT_FRAMES_LIFECYCLE_ALL_POINTS=1: every one)
+MAX_POINTS = 4  # kill points per op at CI size (evenly spread; BT_FRAMES_LIFECYCLE_ALL_POINTS=1: every one)
+# crash states a power-loss run checks at CI size (evenly spread over all of them, the last ones always):
+# BT_FRAMES_LIFECYCLE_ALL_POINTS=1 checks every state
+POWER_STATES = 150
 FOREIGN = ("blocks/notes.user.txt", "user-readme.txt")  # files the store did not create: never deleted
 
 # one op of each kind, as the sweeps run it on the template table (400 rows at 1 s, blocks of 40, 7 hot)
@@ -170,7 +173,7 @@ def _points(n: int) -> list[str]:
     ks = list(range(1, n + 1))
     if not ALL_POINTS and len(ks) > MAX_POINTS:
         step = len(ks) / MAX_POINTS
-        ks = sorted({ks[int(i * step)] for i in range(MAX_POINTS)} | set(ks[-6:]))  # and around the commit
+        ks = sorted({ks[int(i * step)] for i in range(MAX_POINTS)} | set(ks[-4:]))  # and around the commit
     return [str(k) for k in ks] + [f"{k}:half" for k in ks[::4]] + ["after"]
 
 
@@ -209,7 +212,7 @@ def test_kill_9_at_random_moments(tmp_path: Path) -> None:
     base = tmp_path / "t"
     base.mkdir()
     db, m = make_template(base)
-    ops = lo.sequence(7, 400)
+    ops = lo.sequence(7, 2_000)  # longer than ten rounds of a child can run through
     models = [m]
     for op in ops:
         models.append(lo.model(models[-1], op))
@@ -308,7 +311,12 @@ def test_power_loss_during_lifecycle_ops(tmp_path: Path, name: str) -> None:
     by_point = {pt.snap: pt for pt in sim.points}
     failures = []
     states = sim.states()
-    for n, (_key, st) in enumerate(states.items()):
+    items = list(states.items())
+    if not ALL_POINTS and len(items) > POWER_STATES:  # CI size: spread over the run, and its end
+        step = len(items) / POWER_STATES
+        keep = {int(i * step) for i in range(POWER_STATES)} | set(range(len(items) - 10, len(items)))
+        items = [it for i, it in enumerate(items) if i in keep]
+    for n, (_key, st) in enumerate(items):
         allowed = set()
         for o in st.origins:
             allowed.add(_allowed(trace, by_point[o.point]))
@@ -327,7 +335,8 @@ def test_power_loss_during_lifecycle_ops(tmp_path: Path, name: str) -> None:
             failures.append(f"{root}: recovery raised {type(e).__name__}: {str(e)[:300]}")
             continue
         shutil.rmtree(root)
-    print(f"power loss {name}: {len(trace.ops())} calls, {len(sim.points)} points, {len(states)} states")
+    print(f"power loss {name}: {len(trace.ops())} calls, {len(sim.points)} points, {len(states)} states, "
+          f"{len(items)} checked")  # fmt: skip
     assert len(states) > 10
     assert not failures, f"{len(failures)} of {len(states)} crash states recover wrongly:\n" + "\n".join(failures[:10])
 
