@@ -849,14 +849,14 @@ class Table:
             except Exception as e:  # the options are set; only their line in the history is missing
                 log.warning("table %r: could not record set_options in the manifest (%s)", self.name, e)
             self._link_cache()
-        if new.auto_compact:
-            self._compactor.kick()
         if new.retention_s is not None:  # after the commit point: a failure is reported, never raised
             try:
                 self.enforce_retention()
             except BtError as e:
                 self._problems["retention"] = f"enforcing the retention failed ({e}); retried at the next freeze"
                 log.warning("table %r: %s", self.name, self._problems["retention"])
+        if new.auto_compact:  # after the retention: its round then finds nothing left to drop
+            self._compactor.kick()
 
     @property
     def versions(self) -> pl.DataFrame:
