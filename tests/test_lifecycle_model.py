@@ -39,6 +39,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import bt_frames as bt
+from tests.helpers.lifecycle_ops import model_delete, model_update, model_upsert
 
 pytestmark = pytest.mark.hypothesis
 
@@ -88,57 +89,6 @@ def extra_values(name: str, dtype: pl.DataType, j: int) -> pl.Expr:
 
 EXTRA_DTYPES = [pl.Int64(), pl.String(), pl.Float64(), pl.Boolean()]
 MAX_EXTRA = 4  # columns added after creation
-
-
-def model_delete(m: pl.DataFrame, pred: pl.Expr) -> tuple[pl.DataFrame, int]:
-    hit = m.with_columns(pred.fill_null(False).alias("hit")).get_column("hit")  # a scalar is broadcast
-    return m.filter(~hit), int(hit.sum())
-
-
-def model_update(m: pl.DataFrame, df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Rows of ``m`` in df's time range go; df takes the place of the first of them (else before the first
-    row after the range, else last)."""
-    if df.height == 0:
-        return m, 0
-    lo, hi = df["ts"].min(), df["ts"].max()
-    hit = m.select(pl.col("ts").is_between(lo, hi)).to_series()
-    idx = hit.arg_true()
-    if idx.len():
-        k = int(idx[0])
-        return pl.concat([m.slice(0, k), df, m.slice(k).filter(~hit.slice(k))]), int(hit.sum())
-    after = m.select(pl.col("ts") > hi).to_series().arg_true()
-    k = int(after[0]) if after.len() else m.height
-    return pl.concat([m.slice(0, k), df, m.slice(k)]), 0
-
-
-def model_upsert(m: pl.DataFrame, df: pl.DataFrame, on: list[str]) -> tuple[pl.DataFrame, int]:
-    """A frame row whose (non-null) key matches takes the place of the first table row with that key, the
-    later ones go; rows with new (or null) keys go last, in the frame's order."""
-    rows = m.rows()
-    names = m.columns
-    key_of = [names.index(k) for k in on]
-    frame_rows = df.rows()
-    src: dict[tuple[Any, ...], int] = {}
-    for j, r in enumerate(frame_rows):
-        key = tuple(r[i] for i in key_of)
-        if None not in key:
-            assert key not in src, "the caller checked the frame has no duplicate keys"
-            src[key] = j
-    out: list[tuple[Any, ...]] = []
-    placed: set[int] = set()
-    removed = 0
-    for r in rows:
-        key = tuple(r[i] for i in key_of)
-        j = src.get(key) if None not in key else None
-        if j is None:
-            out.append(r)
-            continue
-        removed += 1
-        if j not in placed:
-            placed.add(j)
-            out.append(frame_rows[j])
-    out += [r for j, r in enumerate(frame_rows) if j not in placed]
-    return pl.DataFrame(out, schema=m.schema, orient="row"), removed
 
 
 def has_duplicate_keys(df: pl.DataFrame, on: list[str]) -> bool:
