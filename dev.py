@@ -2,7 +2,8 @@
 """Project tasks that need nothing but python3: a virtual environment in .venv, then the job.
 
 python3 dev.py demo      # ingest, crash-free close, reopen, query; prints what the engine did
-python3 dev.py test      # the whole test suite (what CI runs), incl. slow, crash and notebook tests
+python3 dev.py test      # the whole test suite (what CI runs), incl. slow, crash and notebook tests,
+                         # one pytest-xdist worker per core (`-n 0` runs it in one process)
 python3 dev.py test -m "not slow"   # extra arguments go to pytest
 python3 dev.py lint      # ruff check, ruff format --check, mypy
 python3 dev.py bench     # benchmarks/ingest.py and benchmarks/query.py --quick
@@ -52,7 +53,8 @@ def main(argv: list[str]) -> None:
     if task == "demo":
         run([str(PY), "-m", "bt_frames", "demo", *(rest or ["demo_db"])])
     elif task == "test":
-        run([str(PY), "-m", "pytest", *rest])
+        # One pytest-xdist worker per core; a test file's own arguments (e.g. `-n 0`) come later and win.
+        run([str(PY), "-m", "pytest", "-n", "auto", "--dist", "worksteal", *rest])
     elif task == "lint":
         run([str(BIN / "ruff"), "check", "."])
         run([str(BIN / "ruff"), "format", "--check", "."])

@@ -108,6 +108,25 @@ def frame_constructor(request: pytest.FixtureRequest) -> Callable[[pl.DataFrame]
 MACHINERY_REPORT: list[str] = []
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand this worker's report lines to the controller, which prints them."""
+    from tests.helpers import workloads
+
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["bt_frames_report"] = [list(workloads.REPORT), list(MACHINERY_REPORT)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """In the pytest-xdist controller: gather what a worker's tests covered (see ``pytest_sessionfinish``)."""
+    from tests.helpers import workloads
+
+    report, machinery = getattr(node, "workeroutput", {}).get("bt_frames_report", [[], []])
+    workloads.REPORT.extend(report)
+    MACHINERY_REPORT.extend(machinery)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Counts of the power-loss and I/O-error tests (crash states, fault points), so CI logs show them."""
     from tests.helpers import workloads
