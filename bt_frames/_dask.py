@@ -234,27 +234,30 @@ def to_dask(
         if not hot.height:
             hot = None
 
-    read_schema = pl.Schema({c: schema[c] for c in (read or schema.names())})
-    meta = _meta(read_schema, stats, hot, pandas_meta, order, positions=positions)
+    meta = _meta(read_schema_of(schema, read), stats, hot, pandas_meta, order, positions=positions)
+    if not parts and hot is None:
+        return dd.from_pandas(meta, npartitions=1, sort=False)
+
+    known: list[Any] | None = None  # the divisions, when they are known
+    if divisions and positions:  # a range index: each partition starts at its first row's position
+        known = [*(p[1] for p in parts), *([cold_rows] if hot is not None else [])]
+        last_hot = hot.get_column(POSITION)[-1] if hot is not None else None
+        known.append(last_hot if last_hot is not None else parts[-1][1] + kept[-1][0].rows - 1)
+    elif time_index and stats is not None:
+        known = _time_divisions(table.time_column or "", stats, hot, levels[0]["dtype"])
+
+    sorted_index = known is not None and not positions  # partitions must then be sorted by their time index
     reader = _ReadBlock(
-        table.name, schema, snap.evolved, predicate, read, order, pandas_meta, positions, time_index, meta
+        table.name, schema, snap.evolved, predicate, read, order, pandas_meta, positions, sorted_index, meta
     )
     items: list[Any] = list(parts)
     if hot is not None:
         items.append(reader.frame(hot, name="the hot rows"))
-    if not items:
-        return dd.from_pandas(meta, npartitions=1, sort=False)
-
-    known: list[Any] | None = None
-    if divisions and positions:
-        last = cold_rows + hot.height - 1 if hot is not None else parts[-1][1] + kept[-1][0].rows - 1
-        known = [*(p[1] for p in parts), *([cold_rows] if hot is not None else []), last]
-        if hot is not None:  # the hot rows' positions after the predicate: the last one bounds the frame
-            last = int(items[-1].index[-1])
-            known[-1] = last
-    elif time_index and stats is not None:
-        known = _time_divisions(table.time_column or "", stats, hot, levels[0]["dtype"])
     return dd.from_map(reader, items, meta=meta, divisions=known, label=f"bt-frames-{table.name}")
+
+
+def read_schema_of(schema: pl.Schema, read: list[str] | None) -> pl.Schema:
+    return pl.Schema({c: schema[c] for c in (read or schema.names())})
 
 
 def _meta(

@@ -180,6 +180,19 @@ def test_an_unsorted_time_index_is_refused_with_known_divisions_and_read_without
     pd.testing.assert_frame_equal(plain.compute(), t.to_pandas(), check_freq=False)
 
 
+def test_overlapping_blocks_give_unknown_divisions_and_unsorted_rows_are_fine(
+    client: Any, store: bt.BacktraceStore
+) -> None:
+    t = _ticks_table(store)
+    _ticks(0, 1_000).iloc[::-1].bt.append(store, "ticks")  # one block, newest first
+    _ticks(500, 1_000).bt.append(store, "ticks")  # overlaps the first block's time range
+    _ticks(100, 10).iloc[::-1].bt.append(store, "ticks")  # hot, unsorted
+    assert len(t.files()) == 2
+    ddf = t.to_dask()
+    assert not ddf.known_divisions
+    pd.testing.assert_frame_equal(ddf.compute(), t.to_pandas(), check_freq=False)
+
+
 def test_old_blocks_without_a_new_column_after_compaction_and_delete(client: Any, store: bt.BacktraceStore) -> None:
     t = _table(store, rows=3_000)
     t.flush()
