@@ -25,12 +25,14 @@ Contract of :func:`to_dask` (``table.to_dask(where=None, columns=None)``):
   partition, cast to it -- has the dtypes that conversion gives the whole
   table: a column the statistics say may hold nulls gets the dtype the
   conversion gives a column with nulls (``Int64`` for a pandas ``int64``
-  column, ``float64`` for a Polars integer column). So ``ddf.compute()``
+  column, ``float64`` for a Polars integer column). Categorical columns have
+  unknown categories in ``meta`` (Dask's ``ddf.cat.as_known()`` finds them):
+  later appends may have brought categories the first one did not list. So ``ddf.compute()``
   equals ``table.to_pandas()``; with ``where`` it equals
   ``table.to_pandas(where)`` except that a default (range) index keeps each
   row's position in the whole table (as ``df[mask]`` does in pandas) instead
-  of being renumbered, and a column the statistics say may hold nulls keeps
-  its nullable dtype even if the matching rows hold none.
+  of being renumbered, and a column that holds nulls in a surviving block
+  keeps its nullable dtype even if the matching rows hold none.
 - **Divisions.** Known (``ddf.known_divisions``) in two cases: a default
   (range) index, whose values are row positions, so block ``i`` starts at
   the rows of the blocks before it; and a one-level index on the table's time
@@ -290,6 +292,11 @@ def _meta(
                 empty.isetitem(i, empty.iloc[:, i].astype(with_nulls.dtypes.iloc[i]).array)
     if positions:
         empty.index = pd.Index([], dtype="int64")
+    if any(isinstance(d, pd.CategoricalDtype) for d in empty.dtypes) or isinstance(empty.index, pd.CategoricalIndex):
+        from dask.dataframe.utils import clear_known_categories
+
+        # appends after the first may have brought categories the metadata does not list: Dask's "unknown"
+        empty = clear_known_categories(empty, index=True)
     return empty
 
 

@@ -193,6 +193,39 @@ def test_overlapping_blocks_give_unknown_divisions_and_unsorted_rows_are_fine(
     pd.testing.assert_frame_equal(ddf.compute(), t.to_pandas(), check_freq=False)
 
 
+def _mixed(start: int, n: int, cats: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "cat": pd.Categorical(np.resize(cats, n), categories=cats),
+            "obj": pd.Series(["x", None] * (n // 2), dtype=object),
+            "i32": np.arange(start, start + n, dtype=np.int32),
+            "flag": np.resize([True, False], n),
+            "n": np.arange(n, dtype=np.int64),
+        }
+    )
+
+
+def test_pandas_dtypes_survive_including_new_categories_and_nulls_from_polars(
+    client: Any, store: bt.BacktraceStore
+) -> None:
+    schema = {"cat": pl.Categorical(), "obj": pl.String, "i32": pl.Int32, "flag": pl.Boolean, "n": pl.Int64}
+    t = store.create_table("mixed", schema, max_block_rows=100)
+    _mixed(0, 200, ["a", "b"]).bt.append(store, "mixed")
+    _mixed(200, 100, ["a", "b", "z"]).bt.append(store, "mixed")  # a category the first append did not have
+    rows = {"cat": ["b"] * 30, "obj": ["y"] * 30, "i32": range(30), "flag": [None] * 30, "n": [None] * 30}
+    t.append(pl.DataFrame(rows, schema=schema))  # from Polars: nulls where pandas had int64 and bool
+    ddf = t.to_dask()
+    assert ddf.npartitions == 4  # three blocks and the hot rows
+    assert not ddf["cat"].cat.known  # later appends may add categories: Dask's unknown categories
+    assert ddf.dtypes["n"] == pd.Int64Dtype()  # nulls in the hot rows: the nullable dtype, as to_pandas() gives
+    pd.testing.assert_frame_equal(ddf.compute(), t.to_pandas())
+    where = pl.col("i32") >= 150  # only rows from pandas (the hot rows do not match): no nulls, plain dtypes
+    got = t.to_dask(where).compute()
+    assert got["n"].dtype == np.int64
+    assert got.index[0] == 150  # row positions in the table
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), t.to_pandas(where))
+
+
 def test_old_blocks_without_a_new_column_after_compaction_and_delete(client: Any, store: bt.BacktraceStore) -> None:
     t = _table(store, rows=3_000)
     t.flush()
