@@ -45,6 +45,13 @@ def client() -> Iterator[Any]:
         yield c
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[bt.BacktraceStore]:
+    """No fsync: these tests are about reading (and appends are the bulk of their time)."""
+    with bt.open(tmp_path / "db", durability="none") as s:
+        yield s
+
+
 def _table(store: bt.BacktraceStore, *, rows: int = 4_500, name: str = "orders") -> bt.Table:
     """4 blocks of 1,000 rows (one hour apart per 3,600 rows), the last 500 rows hot."""
     t = store.create_table(name, ORDERS_SCHEMA, time_column="ts", max_block_rows=1_000)
