@@ -26,13 +26,15 @@ Contract of :func:`to_dask` (``table.to_dask(where=None, columns=None)``):
   table: a column the statistics say may hold nulls gets the dtype the
   conversion gives a column with nulls (``Int64`` for a pandas ``int64``
   column, ``float64`` for a Polars integer column). Categorical columns have
-  unknown categories in ``meta`` (Dask's ``ddf.cat.as_known()`` finds them):
-  later appends may have brought categories the first one did not list. So ``ddf.compute()``
-  equals ``table.to_pandas()``; with ``where`` it equals
+  Dask's *unknown* categories in ``meta`` (``ddf.cat.as_known()`` finds
+  them): appends after the first may have brought new ones. So
+  ``ddf.compute()`` equals ``table.to_pandas()``; with ``where`` it equals
   ``table.to_pandas(where)`` except that a default (range) index keeps each
   row's position in the whole table (as ``df[mask]`` does in pandas) instead
   of being renumbered, and a column that holds nulls in a surviving block
-  keeps its nullable dtype even if the matching rows hold none.
+  keeps its nullable dtype even if the matching rows hold none. (Dask's own
+  ``dataframe.convert-string``, on by default, then turns string columns
+  into ``string[pyarrow]``; set it to False for ``to_pandas``' dtypes.)
 - **Divisions.** Known (``ddf.known_divisions``) in two cases: a default
   (range) index, whose values are row positions, so block ``i`` starts at
   the rows of the blocks before it; and a one-level index on the table's time
@@ -43,11 +45,13 @@ Contract of :func:`to_dask` (``table.to_dask(where=None, columns=None)``):
   partition whose time index turns out unsorted raises ``BtError`` naming the
   block (``to_dask(..., divisions=False)`` reads such a table). Any other
   index: unknown divisions.
-- **Files may go.** The frame names files; it does not pin them. A
-  compaction or change retires them but keeps the files for the store's
-  ``retired_grace`` and the table's ``keep_versions`` (or until
-  ``vacuum()``); computing the frame after they were deleted raises
-  ``BtError`` naming the file: call ``to_dask`` again for the new snapshot.
+- **Files may go.** The frame names files; it cannot pin them as a scan
+  does (it is computed later, elsewhere). A compaction or change retires
+  them and keeps the files: until ``vacuum()`` deletes them (never within the
+  store's ``retired_grace`` of their retirement), or, with the table's
+  ``keep_versions`` set, until that has passed. Computing the frame after a
+  file was deleted raises ``BtError`` naming the file (before any row of it
+  is returned): call ``to_dask`` again for the current snapshot.
 - **Errors.** Bad ``columns`` (``SchemaMismatchError``) and bad ``where``
   are raised by ``to_dask`` itself, before anything is read; without Dask,
   ``MissingOptionalDependencyError`` (``pip install 'bt_frames[dask]'``).
@@ -138,9 +142,9 @@ class _ReadBlock:
 
     def _gone(self, path: str) -> BtError:
         return BtError(
-            f"table {self.table!r}: block file {path} is gone: it was retired by a compaction or change "
-            "after to_dask() was called, and then deleted (vacuum(), or the table's keep_versions and the "
-            "store's retired_grace passed). Call to_dask() again to read the table's current blocks."
+            f"table {self.table!r}: block file {path} is gone: a compaction or change since to_dask() was "
+            "called retired it and it was then deleted (vacuum(), or the table's keep_versions passed), or it "
+            "was removed by hand. Call to_dask() again to read the table's current blocks."
         )
 
     def frame(self, df: pl.DataFrame, *, name: str) -> pd.DataFrame:
