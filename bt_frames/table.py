@@ -60,6 +60,7 @@ from bt_frames.storage.snapshot import Snapshot
 from bt_frames.storage.writer import BlockWriter
 
 if TYPE_CHECKING:
+    import dask.dataframe as dd
     import pandas as pd
 
     from bt_frames._scan import ReadStats
@@ -1387,7 +1388,7 @@ class Table:
 
     def to_dask(
         self, where: Where | None = None, *, columns: Sequence[Any] | None = None, divisions: bool = True
-    ) -> Any:
+    ) -> dd.DataFrame:
         """The table (or the rows matching ``where``) as a ``dask.dataframe.DataFrame`` of this snapshot.
 
         One partition per surviving block (read on the workers: no store, no lock) plus the hot rows as
