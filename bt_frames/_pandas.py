@@ -926,10 +926,8 @@ def to_pandas(df: pl.DataFrame, meta: dict[str, Any] | None, *, columns: Sequenc
             index = pd.MultiIndex.from_arrays(arrays, names=names)
     else:
         index = pd.RangeIndex(n)
-    in_index = {lv["column"] for lv in levels}
     docs = {c["column"]: c for c in meta.get("columns") or []}
-    order = list(columns) if columns is not None else [*docs, *(c for c in df.columns if c not in docs)]
-    order = [c for c in order if c in df.columns and c not in in_index]
+    order = data_columns(df.columns, meta, columns)
     data: dict[int, pd.Series] = {}
     labels: list[Any] = []
     for i, name in enumerate(order):
@@ -944,6 +942,18 @@ def to_pandas(df: pl.DataFrame, meta: dict[str, Any] | None, *, columns: Sequenc
     if meta.get("attrs"):
         out.attrs = copy.deepcopy(meta["attrs"])
     return out
+
+
+def data_columns(stored: Sequence[str], meta: dict[str, Any] | None, columns: Sequence[str] | None) -> list[str]:
+    """The stored columns that :func:`to_pandas` makes the data columns of its frame, in their order
+    (``stored``: the columns of the frame it converts; ``columns`` as there)."""
+    if not meta or meta.get("version") != PANDAS_META_VERSION:
+        return list(stored) if columns is None else [c for c in columns if c in stored]
+    index_doc = meta.get("index") or {}
+    in_index = {lv["column"] for lv in index_doc.get("levels") or [] if lv["column"] in stored}
+    docs = [c["column"] for c in meta.get("columns") or []]
+    order = list(columns) if columns is not None else [*docs, *(c for c in stored if c not in docs)]
+    return [c for c in order if c in stored and c not in in_index]
 
 
 def _with_freq(index: pd.Index, freq: object) -> pd.Index:

@@ -60,6 +60,7 @@ from bt_frames.storage.snapshot import Snapshot
 from bt_frames.storage.writer import BlockWriter
 
 if TYPE_CHECKING:
+    import dask.dataframe as dd
     import pandas as pd
 
     from bt_frames._scan import ReadStats
@@ -1371,14 +1372,43 @@ class Table:
         """
         from bt_frames import _pandas
 
+        meta = self._pandas_meta()
+        read, order = _pandas.projection(meta, columns, self._meta.schema.names(), table=self.name)
+        return _pandas.to_pandas(self.read(where, columns=read), meta, columns=order)
+
+    def _pandas_meta(self) -> dict[str, Any] | None:
+        """``table.json``'s ``pandas`` field (see ``_pandas``): how stored rows become the appended pandas frame."""
         meta = self._meta.pandas
         if meta is None and self._read_only:  # a writer may have made the first pandas append since we opened
             try:
                 meta = catalog.TableMeta.load(self._dir / layout.TABLE_JSON).pandas
             except (OSError, CorruptionError):
                 meta = None
-        read, order = _pandas.projection(meta, columns, self._meta.schema.names(), table=self.name)
-        return _pandas.to_pandas(self.read(where, columns=read), meta, columns=order)
+        return meta
+
+    def to_dask(
+        self, where: Where | None = None, *, columns: Sequence[Any] | None = None, divisions: bool = True
+    ) -> dd.DataFrame:
+        """The table (or the rows matching ``where``) as a ``dask.dataframe.DataFrame`` of this snapshot.
+
+        One partition per surviving block (read on the workers: no store, no lock) plus the hot rows as
+        one partition made here; ``compute()`` equals :meth:`to_pandas`. ``divisions=False``: do not
+        derive known divisions from the statistics. Needs ``pip install 'bt_frames[dask]'``; the full
+        contract (divisions, dtypes, files deleted before ``compute()``) is in :mod:`bt_frames._dask`.
+        """
+        from bt_frames import _dask
+
+        self._check_open()
+        return _dask.to_dask(self, where, columns=columns, pandas_meta=self._pandas_meta(), divisions=divisions)
+
+    def files(self, where: Where | None = None) -> list[str]:
+        """Absolute paths of the block files that may hold rows matching ``where`` (the pruner's plan over
+        one snapshot), in table order: for engines that read Parquet themselves (Spark, DuckDB). Hot rows
+        are in no file (``flush()`` first); blocks written before a schema change lack later columns."""
+        from bt_frames import _dask
+
+        self._check_open()
+        return _dask.files(self, where)
 
     def iter_batches(
         self, where: Where | None = None, *, columns: Sequence[str] | None = None, batch_size: int = 65_536

@@ -41,6 +41,17 @@ EXPECTED = {
         r"as_of after vacuum: table 'orders': version \d+ needs block .* which was deleted by vacuum",
         r"retention 24 h: 63,004 rows dropped in \d+ version\(s\); the table now spans 01-02 00:00 to 01-03 00:00",
     ],
+    "06_scale_out.ipynb": [
+        r"to_dask: 6 partitions = 6 surviving blocks of 16",
+        r"whole table: 17 partitions = 16 blocks \+ 1 of hot rows",
+        r"known divisions: True",
+        r"one hour of day 2: 1 partition\(s\) of 6 read",
+        r"Dask groupby equals Polars: True",
+        r"to_dask\(\)\.compute\(\) equals to_pandas\(\): True",
+        r"DuckDB read_parquet over the file list: 518,400 rows; to_dask: 518,400 rows",
+        r"pl\.scan_delta equals scan\(\): True \(1,387,400 rows\)",
+        r"DuckDB delta_scan equals scan\(\): True",
+    ],
 }
 
 
