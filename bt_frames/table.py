@@ -51,7 +51,7 @@ from bt_frames.errors import (
     os_errors,
 )
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, evolve, fs, layout, locking, recovery, wal
+from bt_frames.storage import catalog, evolve, fs, layout, locking, recovery, remote, wal
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.hot import Frozen, HotBuffer
 from bt_frames.storage.pins import PinSet
@@ -287,6 +287,7 @@ class Table:
                 grace_s=self._keep_retired_s(),
                 pinned=self._pins.holds,
                 progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
+                published_only=self._store._remote is not None and not writer,
             )
         hot = HotBuffer()
         for lsn, chunk, size in got.hot:
@@ -413,6 +414,9 @@ class Table:
         nothing.
         """
         self._check_writable()
+        mirror = self._store._mirror
+        if mirror is not None:  # a store in a bucket whose publishing stopped (a lost lease): refuse early
+            mirror.check()
         if check_schema_mode(schema_mode, self.name) == "merge":
             return self._append_merge(data)
         return self._append(data)
@@ -673,6 +677,9 @@ class Table:
             except BaseException:
                 self._pending_forget, self._pending_wal = forget + self._pending_forget, segs + self._pending_wal
                 raise
+            mirror = self._store._mirror
+            if mirror is not None:  # a store in a bucket: publish the version in the background
+                mirror.enqueue(self.name, self._dir, state.version)
             return state
 
     def flush(self) -> int:
@@ -691,7 +698,10 @@ class Table:
             if self._meta.retention_s is not None:  # whole blocks past the retention go as they are frozen
                 _lifecycle.retain(self, whole_blocks=True, freeze=False)
             self._compactor.kick()  # retries a failed auto-compaction too
-            return n
+        mirror = self._store._mirror
+        if mirror is not None:  # a store in a bucket: the rows are published when flush returns
+            mirror.wait()
+        return n
 
     def compact(self, *, target_rows: int | None = None, min_rows: int | None = None) -> CompactResult:
         """Merge runs of adjacent small blocks into blocks of up to ``target_rows`` rows.
@@ -910,13 +920,29 @@ class Table:
                 token = self._pins.pin(old) if pin else None
             schema = _lifecycle.schema_at(self._dir, as_of, self._meta.schema)
             stats = catalog.merge_stats(self._stats(), list(old), self._meta.schema)
-            return Snapshot(old, (), stats, token, schema, self._meta.schema_version > 0)
+            return Snapshot(old, (), stats, token, schema, self._meta.schema_version > 0, self._fetcher())
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
             blocks = _frozen(self._blocks)
             token = self._pins.pin(blocks) if pin else None
-            return Snapshot(blocks, hot, self._stats(), token, self._meta.schema, self._meta.schema_version > 0)
+            return Snapshot(
+                blocks, hot, self._stats(), token, self._meta.schema, self._meta.schema_version > 0, self._fetcher()
+            )
+
+    def _fetcher(self) -> Callable[[Sequence[blk.BlockInfo]], None] | None:
+        """A reader of a store in a bucket: what brings a scan's blocks into the local folder (else None)."""
+        obj = self._store._remote
+        if obj is None or not self._read_only:
+            return None
+
+        def fetch(blocks: Sequence[blk.BlockInfo]) -> None:
+            for b in blocks:
+                if not os.path.exists(b.file):
+                    with os_errors(f"table {self.name!r}: fetching block {b.filename} from the bucket"):
+                        remote.fetch_block(obj, self.name, Path(b.file))
+
+        return fetch
 
     def _repin(self, token: int, blocks: Sequence[blk.BlockInfo]) -> int:
         """Narrow pin ``token`` to ``blocks`` (a subset of what it holds): a new token for them."""
@@ -1092,6 +1118,9 @@ class Table:
             with self._cache_lock:
                 catalog.write_cache(self._dir, stats, self._meta.schema, link)
                 self._cache_version = link["version"] if link is not None else 0
+            mirror = self._store._mirror
+            if mirror is not None and link is not None:  # a store in a bucket: readers open from its copy
+                mirror.cache_written(self.name, self._dir, link["version"])
         except Exception as e:  # only a cache: rebuilt from footers on the next open
             if sys.is_finalizing():  # a store closed by its finaliser at exit: nothing to tell anyone
                 return
@@ -1125,6 +1154,11 @@ class Table:
         with self._lock:
             if self._closed:
                 return
+            if self._store._mirror is not None and self._hot and self._store._mirror.failed is None:
+                try:  # a store in a bucket: rows only in the local WAL are not published; freeze them
+                    self._freeze()
+                except BtError as e:
+                    log.warning("table %r: %s", self.name, e)
             self._writer.wait_idle()
             self._compactor.stop()  # waits for a running background merge (releasing the lock)
             self._writer.wait_idle()  # a block may have been handed over meanwhile

@@ -1,0 +1,605 @@
+"""A store in a bucket: the writer's mirror of its local store, the lease, and the reader's pull.
+
+The engine runs on local files. A writer opened on ``s3://bucket/prefix`` with
+``wal_dir=`` keeps a complete local store there (WAL, manifest, blocks: the
+local copy is the staging area and a cache) and *publishes* every manifest
+version to the bucket; a reader keeps a private temporary folder holding
+only what it fetched. This module is the only one that moves files between
+the two (through ``objectstore``).
+
+Bucket layout (keys under ``<prefix>/``)::
+
+    bt_frames.json                         the store marker (written once, put-if-absent)
+    _lease.json                            the writer's lease (below)
+    <table>/table.json                     as in the local store (overwritten when it changes)
+    <table>/_manifest/<version>.json       byte for byte the local version files (put-if-absent)
+    <table>/blocks/<block name>            byte for byte the local blocks (put-if-absent)
+    <table>/blocks/_delta_log/...          the derived Delta log (storage/delta.py)
+    <table>/_head.bt                       a reader's open in one GET (below; overwritten: a cache)
+
+Publishing version N (a background thread, in version order, never two at once):
+
+1. upload every block N adds, put-if-absent. An existing object of that name
+   is the same block (the name carries the xxh3 of its bytes) if its size
+   agrees; otherwise the bucket is damaged: the mirror stops with an error.
+2. put ``_manifest/N.json`` if absent -- the commit point in the bucket. If
+   it exists with other bytes, another writer has the table (a lost lease):
+   the mirror stops and every later ``flush()``/``close()``/``sync()`` raises
+   ``MirrorConflictError``; the local store keeps the rows (WAL and blocks),
+   and the next open of the store resolves them (``Store`` re-appends the
+   rows the bucket does not have). Same bytes: our own earlier PUT whose
+   response was lost -- published, not a conflict.
+3. the Delta commit for N (``delta_hook``), then the head object.
+
+So a version is in the bucket only after its blocks, and no reader ever sees
+a version naming a block that is not there. A crash between 1 and 2 leaves
+blocks no version names: orphans, deleted by the next writer's open when
+their names are block names, under ``blocks/``, named by no version and
+older than the grace period -- nothing else in the bucket is ever deleted.
+
+"Durable" keeps its local meaning: an append is acknowledged when it is in
+the local WAL. It is *published* when its block's version is in the bucket;
+``flush()`` and ``close()`` wait for that.
+
+The lease (``_lease.json``, one per store prefix: the local store the writer
+runs on holds every table of the prefix, so one writer per table anywhere is
+one writer per store): ``{"owner", "host", "pid", "expires"}``, created
+put-if-absent, renewed before it expires with a conditional overwrite
+(``If-Match`` on its ETag), released at close by deleting it. An open finding
+a lease that is not expired raises ``StoreLockedError`` naming owner and
+expiry. An expired lease is taken over (``If-Match``), and the taker writes a
+version of every table before anything else, so the old writer's next
+version PUT fails (the fence).
+
+The head object (``<table>/_head.bt``) lets a reader open a table with one
+GET plus one LIST that proves it current::
+
+    b"BTHEAD01" <u32 little-endian header length> <header JSON> <file bytes...>
+    header: {"format": "bt_frames.head", "format_version": 1, "version": N,
+             "files": [[relative path, length], ...]}
+
+It holds ``table.json``, the stats cache linked to version N and the version
+files from N's checkpoint to N, exactly as the writer has them. A reader lists
+``_manifest/`` after N: nothing newer means the head is current; otherwise it
+fetches the newer versions (and the footers of blocks the cache lacks).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bt_frames.errors import BtError, CorruptionError, StoreLockedError
+from bt_frames.storage import fs, layout
+from bt_frames.storage import manifest as mf
+from bt_frames.storage.objectstore import ObjectStore, ObjectStoreError
+
+log = logging.getLogger("bt_frames")
+
+LEASE = "_lease.json"
+HEAD = "_head.bt"
+HEAD_MAGIC = b"BTHEAD01"
+HEAD_FORMAT = "bt_frames.head"
+HEAD_FORMAT_VERSION = 1
+DEFAULT_LEASE_S = 60.0
+ORPHAN_GRACE_S = 3600.0
+
+DeltaHook = Callable[[ObjectStore, str, int], None]
+
+
+class MirrorConflictError(BtError):
+    """Another writer published a version of this table (this writer lost its lease).
+
+    The local store at ``wal_dir`` keeps every acknowledged row; reopening the store
+    (when the other writer is gone) publishes them on top of the other writer's versions.
+    """
+
+
+def table_key(table: str, *parts: str) -> str:
+    return "/".join([table, *parts])
+
+
+def version_key(table: str, version: int) -> str:
+    return table_key(table, mf.MANIFEST_DIR, mf.version_name(version))
+
+
+def block_key(table: str, block: str) -> str:
+    return table_key(table, layout.BLOCKS_DIR, block)
+
+
+def remote_versions(obj: ObjectStore, table: str, after: int = 0) -> list[int]:
+    """The version numbers in the bucket's ``<table>/_manifest/``, ascending (those above ``after``)."""
+    prefix = table_key(table, mf.MANIFEST_DIR) + "/"
+    start = version_key(table, after) if after else None
+    out = []
+    for e in obj.list(prefix, start):
+        v = mf.parse_version_name(e.key.rpartition("/")[2])
+        if v is not None and v > after:
+            out.append(v)
+    return sorted(out)
+
+
+def remote_tables(obj: ObjectStore) -> list[str]:
+    """Tables in the bucket: folders holding ``table.json``."""
+    out = set()
+    for e in obj.list("", None):
+        name, _, rest = e.key.partition("/")
+        if rest == layout.TABLE_JSON:
+            out.add(name)
+    return sorted(out)
+
+
+# -- the lease ---------------------------------------------------------------
+
+
+class Lease:
+    """The writer's lease on a store prefix (see the module docstring)."""
+
+    def __init__(self, obj: ObjectStore, seconds: float = DEFAULT_LEASE_S) -> None:
+        self.obj = obj
+        self.seconds = float(seconds)
+        self.owner = uuid.uuid4().hex
+        self.etag: str | None = None
+        self.taken_over = False  # the lease was another writer's, expired: fence every table
+        self.lost: BtError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _doc(self) -> bytes:
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.seconds)
+        doc = {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "expires": expires.isoformat(timespec="milliseconds"),
+        }
+        return json.dumps(doc).encode()
+
+    def acquire(self) -> None:
+        if self.obj.put_if_absent(LEASE, self._doc()):
+            head = self.obj.head(LEASE)
+            self.etag = head.etag if head is not None else None
+        else:
+            got = self.obj.get_with_etag(LEASE)
+            if got is None:  # released in between: try once more
+                if not self.obj.put_if_absent(LEASE, self._doc()):
+                    raise self._locked(None)
+                head = self.obj.head(LEASE)
+                self.etag = head.etag if head is not None else None
+            else:
+                data, etag = got
+                held = _parse_lease(data)
+                expires = held.get("expires")
+                try:
+                    when = dt.datetime.fromisoformat(str(expires))
+                except ValueError:
+                    when = dt.datetime.min.replace(tzinfo=dt.UTC)
+                if when > dt.datetime.now(dt.UTC):
+                    raise self._locked(held)
+                new = None if etag is None else self.obj.put_if_match(LEASE, self._doc(), etag)
+                if new is None:
+                    raise self._locked(held)
+                self.etag = new
+                self.taken_over = True
+                log.warning("%s: took over the expired lease of %s", self.obj.uri, _who(held))
+        self._thread = threading.Thread(target=self._renew_loop, name="bt_frames-lease", daemon=True)
+        self._thread.start()
+
+    def _locked(self, held: dict[str, Any] | None) -> StoreLockedError:
+        who = _who(held) if held else "another writer"
+        until = f" until {held.get('expires')}" if held else ""
+        return StoreLockedError(
+            f"store {self.obj.uri!r} has a writer: {who} holds its lease ({self.obj.url(LEASE)}){until}. "
+            "Fix: close that writer, wait for the lease to expire, or open with read_only=True."
+        )
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.renew()
+            except BtError as e:
+                log.warning("%s: renewing the lease failed (%s); retried", self.obj.uri, e)
+
+    def renew(self) -> None:
+        if self.lost is not None or self.etag is None:
+            return
+        new = self.obj.put_if_match(LEASE, self._doc(), self.etag)
+        if new is None:
+            self.lost = MirrorConflictError(
+                f"store {self.obj.uri!r}: this writer lost its lease ({self.obj.url(LEASE)} changed: another "
+                "writer took it over); nothing more is published. The local store keeps every acknowledged row. "
+                "Fix: close this store; reopen it when the other writer is gone."
+            )
+            self._stop.set()
+        else:
+            self.etag = new
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost is None and self.etag is not None:
+            got = self.obj.get_with_etag(LEASE)
+            if got is not None and got[1] == self.etag:
+                self.obj.delete(LEASE)
+        self.etag = None
+
+
+def _parse_lease(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+        return doc if isinstance(doc, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _who(held: dict[str, Any] | None) -> str:
+    if not held:
+        return "another writer"
+    return f"owner {held.get('owner')} (host {held.get('host')}, pid {held.get('pid')})"
+
+
+# -- the writer's mirror -----------------------------------------------------
+
+
+@dataclass
+class _Job:
+    table: str
+    table_dir: Path
+    version: int
+    head_only: bool = False  # the stats cache linked to ``version`` was written: upload the head
+
+
+@dataclass
+class Mirror:
+    """Publishes local manifest versions to the bucket in a background thread (module docstring)."""
+
+    obj: ObjectStore
+    lease: Lease | None = None
+    delta_hook: DeltaHook | None = None
+    failed: BtError | None = None
+    published: dict[str, int] = field(default_factory=dict)  # table -> newest version in the bucket
+    _queue: list[_Job] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _busy: bool = False
+    _closed: bool = False
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bt_frames-mirror", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, table: str, table_dir: Path, version: int) -> None:
+        """Publish ``table``'s local versions up to ``version`` (called after each local commit; never blocks)."""
+        with self._cond:
+            self._queue.append(_Job(table, table_dir, version))
+            self._cond.notify_all()
+
+    def cache_written(self, table: str, table_dir: Path, version: int) -> None:
+        """The local stats cache is now linked to ``version``: upload the head once that version is published."""
+        with self._cond:
+            self._queue.append(_Job(table, table_dir, version, head_only=True))
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                job = self._queue.pop(0)
+                self._busy = True
+            try:
+                if self.failed is None and job.head_only:
+                    if self.published.get(job.table, 0) == job.version:
+                        self.put_head(job.table, job.table_dir, job.version)
+                elif self.failed is None:
+                    self.publish(job.table, job.table_dir, job.version)
+            except BtError as e:
+                self.failed = e
+                log.error("%s: publishing table %r stopped: %s", self.obj.uri, job.table, e)
+            except Exception as e:  # pragma: no cover - a bug: keep it, never kill the thread silently
+                self.failed = BtError(f"{self.obj.uri}: publishing table {job.table!r} failed: {e}")
+                log.exception("publishing failed")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every queued version is in the bucket; raises the error that stopped publishing."""
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait()
+        self.check()
+
+    def check(self) -> None:
+        if self.lease is not None and self.lease.lost is not None and self.failed is None:
+            self.failed = self.lease.lost
+        if self.failed is not None:
+            raise self.failed
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    # the work ----------------------------------------------------------------
+
+    def publish(self, table: str, table_dir: Path, upto: int) -> None:
+        """Publish the local versions of ``table`` above the bucket's newest, up to ``upto``."""
+        done = self.published.get(table)
+        if done is None:
+            have = remote_versions(self.obj, table)
+            done = have[-1] if have else 0
+            if done == 0:
+                self.obj.put(table_key(table, layout.TABLE_JSON), _read(table_dir / layout.TABLE_JSON))
+        for v in range(done + 1, upto + 1):
+            self.publish_version(table, table_dir, v)
+            self.published[table] = v
+        if upto > done:
+            if self.delta_hook is not None:
+                try:
+                    self.delta_hook(self.obj, table, upto)
+                except Exception as e:  # derived, never on the durability path: repaired by the next commit
+                    log.warning("table %r: the Delta commit of version %d failed (%s)", table, upto, e)
+            self.put_head(table, table_dir, upto)
+
+    def publish_version(self, table: str, table_dir: Path, v: int) -> None:
+        path = mf.manifest_dir(table_dir) / mf.version_name(v)
+        data = _read(path)
+        edit, _time, _state = mf.decode(path, data, v)
+        for e in edit.add:
+            self.upload_block(table, table_dir / layout.BLOCKS_DIR / e.block, e.block, e.bytes)
+        hook = os.environ.get("BT_FRAMES_TEST_PAUSE_BEFORE_VERSION_PUT")
+        if hook:  # tests: a seam between the block uploads and the version's PUT (a child killed there)
+            Path(hook).write_text(str(v))
+            threading.Event().wait(3600)
+        key = version_key(table, v)
+        if not self.obj.put_if_absent(key, data):
+            there = self.obj.get(key)
+            if there != data:  # not our own PUT whose response was lost: another writer's version
+                raise MirrorConflictError(
+                    f"table {table!r}: version {v} already exists in the bucket ({self.obj.url(key)}) with "
+                    "different contents: another writer published it (this writer lost its lease). Nothing "
+                    "more is published; the local store keeps every acknowledged row. Fix: close this store "
+                    "and reopen it when the other writer is gone: the rows the bucket lacks are appended again."
+                )
+
+    def upload_block(self, table: str, path: Path, name: str, size: int) -> None:
+        key = block_key(table, name)
+        try:
+            data = _read(path)
+        except BtError:
+            log.warning("table %r: block %s is gone locally before it was published", table, name)
+            return
+        if not self.obj.put_if_absent(key, data):
+            there = self.obj.head(key)
+            if there is not None and there.size != len(data):
+                raise CorruptionError.at(
+                    Path(self.obj.url(key)), None,
+                    f"the bucket holds {there.size} bytes under this block's name, the block has {len(data)}: "
+                    "the bucket copy is damaged. Fix: delete that object; the next flush uploads it again",
+                )  # fmt: skip
+
+    def put_head(self, table: str, table_dir: Path, version: int) -> None:
+        """Upload the head object of ``version`` if the local stats cache is linked to it (else leave it)."""
+        try:
+            files = head_files(table_dir, version)
+        except (BtError, OSError, ValueError) as e:
+            log.debug("table %r: no head for version %d (%s)", table, version, e)
+            return
+        if files is not None:
+            self.obj.put(table_key(table, HEAD), encode_head(version, files))
+
+    # orphans -------------------------------------------------------------------
+
+    def remove_orphans(self, table: str, named: Iterable[str], *, grace_s: float = ORPHAN_GRACE_S) -> int:
+        """Delete blocks under ``<table>/blocks/`` that no version names, older than ``grace_s``: the
+        uploads of versions that never made it into the bucket. Only block names; nothing else."""
+        keep = set(named)
+        now = dt.datetime.now(dt.UTC)
+        n = 0
+        for e in list(self.obj.list(table_key(table, layout.BLOCKS_DIR) + "/", None)):
+            name = e.key.rpartition("/")[2]
+            rest = e.key[len(table_key(table, layout.BLOCKS_DIR)) + 1 :]
+            if rest != name or layout.parse_block_name(name) is None or name in keep:
+                continue
+            if (now - e.modified).total_seconds() < grace_s:
+                continue
+            self.obj.delete(e.key)
+            n += 1
+        return n
+
+
+def bucket_names(obj: ObjectStore, table: str) -> set[str]:
+    """Every block any version in the bucket names (added by some version): never an orphan."""
+    out: set[str] = set()
+    for v in remote_versions(obj, table):
+        data = obj.get(version_key(table, v))
+        if data is None:
+            continue
+        edit, _t, state = mf.decode(Path(obj.url(version_key(table, v))), data, v)
+        out.update(e.block for e in edit.add)
+        if state is not None:  # a checkpoint: its live and retired blocks
+            out.update(str(d["block"]) for d in [*state.get("blocks", []), *state.get("retired", [])])
+    return out
+
+
+# -- the head object ---------------------------------------------------------
+
+
+def head_files(table_dir: Path, version: int) -> list[tuple[str, bytes]] | None:
+    """``table.json``, the stats cache and the version files from ``version``'s checkpoint on, if the
+    cache is linked to exactly ``version``; None otherwise."""
+    from bt_frames.storage import catalog
+
+    cache = _read(table_dir / layout.STATS_CACHE)
+    header, _body = catalog.split_cache(cache)
+    link = header.get("manifest")
+    if not isinstance(link, dict) or link.get("version") != version:
+        return None
+    files = [(layout.TABLE_JSON, _read(table_dir / layout.TABLE_JSON)), (layout.STATS_CACHE, cache)]
+    for v in range(mf.checkpoint_of(version), version + 1):
+        rel = f"{mf.MANIFEST_DIR}/{mf.version_name(v)}"
+        files.append((rel, _read(table_dir / rel)))
+    return files
+
+
+def encode_head(version: int, files: list[tuple[str, bytes]]) -> bytes:
+    header = json.dumps(
+        {
+            "format": HEAD_FORMAT,
+            "format_version": HEAD_FORMAT_VERSION,
+            "version": version,
+            "files": [[name, len(data)] for name, data in files],
+        }
+    ).encode()
+    return b"".join([HEAD_MAGIC, struct.pack("<I", len(header)), header, *(d for _n, d in files)])
+
+
+def decode_head(data: bytes) -> tuple[int, list[tuple[str, bytes]]] | None:
+    """(version, files) of a head object; None if it is not one this build reads (then the reader loads
+    the manifest version by version)."""
+    try:
+        if not data.startswith(HEAD_MAGIC):
+            return None
+        (n,) = struct.unpack_from("<I", data, len(HEAD_MAGIC))
+        start = len(HEAD_MAGIC) + 4
+        header = json.loads(data[start : start + n])
+        if header.get("format") != HEAD_FORMAT or header.get("format_version") != HEAD_FORMAT_VERSION:
+            return None
+        pos = start + n
+        files = []
+        for name, size in header["files"]:
+            if not isinstance(name, str) or ".." in name or name.startswith("/"):
+                return None
+            files.append((name, data[pos : pos + size]))
+            pos += size
+        if pos != len(data):
+            return None
+        return int(header["version"]), files
+    except (ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+# -- pulling a table from the bucket -------------------------------------------
+
+
+def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -> int:
+    """Bring ``table``'s metadata from the bucket into ``table_dir`` (created if missing); return the
+    bucket's newest version (0: no table).
+
+    A reader (``blocks=False``) gets the head object and the versions after it (one GET and one LIST
+    when the head is current) and fetches blocks when a scan needs them; blocks whose statistics the
+    cache lacks are fetched now (their footers are read). A writer (``blocks=True``) gets every
+    version file it lacks and every block of the newest state.
+    """
+    fs.mkdir(table_dir, exist_ok=True)
+    fs.mkdir(mf.manifest_dir(table_dir), exist_ok=True)
+    fs.mkdir(table_dir / layout.BLOCKS_DIR, exist_ok=True)
+    fs.mkdir(table_dir / layout.WAL_DIR, exist_ok=True)
+    have = set(mf.list_versions(table_dir))
+    after = 0
+    if not blocks:
+        raw = obj.get(table_key(table, HEAD))
+        got = decode_head(raw) if raw is not None else None
+        if got is not None:
+            after, files = got
+            for name, data in files:
+                _write(table_dir / name, data)
+                v = mf.parse_version_name(name.rpartition("/")[2]) if name.startswith(mf.MANIFEST_DIR) else None
+                if v is not None:
+                    have.add(v)
+    newer = remote_versions(obj, table, after)
+    if not after and not newer:
+        return 0
+    if not (table_dir / layout.TABLE_JSON).exists() or blocks:
+        meta = obj.get(table_key(table, layout.TABLE_JSON))
+        if meta is None:
+            raise CorruptionError.at(Path(obj.url(table_key(table, layout.TABLE_JSON))), None, "missing")
+        _write(table_dir / layout.TABLE_JSON, meta)
+    newest = newer[-1] if newer else after
+    need = [v for v in range(mf.checkpoint_of(newest), newest + 1) if v not in have]
+    if blocks:
+        need = [v for v in range(1, newest + 1) if v not in have]
+    for v in need:
+        body = obj.get(version_key(table, v))
+        if body is None:
+            raise CorruptionError.at(
+                Path(obj.url(version_key(table, v))), None,
+                f"manifest version {v} of table {table!r} is missing from the bucket (version {newest} exists)",
+            )  # fmt: skip
+        _write(mf.manifest_dir(table_dir) / mf.version_name(v), body)
+    for v in sorted(set(mf.list_versions(table_dir)) - set(range(1, newest + 1))):  # a reader's stale future
+        if not blocks:
+            fs.unlink(mf.manifest_dir(table_dir) / mf.version_name(v), missing_ok=True)
+    if blocks or newer:
+        state = mf.load(table_dir, upto=newest)
+        cached = _cached_blocks(table_dir) if not blocks else set()
+        for e in state.blocks:
+            local = table_dir / layout.BLOCKS_DIR / e.block
+            if e.block not in cached and not local.exists():
+                fetch_block(obj, table, local)
+    return newest
+
+
+def _cached_blocks(table_dir: Path) -> set[str]:
+    import polars as pl
+
+    from bt_frames.storage import catalog
+
+    try:
+        _h, body = catalog.split_cache(_read(table_dir / layout.STATS_CACHE))
+        import io
+
+        return set(pl.read_ipc_stream(io.BytesIO(body)).get_column("block").to_list())
+    except Exception:
+        return set()
+
+
+def fetch_block(obj: ObjectStore, table: str, local: Path) -> None:
+    """Download one block (one GET) into ``local``, checked against the digest its name carries."""
+    from bt_frames.storage import blocks as blk
+
+    key = block_key(table, local.name)
+    data = obj.get(key)
+    if data is None:
+        raise CorruptionError.at(Path(obj.url(key)), None, "a block a manifest version names is missing in the bucket")
+    if blk.hash_bytes(data) != local.name[layout.BLOCK_DIGEST]:
+        raise CorruptionError.at(Path(obj.url(key)), None, "the block's bytes do not match the digest in its name")
+    layout.atomic_write(local, data, durable=False)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BtError(f"{path}: cannot be read for publishing ({e})") from e
+
+
+def _write(path: Path, data: bytes) -> None:
+    fs.mkdir(path.parent, exist_ok=True)
+    layout.atomic_write(path, data, durable=False)
+
+
+def md5_etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+__all__ = ["Lease", "Mirror", "MirrorConflictError", "ObjectStoreError", "pull_table"]
