@@ -47,7 +47,9 @@ one writer per store): ``{"owner", "host", "pid", "expires"}``, created
 put-if-absent, renewed before it expires with a conditional overwrite
 (``If-Match`` on its ETag), released at close by deleting it. An open finding
 a lease that is not expired raises ``StoreLockedError`` naming owner and
-expiry. An expired lease is taken over (``If-Match``), and the taker writes a
+expiry, unless its holder is a process of this host that is certainly gone
+(``locking.process_alive``: a crashed writer). An expired (or dead) lease
+is taken over (``If-Match``), and the taker writes a
 version of every table before anything else, so the old writer's next
 version PUT fails (the fence).
 
@@ -81,7 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from bt_frames.errors import BtError, CorruptionError, StoreLockedError
-from bt_frames.storage import fs, layout
+from bt_frames.storage import fs, layout, locking
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.objectstore import ObjectStore, ObjectStoreError
 
@@ -162,6 +164,7 @@ class Lease:
             "owner": self.owner,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "process": locking.process_tag(),  # host/pid/start: a writer on this host can tell it is gone
             "expires": expires.isoformat(timespec="milliseconds"),
         }
         return json.dumps(doc).encode()
@@ -185,7 +188,9 @@ class Lease:
                     when = dt.datetime.fromisoformat(str(expires))
                 except ValueError:
                     when = dt.datetime.min.replace(tzinfo=dt.UTC)
-                if when > dt.datetime.now(dt.UTC):
+                process = held.get("process")
+                gone = isinstance(process, str) and not locking.process_alive(process)  # crashed, on this host
+                if when > dt.datetime.now(dt.UTC) and not gone:
                     raise self._locked(held)
                 new = None if etag is None else self.obj.put_if_match(LEASE, self._doc(), etag)
                 if new is None:
@@ -408,10 +413,11 @@ class Mirror:
 
     # orphans -------------------------------------------------------------------
 
-    def remove_orphans(self, table: str, named: Iterable[str], *, grace_s: float = ORPHAN_GRACE_S) -> int:
+    def remove_orphans(self, table: str, named: Iterable[str], *, grace_s: float | None = None) -> int:
         """Delete blocks under ``<table>/blocks/`` that no version names, older than ``grace_s``: the
         uploads of versions that never made it into the bucket. Only block names; nothing else."""
         keep = set(named)
+        grace_s = ORPHAN_GRACE_S if grace_s is None else grace_s
         now = dt.datetime.now(dt.UTC)
         n = 0
         for e in list(self.obj.list(table_key(table, layout.BLOCKS_DIR) + "/", None)):
