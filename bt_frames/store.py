@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from bt_frames import _convert, _lifecycle
 from bt_frames.errors import (
     BtError,
     CorruptionError,
+    DeltaIncompatibleWarning,
     ReadOnlyError,
     SchemaMismatchError,
     StoreClosedError,
@@ -28,9 +30,10 @@ from bt_frames.errors import (
     TableExistsError,
     TableNotFoundError,
     UnsupportedFormatError,
+    find_stacklevel,
     os_errors,
 )
-from bt_frames.storage import catalog, fs, layout, wal
+from bt_frames.storage import catalog, delta, fs, layout, wal
 from bt_frames.storage.locking import StoreLock
 from bt_frames.storage.manifest import Manifest, State
 from bt_frames.table import DEFAULT_MAX_BLOCK_ROWS, DEFAULT_ROW_GROUP_ROWS, SchemaMode, Table, check_schema_mode
@@ -305,7 +308,9 @@ class BacktraceStore:
             with os_errors(f"store {str(self._path)!r}: create_table({name!r})"):
                 self._create_dir(meta)
                 try:
-                    return self.table(name)
+                    t = self.table(name)
+                    _warn_delta_types(name, pl_schema)
+                    return t
                 except BaseException:  # an empty table that cannot be opened: take it back (nothing was in it)
                     self._tables.pop(name, None)
                     trash = self._path / layout.transient_dir("dropped", name)
@@ -759,6 +764,15 @@ def _remove_transient_dirs(path: Path) -> None:
 
 def _file_message(path: Path) -> str:
     return f"{str(path)!r} is a file, not a folder: a store is a folder. Fix: choose another path."
+
+
+def _warn_delta_types(table: str, schema: pl.Schema, before: pl.Schema | None = None) -> None:
+    """Warn (at the user's line) when ``schema`` keeps a table from having a Delta log (storage/delta.py)."""
+    if not delta.available():
+        return
+    bad = delta.unsupported_columns(schema)
+    if bad and (before is None or not delta.unsupported_columns(before)):
+        warnings.warn(DeltaIncompatibleWarning.from_columns(table, bad), stacklevel=find_stacklevel())
 
 
 def _foreign_message(path: Path) -> str:
