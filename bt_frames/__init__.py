@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from bt_frames.errors import (
     BtError,
+    BtWarning,
     CorruptionError,
+    DeltaIncompatibleWarning,
     InvalidTableNameError,
     MissingOptionalDependencyError,
     ReadOnlyError,
@@ -42,7 +44,9 @@ _accessors.install()  # df.bt: Polars now; pandas when it is imported (bt_frames
 __all__ = [
     "BacktraceStore",
     "BtError",
+    "BtWarning",
     "CorruptionError",
+    "DeltaIncompatibleWarning",
     "InvalidTableNameError",
     "MissingOptionalDependencyError",
     "PruneReport",

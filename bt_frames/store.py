@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from bt_frames import _convert, _lifecycle
 from bt_frames.errors import (
     BtError,
     CorruptionError,
+    DeltaIncompatibleWarning,
     ReadOnlyError,
     SchemaMismatchError,
     StoreClosedError,
@@ -30,9 +32,10 @@ from bt_frames.errors import (
     TableExistsError,
     TableNotFoundError,
     UnsupportedFormatError,
+    find_stacklevel,
     os_errors,
 )
-from bt_frames.storage import catalog, fs, layout, objectstore, remote, wal
+from bt_frames.storage import catalog, delta, fs, layout, objectstore, remote, wal
 from bt_frames.storage.locking import StoreLock
 from bt_frames.storage.manifest import Edit, Manifest, State, manifest_dir, version_name
 from bt_frames.storage.manifest import list_versions as manifest_versions
@@ -209,7 +212,7 @@ class BacktraceStore:
             _check_remote_marker(obj)
         self._lease = remote.Lease(obj, lease_seconds)
         self._lease.acquire()
-        self._mirror = remote.Mirror(obj, self._lease, _delta_hook())
+        self._mirror = remote.Mirror(obj, self._lease)
         for name in remote.remote_tables(obj):
             self._sync_table(name)
         for name in _local_tables(self._path):  # local versions the bucket lacks (a crash, or an older store)
@@ -427,7 +430,9 @@ class BacktraceStore:
             with os_errors(f"store {str(self._path)!r}: create_table({name!r})"):
                 self._create_dir(meta)
                 try:
-                    return self.table(name)
+                    t = self.table(name)
+                    _warn_delta_types(name, pl_schema)
+                    return t
                 except BaseException:  # an empty table that cannot be opened: take it back (nothing was in it)
                     self._tables.pop(name, None)
                     trash = self._path / layout.transient_dir("dropped", name)
@@ -893,6 +898,15 @@ def _file_message(path: Path) -> str:
     return f"{str(path)!r} is a file, not a folder: a store is a folder. Fix: choose another path."
 
 
+def _warn_delta_types(table: str, schema: pl.Schema, before: pl.Schema | None = None) -> None:
+    """Warn (at the user's line) when ``schema`` keeps a table from having a Delta log (storage/delta.py)."""
+    if not delta.available():
+        return
+    bad = delta.unsupported_columns(schema)
+    if bad and (before is None or not delta.unsupported_columns(before)):
+        warnings.warn(DeltaIncompatibleWarning.from_columns(table, bad), stacklevel=find_stacklevel())
+
+
 def _foreign_message(path: Path) -> str:
     return (
         f"{str(path)!r} is not a bt_frames store and is not empty (it has no {layout.STORE_MARKER}), so bt_frames "
@@ -962,17 +976,3 @@ def _check_remote_marker(obj: ObjectStore) -> None:
         ) from e
     if version > STORE_FORMAT_VERSION:
         raise UnsupportedFormatError.newer(Path(obj.url(layout.STORE_MARKER)), version, STORE_FORMAT_VERSION)
-
-
-def _delta_hook() -> remote.DeltaHook | None:
-    """The Delta commit that follows each published version (storage/delta.py); None until it exists.
-
-    THE DELTA HOOK: wire ``bt_frames.storage.delta`` in here (called with the ObjectStore, the table
-    name and the newest published version, after that version is in the bucket).
-    """
-    try:
-        from bt_frames.storage import delta  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    hook = getattr(delta, "publish_hook", None)
-    return hook if callable(hook) else None

@@ -29,7 +29,9 @@ Publishing version N (a background thread, in version order, never two at once):
    and the next open of the store resolves them (``Store`` re-appends the
    rows the bucket does not have). Same bytes: our own earlier PUT whose
    response was lost -- published, not a conflict.
-3. the Delta commit for N (``delta_hook``), then the head object.
+3. the Delta log's commits whose ``txn`` is at most N (storage/delta.py writes
+   them locally; each is uploaded put-if-absent, after its version, as delta-rs
+   itself would commit ``_delta_log/<n>.json``), then the head object.
 
 So a version is in the bucket only after its blocks, and no reader ever sees
 a version naming a block that is not there. A crash between 1 and 2 leaves
@@ -73,11 +75,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import struct
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +100,23 @@ HEAD_FORMAT_VERSION = 1
 DEFAULT_LEASE_S = 60.0
 ORPHAN_GRACE_S = 3600.0
 
-DeltaHook = Callable[[ObjectStore, str, int], None]
+DELTA_LOG = "_delta_log"  # storage/delta.py's LOG_DIR (this module does not import deltalake's wrapper)
+LAST_CHECKPOINT = "_last_checkpoint"
+_DELTA_COMMIT = re.compile(r"\d{20}\.json")
+
+
+def _delta_txn(data: bytes, table: str) -> int | None:
+    """The manifest version a Delta commit of ours records (its ``txn`` action), or None."""
+    for line in data.splitlines():
+        try:
+            action = json.loads(line)
+        except ValueError:
+            return None
+        txn = action.get("txn") if isinstance(action, dict) else None
+        if isinstance(txn, dict) and txn.get("appId") == f"bt_frames:{table}":
+            v = txn.get("version")
+            return v if isinstance(v, int) else None
+    return None
 
 
 class MirrorConflictError(BtError):
@@ -263,7 +282,7 @@ class _Job:
     table: str
     table_dir: Path
     version: int
-    head_only: bool = False  # the stats cache linked to ``version`` was written: upload the head
+    kind: str = "publish"  # "head": the stats cache linked to ``version`` was written; "delta": the Delta log
 
 
 @dataclass
@@ -272,9 +291,9 @@ class Mirror:
 
     obj: ObjectStore
     lease: Lease | None = None
-    delta_hook: DeltaHook | None = None
     failed: BtError | None = None
     published: dict[str, int] = field(default_factory=dict)  # table -> newest version in the bucket
+    delta_done: dict[str, set[str]] = field(default_factory=dict)  # table -> Delta log files in the bucket
     _queue: list[_Job] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _busy: bool = False
@@ -294,7 +313,13 @@ class Mirror:
     def cache_written(self, table: str, table_dir: Path, version: int) -> None:
         """The local stats cache is now linked to ``version``: upload the head once that version is published."""
         with self._cond:
-            self._queue.append(_Job(table, table_dir, version, head_only=True))
+            self._queue.append(_Job(table, table_dir, version, "head"))
+            self._cond.notify_all()
+
+    def delta_written(self, table: str, table_dir: Path) -> None:
+        """The local Delta log has new commits: upload those whose manifest versions are published."""
+        with self._cond:
+            self._queue.append(_Job(table, table_dir, 0, "delta"))
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -307,9 +332,11 @@ class Mirror:
                 job = self._queue.pop(0)
                 self._busy = True
             try:
-                if self.failed is None and job.head_only:
+                if self.failed is None and job.kind == "head":
                     if self.published.get(job.table, 0) == job.version:
                         self.put_head(job.table, job.table_dir, job.version)
+                elif self.failed is None and job.kind == "delta":
+                    self.put_delta_log(job.table, job.table_dir)
                 elif self.failed is None:
                     self.publish(job.table, job.table_dir, job.version)
             except BtError as e:
@@ -357,11 +384,7 @@ class Mirror:
             self.publish_version(table, table_dir, v)
             self.published[table] = v
         if upto > done:
-            if self.delta_hook is not None:
-                try:
-                    self.delta_hook(self.obj, table, upto)
-                except Exception as e:  # derived, never on the durability path: repaired by the next commit
-                    log.warning("table %r: the Delta commit of version %d failed (%s)", table, upto, e)
+            self.put_delta_log(table, table_dir)
             self.put_head(table, table_dir, upto)
 
     def publish_version(self, table: str, table_dir: Path, v: int) -> None:
@@ -410,6 +433,46 @@ class Mirror:
             return
         if files is not None:
             self.obj.put(table_key(table, HEAD), encode_head(version, files))
+
+    def put_delta_log(self, table: str, table_dir: Path) -> None:
+        """Upload the local Delta log's commits (put-if-absent, in order) whose ``txn`` version is published,
+        with their checkpoints. Derived, never on the durability path: a failure is logged, and the next
+        call carries on where the bucket's log ends."""
+        try:
+            self._put_delta_log(table, table_dir)
+        except (BtError, OSError, ValueError) as e:
+            log.warning("table %r: publishing the Delta log failed (%s); retried after the next version", table, e)
+
+    def _put_delta_log(self, table: str, table_dir: Path) -> None:
+        local = table_dir / layout.BLOCKS_DIR / DELTA_LOG
+        prefix = table_key(table, layout.BLOCKS_DIR, DELTA_LOG) + "/"
+        done = self.delta_done.get(table)
+        if done is None:
+            done = self.delta_done[table] = {e.key[len(prefix) :] for e in self.obj.list(prefix, None)}
+        try:
+            names = sorted(os.listdir(local))
+        except FileNotFoundError:
+            return
+        published = self.published.get(table, 0)
+        commits = sorted((n for n in names if _DELTA_COMMIT.fullmatch(n)), key=lambda n: int(n.split(".")[0]))
+        for name in commits:
+            if name in done:
+                continue
+            data = _read(local / name)
+            txn = _delta_txn(data, table)
+            if txn is None or txn > published:
+                break  # it names blocks of a version the bucket does not have yet
+            if not self.obj.put_if_absent(prefix + name, data) and self.obj.get(prefix + name) != data:
+                log.warning("table %r: the bucket's Delta log has another commit %s; left as it is", table, name)
+                break
+            done.add(name)
+            number = name.split(".")[0]
+            for extra in names:  # its checkpoint
+                if extra.startswith(number + ".checkpoint") and extra not in done:
+                    self.obj.put_if_absent(prefix + extra, _read(local / extra))
+                    done.add(extra)
+                    if LAST_CHECKPOINT in names:
+                        self.obj.put(prefix + LAST_CHECKPOINT, _read(local / LAST_CHECKPOINT))
 
     # orphans -------------------------------------------------------------------
 
@@ -554,6 +617,8 @@ def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -
     for v in sorted(set(mf.list_versions(table_dir)) - set(range(1, newest + 1))):  # a reader's stale future
         if not blocks:
             fs.unlink(mf.manifest_dir(table_dir) / mf.version_name(v), missing_ok=True)
+    if blocks:
+        pull_delta_log(obj, table, table_dir)
     if blocks or newer:
         state = mf.load(table_dir, upto=newest)
         cached = _cached_blocks(table_dir) if not blocks else set()
@@ -562,6 +627,21 @@ def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -
             if e.block not in cached and not local.exists():
                 fetch_block(obj, table, local)
     return newest
+
+
+def pull_delta_log(obj: ObjectStore, table: str, table_dir: Path) -> None:
+    """Make the local Delta log the bucket's (a writer taking the bucket's versions: its log continues that one)."""
+    local = table_dir / layout.BLOCKS_DIR / DELTA_LOG
+    prefix = table_key(table, layout.BLOCKS_DIR, DELTA_LOG) + "/"
+    there = {e.key[len(prefix) :] for e in obj.list(prefix, None)}
+    if local.is_dir():
+        fs.remove_tree(local)
+    for name in sorted(there):
+        if "/" in name or name.startswith("."):
+            continue
+        data = obj.get(prefix + name)
+        if data is not None:
+            _write(local / name, data)
 
 
 def _cached_blocks(table_dir: Path) -> set[str]:

@@ -24,6 +24,7 @@ from bt_frames.storage import manifest as mf
 from bt_frames.storage import remote
 from bt_frames.storage.objectstore import ObjectStoreError
 from tests.helpers import faultproxy, s3server
+from tests.s3.test_readers import DASK_INPLACE_WARNING
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2024, 1, 1)
@@ -396,3 +397,53 @@ def test_storage_options_on_a_local_path_are_refused(tmp_path: Path) -> None:
     with pytest.raises(bt.BtError, match="s3://bucket/prefix"):
         bt.open(tmp_path / "db", storage_options={"aws_region": "x"})
     assert not (tmp_path / "db").exists()
+
+
+# -- Part 1 readers on the bucket (the Delta log follows the versions) ------------------------------------------
+
+
+def _published(s3_bucket: s3server.Bucket) -> pl.DataFrame:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        return reader["t"].read().sort("x")
+
+
+@pytest.mark.filterwarnings(DASK_INPLACE_WARNING)
+def test_part1_readers_read_the_delta_log_in_the_bucket(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    from tests.helpers import s3readers
+
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        t = make_table(store)
+        t.append(frame(0, 120))
+        t.append(frame(120, 30))
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as store:  # another writer continues
+        store["t"].append(frame(150, 20))
+    expected = _published(s3_bucket)
+    assert expected.get_column("x").to_list() == list(range(170))
+    uri = f"{s3_bucket.uri}/t/blocks"
+    assert pl.scan_delta(uri, storage_options=so).collect().sort("x").equals(expected)
+    got = s3readers.duckdb_connect(so).sql(f"SELECT * FROM delta_scan('{uri}') ORDER BY x").pl()
+    assert got.get_column("x").to_list() == expected.get_column("x").to_list()
+    import dask.dataframe as dd
+    import deltalake
+
+    files = deltalake.DeltaTable(uri, storage_options=so).file_uris()
+    ddf = dd.read_parquet(files, storage_options=s3readers.s3fs_options(so))
+    assert sorted(ddf["x"].compute().tolist()) == list(range(170))
+
+
+def test_the_delta_log_in_the_bucket_never_names_an_unpublished_block(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    import deltalake
+
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        for i in range(4):
+            t.append(frame(i * 40, 40))  # hot rows: one block per flush
+            t.flush()
+            files = deltalake.DeltaTable(f"{s3_bucket.uri}/t/blocks", storage_options=so).file_uris()
+            keys = set(keys_of(s3_bucket))
+            assert all(f.removeprefix(f"s3://{s3_bucket.name}/") in keys for f in files), files
+            assert len(files) == i + 1
