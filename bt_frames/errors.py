@@ -21,7 +21,9 @@ __all__ = [
     "CorruptionError",
     "DeltaIncompatibleWarning",
     "InvalidTableNameError",
+    "MirrorConflictError",
     "MissingOptionalDependencyError",
+    "ObjectStoreError",
     "ReadOnlyError",
     "SchemaMismatchError",
     "StorageIOError",
@@ -183,6 +185,26 @@ class StoreLockedError(BtError):
     >>> b = bt.open("trading_db")                                # doctest: +SKIP
     StoreLockedError: store 'trading_db' is locked by another writer (pid=4242 host=box). Close the other
     BacktraceStore first, or open this one with read_only=True.
+    """
+
+
+class ObjectStoreError(BtError, OSError):
+    """A request to the object store failed (network, credentials, a missing bucket, a refused upload).
+
+    >>> bt.open("s3://no-such-bucket/db", storage_options=opts, wal_dir="wal")   # doctest: +SKIP
+    ObjectStoreError: s3://no-such-bucket/db/bt_frames.json: uploading failed (...); bucket 'no-such-bucket'
+    does not exist. Fix: create it, or correct the URI.
+    """
+
+
+class MirrorConflictError(BtError):
+    """Another writer published versions of a table in the bucket: this writer lost its lease.
+
+    Nothing more is published; the local store at ``wal_dir`` keeps every acknowledged row.
+
+    >>> store.flush()                                        # doctest: +SKIP
+    MirrorConflictError: table 'orders': version 12 already exists in the bucket (...) with different
+    contents: another writer published it (this writer lost its lease). ...
     """
 
 

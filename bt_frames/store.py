@@ -25,6 +25,7 @@ from bt_frames.errors import (
     BtError,
     CorruptionError,
     DeltaIncompatibleWarning,
+    MirrorConflictError,
     ReadOnlyError,
     SchemaMismatchError,
     StoreClosedError,
@@ -85,6 +86,24 @@ class BacktraceStore:
         Seconds a writer keeps the blocks a compaction retired (default 60),
         for read-only readers in other processes that still read them; scans
         in the writer's own process keep theirs for as long as they run.
+    storage_options
+        For a store in a bucket (``path`` = ``"s3://bucket/prefix"``): the
+        options Polars and deltalake take (``aws_endpoint_url``,
+        ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_region``,
+        ``aws_allow_http``...). Blocks, manifest, Delta log and stats cache
+        live in the bucket (``storage/remote.py``).
+    wal_dir
+        A writer on a bucket: the local folder of its WAL (an object store
+        cannot append or fsync) and of a working copy of the store. An append
+        is durable (acknowledged) once it is in this WAL, as for a local
+        store; it is *published* once its block's manifest version is in the
+        bucket, which happens in the background: ``flush()``, ``sync()`` and
+        ``close()`` return once everything is published. A reader
+        (``read_only=True``) needs none.
+    lease_seconds
+        A writer on a bucket holds a lease on the prefix (one writer anywhere),
+        renewed in the background; a writer that stops renewing loses it after
+        this long (default 60) and another may take the store over.
     """
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
@@ -239,7 +258,7 @@ class BacktraceStore:
         newest_local = local[-1] if local else 0
         newest_bucket = bucket[-1] if bucket else 0
         if newest_local > common and newest_bucket > common:
-            raise remote.MirrorConflictError(
+            raise MirrorConflictError(
                 f"table {name!r}: the local store {str(self._path)!r} has versions {common + 1}-{newest_local} "
                 f"that are not in the bucket, and the bucket has other versions {common + 1}-{newest_bucket} "
                 "(another writer held the lease meanwhile). Nothing was changed. The local rows are safe in "
@@ -924,7 +943,7 @@ def _drop_published_wal(name: str, directory: Path) -> None:
     segments = list(wal.scan_wal(directory / layout.WAL_DIR))
     late = [r.lsn for s in segments for r in s.records if r.lsn > block_lsn]
     if late:
-        raise remote.MirrorConflictError(
+        raise MirrorConflictError(
             f"table {name!r}: the local WAL in {str(directory)!r} holds LSNs {late[0]}-{late[-1]}, which were "
             "never published, and the bucket has newer versions by another writer. Nothing was changed. Fix: "
             "move that folder away, reopen to take the bucket's state, and append the rows you need from the "

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bt_frames.errors import BtError, MissingOptionalDependencyError
+from bt_frames.errors import BtError, MissingOptionalDependencyError, ObjectStoreError
 
 SCHEME = "s3://"
 # obstore retries for up to 3 minutes by default: a wrong endpoint would look like a hang
@@ -45,14 +45,6 @@ _FIX = (
     "Check storage_options: aws_endpoint_url (and aws_allow_http='true' for an http:// endpoint), "
     "aws_access_key_id/aws_secret_access_key, aws_region, and that the bucket exists."
 )
-
-
-class ObjectStoreError(BtError, OSError):
-    """A request to the object store failed (network, credentials, missing bucket, refused upload).
-
-    >>> bt.open("s3://no-such-bucket/db", storage_options=opts, wal_dir="wal")   # doctest: +SKIP
-    ObjectStoreError: s3://no-such-bucket/db: bucket 'no-such-bucket' does not exist ... Fix: create it ...
-    """
 
 
 def is_uri(path: object) -> bool:

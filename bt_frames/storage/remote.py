@@ -25,9 +25,10 @@ Publishing version N (a background thread, in version order, never two at once):
 2. put ``_manifest/N.json`` if absent -- the commit point in the bucket. If
    it exists with other bytes, another writer has the table (a lost lease):
    the mirror stops and every later ``flush()``/``close()``/``sync()`` raises
-   ``MirrorConflictError``; the local store keeps the rows (WAL and blocks),
-   and the next open of the store resolves them (``Store`` re-appends the
-   rows the bucket does not have). Same bytes: our own earlier PUT whose
+   ``MirrorConflictError``; the local store keeps the rows (WAL and blocks).
+   A later writer open of that local store refuses, changing nothing, while
+   its versions diverge from the bucket's (the message says how to move it
+   aside and take the rows from it). Same bytes: our own earlier PUT whose
    response was lost -- published, not a conflict.
 3. the Delta log's commits whose ``txn`` is at most N (storage/delta.py writes
    them locally; each is uploaded put-if-absent, after its version, as delta-rs
@@ -85,10 +86,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bt_frames.errors import BtError, CorruptionError, StoreLockedError
+from bt_frames.errors import BtError, CorruptionError, MirrorConflictError, StoreLockedError
 from bt_frames.storage import fs, layout, locking
 from bt_frames.storage import manifest as mf
-from bt_frames.storage.objectstore import ObjectStore, ObjectStoreError
+from bt_frames.storage.objectstore import ObjectStore
 
 log = logging.getLogger("bt_frames")
 
@@ -117,14 +118,6 @@ def _delta_txn(data: bytes, table: str) -> int | None:
             v = txn.get("version")
             return v if isinstance(v, int) else None
     return None
-
-
-class MirrorConflictError(BtError):
-    """Another writer published a version of this table (this writer lost its lease).
-
-    The local store at ``wal_dir`` keeps every acknowledged row; reopening the store
-    (when the other writer is gone) publishes them on top of the other writer's versions.
-    """
 
 
 def table_key(table: str, *parts: str) -> str:
@@ -688,4 +681,4 @@ def md5_etag(data: bytes) -> str:
     return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
 
 
-__all__ = ["Lease", "Mirror", "MirrorConflictError", "ObjectStoreError", "pull_table"]
+__all__ = ["Lease", "Mirror", "pull_table"]

@@ -22,7 +22,6 @@ import pytest
 import bt_frames as bt
 from bt_frames.storage import manifest as mf
 from bt_frames.storage import remote
-from bt_frames.storage.objectstore import ObjectStoreError
 from tests.helpers import faultproxy, s3server
 from tests.s3.test_readers import DASK_INPLACE_WARNING
 
@@ -222,16 +221,16 @@ def test_expired_lease_is_taken_over_and_the_old_writer_is_fenced(s3_bucket: s3s
         assert new["t"].read().height == 60
         # the old writer appends (acknowledged: in its WAL) and flushes: its version PUT finds the fence
         t.append(frame(60, 60))
-        with pytest.raises(remote.MirrorConflictError, match="another writer published it"):
+        with pytest.raises(bt.MirrorConflictError, match="another writer published it"):
             t.flush()
         assert len(bucket_versions(s3_bucket)) == fenced  # the loser added no version
-        with pytest.raises(remote.MirrorConflictError):
+        with pytest.raises(bt.MirrorConflictError):
             t.append(frame(120, 1))  # refused from now on
         new["t"].append(frame(200, 1))
         new.flush()
     finally:
         new.close()
-    with pytest.raises(remote.MirrorConflictError):
+    with pytest.raises(bt.MirrorConflictError):
         old.close()
     # the loser's acknowledged rows are kept in its local store
     with bt.open(tmp_path / "a", read_only=True) as local:
@@ -240,7 +239,7 @@ def test_expired_lease_is_taken_over_and_the_old_writer_is_fenced(s3_bucket: s3s
         assert reader["t"].read().get_column("x").to_list() == [*range(60), 200]
     # reopening the loser's folder refuses (its versions diverge from the bucket's), changing nothing
     before = sorted(p.name for p in (tmp_path / "a" / "t" / "_manifest").iterdir())
-    with pytest.raises(remote.MirrorConflictError, match="Nothing was changed"):
+    with pytest.raises(bt.MirrorConflictError, match="Nothing was changed"):
         bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a")
     assert sorted(p.name for p in (tmp_path / "a" / "t" / "_manifest").iterdir()) == before
     assert "t/_lease.json" not in keys_of(s3_bucket)
@@ -259,12 +258,12 @@ def test_forced_race_on_the_version_put_one_wins(s3_bucket: s3server.Bucket, tmp
             b["t"].append(frame(100, 50))
             b.flush()
             a["t"].append(frame(10, 50))
-            with pytest.raises(remote.MirrorConflictError):
+            with pytest.raises(bt.MirrorConflictError):
                 a.flush()
         finally:
             b.close()
     finally:
-        with pytest.raises(remote.MirrorConflictError):
+        with pytest.raises(bt.MirrorConflictError):
             a.close()
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         assert reader["t"].read().get_column("x").to_list() == [*range(10), *range(100, 150)]
@@ -379,7 +378,7 @@ def test_a_writer_without_wal_dir_is_refused_with_the_fix(s3_bucket: s3server.Bu
 
 def test_a_missing_bucket_is_a_bt_error_naming_it(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     uri = f"s3://no-such-{s3_bucket.name}/db"
-    with pytest.raises(ObjectStoreError, match=r"does not exist\. Fix: create it") as e:
+    with pytest.raises(bt.ObjectStoreError, match=r"does not exist\. Fix: create it") as e:
         bt.open(uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w")
     assert isinstance(e.value, bt.BtError)
     assert f"no-such-{s3_bucket.name}" in str(e.value)
@@ -387,9 +386,9 @@ def test_a_missing_bucket_is_a_bt_error_naming_it(s3_bucket: s3server.Bucket, tm
 
 def test_bad_credentials_are_a_bt_error_with_the_fix(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = {**s3_bucket.storage_options, "aws_endpoint_url": "http://127.0.0.1:9"}  # nothing listens there
-    with pytest.raises(ObjectStoreError, match="aws_endpoint_url"):
+    with pytest.raises(bt.ObjectStoreError, match="aws_endpoint_url"):
         bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w")
-    with pytest.raises(ObjectStoreError, match="invalid storage_options"):
+    with pytest.raises(bt.ObjectStoreError, match="invalid storage_options"):
         bt.open(s3_bucket.uri, storage_options={"no_such_option": "1"}, wal_dir=tmp_path / "w2")
 
 
