@@ -276,8 +276,8 @@ class BacktraceStore:
                 wal.create_segment(directory / layout.WAL_DIR / layout.wal_name(first))
                 m.commit(Edit("recover", wal_remove=list(m.state.wal), wal_add=[first], next_lsn=first))
         mirror.published[name] = newest_bucket
-        named = remote.bucket_names(obj, name) | {e for e in _local_names(directory)}
-        mirror.remove_orphans(name, named)
+        # level with the bucket (or ahead of it): the local state names every block a version keeps
+        mirror.remove_orphans(name, _local_names(directory))
 
     def _fence(self) -> None:
         """After taking over an expired lease: a version of every table first, so that the old writer's next

@@ -31,7 +31,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +211,17 @@ class ObjectStore:
                     yield Entry(m["path"], int(m["size"]), m["last_modified"], m.get("e_tag"))
         except Exception as e:
             raise self._error("listing", prefix, e) from e
+
+    def folders(self, prefix: str = "") -> Sequence[str]:
+        """The names of the "folders" directly under ``prefix`` (one LIST with a delimiter)."""
+        import obstore
+
+        self._count("list")
+        try:
+            got = obstore.list_with_delimiter(self._store, prefix or None)
+        except Exception as e:
+            raise self._error("listing", prefix, e) from e
+        return sorted(p.rstrip("/").rpartition("/")[2] for p in got["common_prefixes"])
 
     def delete(self, key: str) -> None:
         import obstore

@@ -145,13 +145,15 @@ def remote_versions(obj: ObjectStore, table: str, after: int = 0) -> list[int]:
 
 
 def remote_tables(obj: ObjectStore) -> list[str]:
-    """Tables in the bucket: folders holding ``table.json``."""
-    out = set()
-    for e in obj.list("", None):
-        name, _, rest = e.key.partition("/")
-        if rest == layout.TABLE_JSON:
-            out.add(name)
-    return sorted(out)
+    """Tables in the bucket: the folders under the prefix with a table's name (one LIST with a delimiter;
+    a folder whose ``table.json`` is not there yet -- a table being created -- is opened as not found)."""
+    out = []
+    for name in obj.folders(""):
+        try:
+            out.append(layout.validate_table_name(name))
+        except BtError:
+            continue
+    return out
 
 
 # -- the lease ---------------------------------------------------------------
@@ -386,6 +388,7 @@ class Mirror:
         edit, _time, _state = mf.decode(path, data, v)
         for e in edit.add:
             self.upload_block(table, table_dir / layout.BLOCKS_DIR / e.block, e.block, e.bytes)
+        forget = edit.forget
         hook = os.environ.get("BT_FRAMES_TEST_PAUSE_BEFORE_VERSION_PUT")
         if hook:  # tests: a seam between the block uploads and the version's PUT (a child killed there)
             Path(hook).write_text(str(v))
@@ -397,9 +400,11 @@ class Mirror:
                 raise MirrorConflictError(
                     f"table {table!r}: version {v} already exists in the bucket ({self.obj.url(key)}) with "
                     "different contents: another writer published it (this writer lost its lease). Nothing "
-                    "more is published; the local store keeps every acknowledged row. Fix: close this store "
-                    "and reopen it when the other writer is gone: the rows the bucket lacks are appended again."
+                    "more is published; the local store (wal_dir) keeps every acknowledged row. Fix: close this "
+                    "store; the rows the bucket lacks can be read from the local store with read_only=True."
                 )
+        for name in forget:  # retired, kept for the grace period, deleted by the writer: now in the bucket too
+            self.obj.delete(block_key(table, name))
 
     def upload_block(self, table: str, path: Path, name: str, size: int) -> None:
         key = block_key(table, name)
@@ -486,20 +491,6 @@ class Mirror:
             self.obj.delete(e.key)
             n += 1
         return n
-
-
-def bucket_names(obj: ObjectStore, table: str) -> set[str]:
-    """Every block any version in the bucket names (added by some version): never an orphan."""
-    out: set[str] = set()
-    for v in remote_versions(obj, table):
-        data = obj.get(version_key(table, v))
-        if data is None:
-            continue
-        edit, _t, state = mf.decode(Path(obj.url(version_key(table, v))), data, v)
-        out.update(e.block for e in edit.add)
-        if state is not None:  # a checkpoint: its live and retired blocks
-            out.update(str(d["block"]) for d in [*state.get("blocks", []), *state.get("retired", [])])
-    return out
 
 
 # -- the head object ---------------------------------------------------------

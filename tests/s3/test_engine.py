@@ -329,7 +329,11 @@ def test_writer_killed_between_block_upload_and_version_put(s3_bucket: s3server.
     version = int(paused.read_text())
     assert (tmp_path / "w" / "t" / "_manifest" / mf.version_name(version)).exists()  # committed locally
     orphans = [k for k in keys_of(s3_bucket) if "/blocks/" in k and k.endswith(".parquet")]
-    named = remote.bucket_names(remote.ObjectStore(s3_bucket.uri, so), "t")
+    named = set()  # every block any version in the bucket names
+    for key in bucket_versions(s3_bucket):
+        v = int(key.rpartition("/")[2].split(".")[0])
+        edit, _time, state = mf.decode(Path(key), get(s3_bucket, key), v)
+        named |= {e.block for e in edit.add} | {d["block"] for d in (state or {}).get("blocks", [])}
     unnamed = [k for k in orphans if k.rpartition("/")[2] not in named]
     assert unnamed, "the block was uploaded before the kill"
     assert f"t/t/_manifest/{mf.version_name(version)}" not in keys_of(s3_bucket)
@@ -446,3 +450,23 @@ def test_the_delta_log_in_the_bucket_never_names_an_unpublished_block(
             keys = set(keys_of(s3_bucket))
             assert all(f.removeprefix(f"s3://{s3_bucket.name}/") in keys for f in files), files
             assert len(files) == i + 1
+
+
+def test_blocks_a_compaction_retired_leave_the_bucket_when_vacuumed(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w", retired_grace=0) as store:
+        t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
+        for i in range(4):
+            t.append(frame(i * 10, 10))
+            t.flush()
+        before = {k for k in keys_of(s3_bucket) if k.endswith(".parquet")}
+        assert len(before) == 4
+        t.compact()
+        t.vacuum()
+        t.append(frame(40, 1))  # the next version forgets the deleted files
+        store.flush()
+        after = {k for k in keys_of(s3_bucket) if k.endswith(".parquet")}
+        assert not before & after  # the four small blocks are gone from the bucket too
+        assert len(after) == 2  # the merged block and the last one
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(41))
