@@ -34,8 +34,14 @@ first armed rule that fires decides; actions:
 - ``"delay"``: sleep ``delay_s`` seconds, then forward normally.
 
 Retries seen through this proxy (checked by tests/s3/test_faultproxy.py):
-obstore (the Rust ``object_store`` crate's ``RetryConfig``) retries a 503 and a
-dropped response, with a backoff; Polars' cloud reader retries a 503 on GET.
+obstore retries a 503, a 500 and a dropped response by the Rust
+``object_store`` crate's ``RetryConfig`` (``retry_config=`` of ``S3Store``; with
+``max_retries=0`` each surfaces as ``GenericError``). A create (``If-None-Match``)
+whose response was dropped is retried and then fails with ``AlreadyExistsError``
+although the first attempt wrote the object: a committer must read back what
+it finds. Polars retries a failing GET by its own ``max_retries`` storage
+option (an int; ``{"max_retries": 1}`` gives up after 2-4 GETs with an
+``OSError``; the default kept trying for ~11 s, 18 GETs, here).
 """
 
 from __future__ import annotations

@@ -91,6 +91,55 @@ def test_polars_retries_a_503_on_a_get_of_parquet(s3_bucket: s3server.Bucket, s3
     assert len(gets) >= 2
 
 
+def test_obstore_retries_come_from_its_retry_config(s3_bucket: s3server.Bucket, s3_proxy: FaultProxy) -> None:
+    """With ``retry_config={"max_retries": 0}`` one 503 and one dropped response surface as errors."""
+    import datetime as dt
+
+    import obstore
+    from obstore.exceptions import GenericError
+    from obstore.store import S3Store
+
+    so = s3_bucket.via(s3_proxy.endpoint).storage_options
+    store = S3Store(
+        s3_bucket.name,
+        endpoint=so["aws_endpoint_url"],
+        access_key_id=so["aws_access_key_id"],
+        secret_access_key=so["aws_secret_access_key"],
+        region=so["aws_region"],
+        client_options={"allow_http": True},
+        retry_config={
+            "max_retries": 0,
+            "retry_timeout": dt.timedelta(seconds=5),
+            "backoff": {
+                "init_backoff": dt.timedelta(milliseconds=10),
+                "max_backoff": dt.timedelta(seconds=1),
+                "base": 2,
+            },
+        },
+    )
+    s3_proxy.add(Rule("error", method="PUT", key="t/a", status=503))
+    s3_proxy.add(Rule("drop", method="PUT", key="t/b"))
+    with pytest.raises(GenericError, match="503"):
+        obstore.put(store, "t/a", b"v")
+    with pytest.raises(GenericError, match="error sending request"):
+        obstore.put(store, "t/b", b"v", mode="create")
+    assert [(r.key, r.fault) for r in s3_proxy.requests("PUT")] == [("t/a", "error"), ("t/b", "drop")]
+    assert s3_bucket.keys() == ["t/b"]  # the dropped create landed; the client only got an error
+
+
+def test_polars_retries_come_from_its_max_retries_option(s3_bucket: s3server.Bucket, s3_proxy: FaultProxy) -> None:
+    """A GET that keeps failing with 503 ends in an OSError after Polars' ``max_retries`` storage option."""
+    buf = io.BytesIO()
+    pl.DataFrame({"a": [1]}).write_parquet(buf)
+    s3_bucket.server.boto3_client().put_object(Bucket=s3_bucket.name, Key="t/x.parquet", Body=buf.getvalue())
+    s3_proxy.add(Rule("error", method="GET", key="t/x.parquet", status=503, times=100))
+    so = {**s3_bucket.via(s3_proxy.endpoint).storage_options, "max_retries": 1}
+    with pytest.raises(OSError, match="503"):
+        pl.read_parquet(f"{s3_bucket.uri}/x.parquet", storage_options=so)
+    attempts = len(s3_proxy.requests("GET", "t/x.parquet"))
+    assert 2 <= attempts <= 4  # 1 + max_retries per read Polars starts (it starts two here)
+
+
 def test_rule_fires_on_the_nth_match_only_for_its_bounded_count(
     s3_bucket: s3server.Bucket, s3_proxy: FaultProxy
 ) -> None:
