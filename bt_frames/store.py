@@ -80,6 +80,13 @@ class BacktraceStore:
         Seconds a writer keeps the blocks a compaction retired (default 60),
         for read-only readers in other processes that still read them; scans
         in the writer's own process keep theirs for as long as they run.
+    delta_log
+        Keep a Delta Lake log of every table's published blocks in
+        ``<table>/blocks/_delta_log`` (default True, when ``deltalake`` is
+        installed), so that other engines read the tables (README, "Reading a
+        table with other engines"). About 10-40 ms per manifest version that
+        changes blocks: False turns it off for a writer that flushes very often
+        and needs no other reader.
     """
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
@@ -100,6 +107,7 @@ class BacktraceStore:
         durability: Durability = "fsync",
         progress: bool | None = None,
         retired_grace: float = DEFAULT_RETIRED_GRACE_S,
+        delta_log: bool = True,
     ) -> None:
         if getattr(self, "_initialised", False):  # the store this process already had open (see __new__)
             return
@@ -113,6 +121,7 @@ class BacktraceStore:
         self._durability: Durability = durability
         self._show_progress = progress
         self._retired_grace = float(retired_grace)
+        self.delta_log = bool(delta_log)  # write each table's Delta log (storage/delta.py)
         self._tables: dict[str, Table] = {}
         self._lock = threading.RLock()
         self._closed = True  # until the lock is held and the folder checked
@@ -162,7 +171,7 @@ class BacktraceStore:
             _OPEN[_key(self._path)] = self
 
     def _check_same_options(self, kwargs: dict[str, Any]) -> None:
-        want = {"durability": self._durability, "retired_grace": self._retired_grace}
+        want = {"durability": self._durability, "retired_grace": self._retired_grace, "delta_log": self.delta_log}
         diff = {k: v for k, v in kwargs.items() if k in want and v != want[k]}
         if diff:
             raise StoreLockedError(

@@ -1137,7 +1137,7 @@ class Table:
 
     def _sync_delta(self, *, rebuild: bool = False) -> None:
         """Bring the Delta log up to the manifest (needs no table lock; never raises: see storage/delta.py)."""
-        if self._read_only or self._store._forked or not delta.available():
+        if self._read_only or self._store._forked or not self._store.delta_log or not delta.available():
             return
         with self._delta_lock:
             if delta.unsupported_columns(self._meta.schema):  # no log; one written before the schema change goes
@@ -1171,11 +1171,14 @@ class Table:
     def delta_log(self) -> delta.Status:
         """The state of the table's Delta log at ``<table>/blocks/_delta_log`` (see "Reading a table with
         other engines" in the README): ``up to date``, ``behind``, ``failed`` (with the error), ``unsupported``
-        (column types Delta cannot represent), ``unavailable`` (deltalake not installed) or ``read-only``."""
+        (column types Delta cannot represent), ``unavailable`` (deltalake not installed), ``off``
+        (``bt.open(..., delta_log=False)``) or ``read-only``."""
         self._check_open()
         m = self._manifest
         version = m.state.version if m is not None else 0
         uri = self._delta.uri
+        if not self._store.delta_log:
+            return delta.Status("off", uri, None, version)
         bad = delta.unsupported_columns(self._meta.schema)
         if bad:
             return delta.Status("unsupported", uri, None, version, unsupported=bad)
