@@ -1184,10 +1184,12 @@ class Table:
             return delta.Status("unsupported", uri, None, version, unsupported=bad)
         if not delta.available():
             return delta.Status("unavailable", uri, None, version, error="deltalake is not installed")
+        if self._delta_synced != version:  # versions since the last sync (a rotation...) may need no commit
+            self._sync_delta()
         err: str | None
         with self._delta_lock:
             try:
-                txn = self._delta.txn_version()
+                txn = self._delta.txn_version(refresh=self._read_only)
             except Exception as e:
                 txn, err = None, f"{type(e).__name__}: {e}"
             else:

@@ -530,3 +530,21 @@ def test_unsupported_columns_names_each_reason() -> None:
     assert list(bad) == ["a", "c"]
     assert "unsigned" in bad["a"]
     assert "Enum" in bad["c"]
+
+
+def test_cli_delta_log_prints_the_state_and_rebuilds(store_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bt_frames.__main__ import main
+
+    with bt.open(store_path) as s:
+        t = _orders_table(s)
+        _fill(t, n_blocks=2)
+    shutil.rmtree(store_path / "orders" / "blocks" / "_delta_log")
+    assert main(["delta-log", str(store_path), "orders"]) == 0
+    out = capsys.readouterr().out
+    assert "read-only" in out  # the status alone opens the store read-only: it writes nothing
+    assert "txn version None" in out
+    assert not (store_path / "orders" / "blocks" / "_delta_log").exists()
+    assert main(["delta-log", str(store_path), "orders", "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert ": up to date" in out
+    assert len(pl.scan_delta(str(store_path / "orders" / "blocks")).collect()) == 100

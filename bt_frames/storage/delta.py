@@ -296,8 +296,11 @@ class DeltaLog:
         self._fresh, self._txn_done = True, None
         return self._dt
 
-    def txn_version(self) -> int | None:
-        """The manifest version the log is up to date with (None: no log, or not one of ours)."""
+    def txn_version(self, *, refresh: bool = False) -> int | None:
+        """The manifest version the log is up to date with (None: no log, or not one of ours); ``refresh``:
+        read the log again even if this process wrote its last commit (a reader's view of another writer's)."""
+        if refresh:
+            self._fresh = False
         dt = self.load()
         return None if dt is None else dt.transaction_version(self.app)
 
