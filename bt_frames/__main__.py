@@ -279,6 +279,13 @@ def _lifecycle_report(t: Any) -> str:
         f"  retired      {len(kept)} block(s) kept for time travel, {_fmt_bytes(size)} ({size:,} bytes)"
         + (" (bt-frames vacuum deletes them)" if kept else "")
     )
+    status = t.delta_log
+    detail = (
+        f"txn version {status.txn_version}"
+        if not status.unsupported
+        else "columns " + ", ".join(f"{c} ({why.split(':')[0]})" for c, why in status.unsupported.items())
+    )
+    lines.append(f"  delta log    {status.state} ({detail}; see: bt-frames delta-log)")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ version commits, brought up to date on a writer's open when it is behind, and
 rebuilt from the manifest when it is missing, damaged or inconsistent. It is
 never on the durability path: delta-rs makes no fsync for a local commit and
 writes from Rust, out of reach of the store's file seam (``fs.py``), so a
-failure here is logged and reported (``DeltaLog.status``) and never fails an
+failure here is logged and reported (``Table.delta_log``, a ``Status``) and never fails an
 append, a flush, a lifecycle operation, a recovery or an open.
 
 How versions map (``sync``):
@@ -60,7 +60,7 @@ Polars' Delta reader rejects -- unsigned integers, ``Enum``, ``Duration``,
 ``Time``, ``Datetime("ns")`` (needs the ``timestampNanos`` reader feature),
 ``Array``, ``Float16``, 128-bit integers, ``Object`` -- also nested in a
 ``List`` or ``Struct``. Such a table has no Delta log (a ``DeltaIncompatibleWarning``
-at ``create_table`` or at the schema change, and the state in ``status``); it
+at ``create_table`` or at the schema change, and the state ``"unsupported"`` in ``Table.delta_log``); it
 works fully in bt_frames.
 
 Everything here takes the Delta table's URI (a local path or e.g.
@@ -242,8 +242,8 @@ class Status:
     ``state``: ``"up to date"``, ``"behind"`` (``behind`` manifest versions not yet in the log),
     ``"failed"`` (the last write failed: ``error``; retried at the next version and open),
     ``"unsupported"`` (column types Delta cannot represent: ``unsupported``),
-    ``"unavailable"`` (deltalake is not installed), ``"off"`` (the store was opened with ``delta_log=False``)
-    or ``"read-only"`` (a read-only store never writes it).
+    ``"unavailable"`` (deltalake is not installed) or ``"off"`` (the store was opened with ``delta_log=False``).
+    A read-only store never writes the log: its status says whether the writer's log is up to date.
     """
 
     state: str
