@@ -70,6 +70,7 @@ assumption about local files except in ``remove_log``.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -152,9 +153,17 @@ def unsupported_columns(schema: Mapping[str, pl.DataType]) -> dict[str, str]:
 
 
 def arrow_schema(schema: Mapping[str, pl.DataType]) -> Any:
-    """The Arrow schema of the Delta table (as the blocks store the columns; a categorical is a string)."""
-    plain = {n: (pl.String() if isinstance(t, pl.Categorical) else t) for n, t in schema.items()}
-    return pl.DataFrame(schema=plain).to_arrow().schema
+    """The Arrow schema of the Delta table: the blocks' columns, a categorical as a string, a time zone as UTC
+    (Delta's ``timestamp`` is an instant, always in UTC)."""
+
+    def plain(t: pl.DataType) -> pl.DataType:
+        if isinstance(t, pl.Categorical):
+            return pl.String()
+        if isinstance(t, pl.Datetime) and t.time_zone is not None:
+            return pl.Datetime(t.time_unit, "UTC")
+        return t
+
+    return pl.DataFrame(schema={n: plain(t) for n, t in schema.items()}).to_arrow().schema
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -165,10 +174,10 @@ def _stat_value(v: object, dtype: pl.DataType) -> object | None:
     if v is None:
         return None
     if isinstance(dtype, pl.Datetime):
-        text = v.isoformat(timespec="microseconds")  # type: ignore[attr-defined]
-        if dtype.time_zone is not None:
-            return text.split("+")[0] + "Z"  # a UTC instant: the frame's values carry the table's time zone
-        return text
+        if dtype.time_zone is not None:  # an instant, written in UTC (the frame's values carry the column's zone)
+            utc = v.astimezone(datetime.UTC)  # type: ignore[attr-defined]
+            return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        return v.isoformat(timespec="microseconds")  # type: ignore[attr-defined]
     if isinstance(dtype, pl.Date):
         return v.isoformat()  # type: ignore[attr-defined]
     if isinstance(dtype, pl.Decimal):
@@ -195,8 +204,6 @@ def file_stats(
         maxs: dict[str, object] = {}
         nulls: dict[str, int] = {}
         for c, dtype in schema.items():
-            if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC"):
-                dtype = pl.Datetime(dtype.time_unit, "UTC")
             n = row.get(f"null_count.{c}")
             if n is not None and not isinstance(dtype, (pl.Struct, pl.List)):
                 nulls[c] = int(n)
