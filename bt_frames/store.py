@@ -104,6 +104,13 @@ class BacktraceStore:
         A writer on a bucket holds a lease on the prefix (one writer anywhere),
         renewed in the background; a writer that stops renewing loses it after
         this long (default 60) and another may take the store over.
+    delta_log
+        Keep a Delta Lake log of every table's published blocks in
+        ``<table>/blocks/_delta_log`` (default True, when ``deltalake`` is
+        installed), so that other engines read the tables (README, "Reading a
+        table with other engines"). About 10-40 ms per manifest version that
+        changes blocks: False turns it off for a writer that flushes very often
+        and needs no other reader.
     """
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
@@ -127,6 +134,7 @@ class BacktraceStore:
         storage_options: Mapping[str, Any] | None = None,
         wal_dir: str | os.PathLike[str] | None = None,
         lease_seconds: float = remote.DEFAULT_LEASE_S,
+        delta_log: bool = True,
     ) -> None:
         if getattr(self, "_initialised", False):  # the store this process already had open (see __new__)
             return
@@ -165,6 +173,7 @@ class BacktraceStore:
         self._durability: Durability = durability
         self._show_progress = progress
         self._retired_grace = float(retired_grace)
+        self.delta_log = bool(delta_log)  # write each table's Delta log (storage/delta.py)
         self._tables: dict[str, Table] = {}
         self._lock = threading.RLock()
         self._closed = True  # until the lock is held and the folder checked
@@ -305,7 +314,7 @@ class BacktraceStore:
                 log.warning("store %s: releasing the lease failed (%s); it expires by itself", self._uri, e)
 
     def _check_same_options(self, kwargs: dict[str, Any]) -> None:
-        want = {"durability": self._durability, "retired_grace": self._retired_grace}
+        want = {"durability": self._durability, "retired_grace": self._retired_grace, "delta_log": self.delta_log}
         diff = {k: v for k, v in kwargs.items() if k in want and v != want[k]}
         if diff:
             raise StoreLockedError(

@@ -1166,7 +1166,7 @@ class Table:
 
     def _sync_delta(self, *, rebuild: bool = False) -> None:
         """Bring the Delta log up to the manifest (needs no table lock; never raises: see storage/delta.py)."""
-        if self._read_only or self._store._forked or not delta.available():
+        if self._read_only or self._store._forked or not self._store.delta_log or not delta.available():
             return
         with self._delta_lock:
             if delta.unsupported_columns(self._meta.schema):  # no log; one written before the schema change goes
@@ -1203,26 +1203,34 @@ class Table:
     def delta_log(self) -> delta.Status:
         """The state of the table's Delta log at ``<table>/blocks/_delta_log`` (see "Reading a table with
         other engines" in the README): ``up to date``, ``behind``, ``failed`` (with the error), ``unsupported``
-        (column types Delta cannot represent), ``unavailable`` (deltalake not installed) or ``read-only``."""
+        (column types Delta cannot represent), ``unavailable`` (deltalake not installed) or ``off``
+        (``bt.open(..., delta_log=False)``). A read-only store never writes the log; its status says whether
+        the writer's log is up to date."""
         self._check_open()
-        m = self._manifest
-        version = m.state.version if m is not None else 0
+        m = self._manifest  # a reader's open from the statistics cache loads none: the newest version file then
+        version = m.state.version if m is not None else (mf.list_versions(self._dir) or [0])[-1]
         uri = self._delta.uri
+        if not self._store.delta_log:
+            return delta.Status("off", uri, None, version)
         bad = delta.unsupported_columns(self._meta.schema)
         if bad:
             return delta.Status("unsupported", uri, None, version, unsupported=bad)
         if not delta.available():
             return delta.Status("unavailable", uri, None, version, error="deltalake is not installed")
+        if self._delta_synced != version:  # versions since the last sync (a rotation...) may need no commit
+            self._sync_delta()
         err: str | None
         with self._delta_lock:
             try:
-                txn = self._delta.txn_version()
+                txn = self._delta.txn_version(refresh=self._read_only)
             except Exception as e:
                 txn, err = None, f"{type(e).__name__}: {e}"
             else:
                 err = self._delta_error
-        if self._read_only:
-            return delta.Status("read-only", uri, txn, version, error=err)
+        if self._read_only:  # judged from the files: is any version after the log's txn one that needs a commit?
+            edits = None if txn is None or txn > version else mf.edits_after(self._dir, txn, version)
+            pending = edits is None or any(e.add or e.remove or e.schema for _v, e in edits)
+            return delta.Status("behind" if pending else "up to date", uri, txn, version, error=err)
         if err is not None:
             return delta.Status("failed", uri, txn, version, error=err)
         state = "up to date" if self._delta_synced == version else "behind"

@@ -15,7 +15,7 @@ version commits, brought up to date on a writer's open when it is behind, and
 rebuilt from the manifest when it is missing, damaged or inconsistent. It is
 never on the durability path: delta-rs makes no fsync for a local commit and
 writes from Rust, out of reach of the store's file seam (``fs.py``), so a
-failure here is logged and reported (``DeltaLog.status``) and never fails an
+failure here is logged and reported (``Table.delta_log``, a ``Status``) and never fails an
 append, a flush, a lifecycle operation, a recovery or an open.
 
 How versions map (``sync``):
@@ -46,8 +46,8 @@ How versions map (``sync``):
   removes and adds what differs from the live blocks; a log that cannot be
   loaded at all is removed (only ``_delta_log/``, which the store created)
   and created again from the live blocks;
-- a Delta checkpoint is written every ``CHECKPOINT_EVERY`` Delta versions so
-  that loading the log stays fast.
+- delta-rs writes a Delta checkpoint every 100 commits (the default
+  ``delta.checkpointInterval``), so loading the log stays fast.
 
 Retention: the table configuration ``delta.deletedFileRetentionDuration``
 and ``delta.logRetentionDuration`` are set to how long bt_frames keeps
@@ -60,7 +60,7 @@ Polars' Delta reader rejects -- unsigned integers, ``Enum``, ``Duration``,
 ``Time``, ``Datetime("ns")`` (needs the ``timestampNanos`` reader feature),
 ``Array``, ``Float16``, 128-bit integers, ``Object`` -- also nested in a
 ``List`` or ``Struct``. Such a table has no Delta log (a ``DeltaIncompatibleWarning``
-at ``create_table`` or at the schema change, and the state in ``status``); it
+at ``create_table`` or at the schema change, and the state ``"unsupported"`` in ``Table.delta_log``); it
 works fully in bt_frames.
 
 Everything here takes the Delta table's URI (a local path or e.g.
@@ -70,6 +70,7 @@ assumption about local files except in ``remove_log``.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -87,7 +88,6 @@ if TYPE_CHECKING:
 
 LOG_DIR = "_delta_log"
 APP_PREFIX = "bt_frames:"
-CHECKPOINT_EVERY = 100
 NO_DATA_CHANGE = frozenset({"compact"})  # operations that rewrite rows without changing them
 FOREVER = "interval 5200 weeks"  # "kept until vacuum": a century
 UNKNOWN_ROWS = -1  # a block entry re-added without its row count (no statistics at all)
@@ -112,6 +112,8 @@ def available() -> bool:
 
 def _unsupported(dtype: Any) -> str | None:
     """Why ``dtype`` cannot be a column of the Delta table (None: it can)."""
+    if isinstance(dtype, type):  # a class inside a nested type (pl.Struct({"t": pl.Time}))
+        dtype = dtype()
     if dtype.is_unsigned_integer():
         return "Delta has no unsigned integers; use a signed type one size larger (pl.Int64 for pl.UInt32)"
     if isinstance(dtype, pl.Enum):
@@ -151,9 +153,17 @@ def unsupported_columns(schema: Mapping[str, pl.DataType]) -> dict[str, str]:
 
 
 def arrow_schema(schema: Mapping[str, pl.DataType]) -> Any:
-    """The Arrow schema of the Delta table (as the blocks store the columns; a categorical is a string)."""
-    plain = {n: (pl.String() if isinstance(t, pl.Categorical) else t) for n, t in schema.items()}
-    return pl.DataFrame(schema=plain).to_arrow().schema
+    """The Arrow schema of the Delta table: the blocks' columns, a categorical as a string, a time zone as UTC
+    (Delta's ``timestamp`` is an instant, always in UTC)."""
+
+    def plain(t: pl.DataType) -> pl.DataType:
+        if isinstance(t, pl.Categorical):
+            return pl.String()
+        if isinstance(t, pl.Datetime) and t.time_zone is not None:
+            return pl.Datetime(t.time_unit, "UTC")
+        return t
+
+    return pl.DataFrame(schema={n: plain(t) for n, t in schema.items()}).to_arrow().schema
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -164,10 +174,10 @@ def _stat_value(v: object, dtype: pl.DataType) -> object | None:
     if v is None:
         return None
     if isinstance(dtype, pl.Datetime):
-        text = v.isoformat(timespec="microseconds")  # type: ignore[attr-defined]
-        if dtype.time_zone is not None:
-            return text.split("+")[0] + "Z"  # a UTC instant: the frame's values carry the table's time zone
-        return text
+        if dtype.time_zone is not None:  # an instant, written in UTC (the frame's values carry the column's zone)
+            utc = v.astimezone(datetime.UTC)  # type: ignore[attr-defined]
+            return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        return v.isoformat(timespec="microseconds")  # type: ignore[attr-defined]
     if isinstance(dtype, pl.Date):
         return v.isoformat()  # type: ignore[attr-defined]
     if isinstance(dtype, pl.Decimal):
@@ -179,18 +189,21 @@ def _stat_value(v: object, dtype: pl.DataType) -> object | None:
     return None
 
 
-def file_stats(schema: Mapping[str, pl.DataType], stats: pl.DataFrame | None) -> dict[str, str]:
-    """Block name -> Delta stats JSON, from the statistics frame (catalog.stats_frame) of the live blocks."""
+def file_stats(
+    schema: Mapping[str, pl.DataType], stats: pl.DataFrame | None, blocks: Iterable[str] | None = None
+) -> dict[str, str]:
+    """Block name -> Delta stats JSON, from the statistics frame (catalog.stats_frame) of the live blocks
+    (only those of ``blocks`` if given)."""
     if stats is None or stats.height == 0:
         return {}
+    if blocks is not None:
+        stats = stats.filter(pl.col("block").is_in(list(blocks)))
     out: dict[str, str] = {}
     for row in stats.iter_rows(named=True):
         mins: dict[str, object] = {}
         maxs: dict[str, object] = {}
         nulls: dict[str, int] = {}
         for c, dtype in schema.items():
-            if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC"):
-                dtype = pl.Datetime(dtype.time_unit, "UTC")
             n = row.get(f"null_count.{c}")
             if n is not None and not isinstance(dtype, (pl.Struct, pl.List)):
                 nulls[c] = int(n)
@@ -236,7 +249,8 @@ class Status:
     ``state``: ``"up to date"``, ``"behind"`` (``behind`` manifest versions not yet in the log),
     ``"failed"`` (the last write failed: ``error``; retried at the next version and open),
     ``"unsupported"`` (column types Delta cannot represent: ``unsupported``),
-    ``"unavailable"`` (deltalake is not installed) or ``"read-only"`` (a read-only store never writes it).
+    ``"unavailable"`` (deltalake is not installed) or ``"off"`` (the store was opened with ``delta_log=False``).
+    A read-only store never writes the log: its status says whether the writer's log is up to date.
     """
 
     state: str
@@ -265,6 +279,9 @@ class DeltaLog:
         self.table = table
         self.storage_options = storage_options
         self._dt: DeltaTable | None = None
+        self._fresh = False  # _dt is as of our own last commit (one writer per table: nothing newer to read)
+        self._txn_done: int | None = None  # the txn version of that commit
+        self.app = app_id(table)
 
     # reading
 
@@ -272,6 +289,8 @@ class DeltaLog:
         """The DeltaTable, brought up to date (None if there is no loadable log)."""
         from deltalake import DeltaTable
 
+        if self._dt is not None and self._fresh:
+            return self._dt
         if self._dt is not None:
             try:
                 self._dt.update_incremental()
@@ -281,18 +300,29 @@ class DeltaLog:
         if not DeltaTable.is_deltatable(self.uri, self.storage_options):
             return None
         self._dt = DeltaTable(self.uri, storage_options=self.storage_options)
+        self._fresh, self._txn_done = True, None
         return self._dt
 
-    def txn_version(self) -> int | None:
-        """The manifest version the log is up to date with (None: no log, or not one of ours)."""
+    def txn_version(self, *, refresh: bool = False) -> int | None:
+        """The manifest version the log is up to date with (None: no log, or not one of ours); ``refresh``:
+        read the log again even if this process wrote its last commit (a reader's view of another writer's)."""
+        if refresh:
+            self._fresh = False
         dt = self.load()
-        return None if dt is None else dt.transaction_version(app_id(self.table))
+        return None if dt is None else dt.transaction_version(self.app)
 
     # writing
 
     def sync(self, src: Source) -> int:
         """Bring the log up to manifest version ``src.version``; return the Delta commits made. Raises on failure
         (the caller reports it: the log is never on the durability path)."""
+        try:
+            return self._sync(src)
+        except BaseException:
+            self._dt, self._fresh = None, False  # read again from the storage next time
+            raise
+
+    def _sync(self, src: Source) -> int:
         try:
             dt = self.load()
         except Exception:  # damaged beyond loading: start again
@@ -302,14 +332,16 @@ class DeltaLog:
             self.remove_log()
             self.create(src)
             return 1
-        done = dt.transaction_version(app_id(self.table))
+        done = self._txn_done if self._fresh and self._txn_done is not None else dt.transaction_version(self.app)
         edits = None if done is None or done > src.version else src.edits(done)
         if edits is None:
             return self._reconcile(src)
         commits = 0
-        stats = file_stats(src.schema, src.stats) if edits else {}
+        stats = file_stats(src.schema, src.stats, (b.block for _v, e in edits for b in e.add)) if edits else {}
         for v, edit in edits:
+            dt = self.load() or dt  # a schema change replaced the table object
             commits += self._apply(dt, src, v, edit, stats)
+        dt = self.load() or dt
         if not self._config_ok(dt, src):  # keep_versions changed (set_options): no block did
             self._set_config(dt, src)
             commits += 1
@@ -332,7 +364,7 @@ class DeltaLog:
             storage_options=self.storage_options,
             commit_properties=self._txn(src.version),
         )
-        self._dt = None
+        self._dt, self._fresh = None, False
 
     def rebuild(self, src: Source) -> None:
         """Remove ``_delta_log/`` and write it again from the manifest's live blocks."""
@@ -340,7 +372,8 @@ class DeltaLog:
         self.create(src)
 
     def remove_log(self) -> None:
-        """Delete ``_delta_log/`` (the store created it). Local paths only, for now."""
+        """Delete the folder ``_delta_log/`` (the store created it; anything else there is refused). Local paths
+        only, for now."""
         self._dt = None
         path = _local_path(self.uri)
         if path is None:
@@ -348,15 +381,15 @@ class DeltaLog:
         log_dir = os.path.join(path, LOG_DIR)
         if os.path.isdir(log_dir) and not os.path.islink(log_dir):
             fs.remove_tree(log_dir)
-        elif os.path.lexists(log_dir):
-            fs.unlink(log_dir, missing_ok=True)
+        elif os.path.lexists(log_dir):  # not a folder the store made: never deleted
+            raise FileExistsError(f"{log_dir} is not a folder (the store did not write it); remove it")
 
     # internals
 
     def _txn(self, version: int) -> Any:
         from deltalake.transaction import CommitProperties, Transaction
 
-        return CommitProperties(app_transactions=[Transaction(app_id(self.table), version)])
+        return CommitProperties(app_transactions=[Transaction(self.app, version)])
 
     def _adds(self, blocks: Iterable[mf.BlockEntry], stats: Mapping[str, str], *, data_change: bool) -> list[Any]:
         from deltalake.transaction import AddAction
@@ -366,21 +399,19 @@ class DeltaLog:
         ]
 
     def _commit(self, dt: DeltaTable, src: Source, version: int, actions: list[Any]) -> None:
-        before = dt.version()
-        dt.create_write_transaction(
-            actions, mode="append", schema=arrow_schema(src.schema), commit_properties=self._txn(version)
-        )
+        """Commit ``actions`` (delta-rs writes a checkpoint every ``delta.checkpointInterval``, 100, commits)."""
+        self._fresh = False
+        dt.create_write_transaction(actions, mode="append", schema=dt.schema(), commit_properties=self._txn(version))
         dt.update_incremental()
-        if dt.version() // CHECKPOINT_EVERY > before // CHECKPOINT_EVERY:
-            dt.create_checkpoint()
+        self._fresh, self._txn_done = True, version
 
     def _apply(self, dt: DeltaTable, src: Source, v: int, edit: mf.Edit, stats: Mapping[str, str]) -> int:
         """The Delta commit of manifest version ``v`` (0 or 1 commits)."""
         from deltalake.transaction import RemoveAction
 
         if edit.schema is not None:  # new metadata over the blocks live before this version (it adds none)
-            actions = dt.get_add_actions(flatten=True)
-            sizes = dict(zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist(), strict=True))
+            actions = pl.DataFrame(dt.get_add_actions(flatten=True)).select("path", "size_bytes")
+            sizes = dict(actions.iter_rows())
             now = {b.block: b for b in src.blocks}
             blocks = [now.get(p) or mf.BlockEntry(p, UNKNOWN_ROWS, int(s)) for p, s in sorted(sizes.items())]
             schema = catalog.schema_from_b64(edit.schema)
@@ -407,10 +438,12 @@ class DeltaLog:
         return all(conf.get(k) == v for k, v in configuration(src.keep_s).items())
 
     def _set_config(self, dt: DeltaTable, src: Source) -> None:
+        self._fresh = False
         dt.alter.set_table_properties(
             configuration(src.keep_s), raise_if_not_exists=False, commit_properties=self._txn(src.version)
         )
         dt.update_incremental()
+        self._fresh, self._txn_done = True, src.version
 
 
 def _rows_only(rows: int) -> str:
