@@ -38,6 +38,7 @@ from typing import Any
 from bt_frames.errors import BtError, MissingOptionalDependencyError, ObjectStoreError
 
 SCHEME = "s3://"
+PAGE = 1000  # keys per LIST response (S3's maximum)
 # obstore retries for up to 3 minutes by default: a wrong endpoint would look like a hang
 _RETRY = {"max_retries": 3, "retry_timeout": dt.timedelta(seconds=20)}
 _CLIENT = {"connect_timeout": "5s", "timeout": "60s"}
@@ -58,6 +59,11 @@ def split_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise BtError(f"{uri!r} is not an object store URI; write it as 's3://<bucket>/<prefix>'")
     return bucket, prefix.strip("/")
+
+
+# obstore clients by (bucket, prefix, options): opening a store again in this process reuses one
+_CLIENTS: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,12 @@ class ObjectStore:
             raise MissingOptionalDependencyError.needs(f"{self.uri}: object storage", "obstore", "s3") from e
         config = {k.lower(): str(v).lower() if isinstance(v, bool) else v for k, v in self.storage_options.items()}
         config.setdefault("aws_checksum_algorithm", "sha256")  # the store verifies every upload's body
+        key = (self.bucket, self.prefix, tuple(sorted((k, str(v)) for k, v in config.items())))
+        with _CLIENTS_LOCK:
+            cached = _CLIENTS.get(key)
+        if cached is not None:  # a client (its connection pool) is made once per bucket and options
+            self._store = cached
+            return
         try:
             self._store = S3Store(
                 self.bucket,
@@ -93,6 +105,8 @@ class ObjectStore:
             )
         except Exception as e:
             raise ObjectStoreError(f"{self.uri}: invalid storage_options ({_short(e)}). {_FIX}") from e
+        with _CLIENTS_LOCK:
+            _CLIENTS[key] = self._store
 
     # -- naming ----------------------------------------------------------------
 
@@ -211,6 +225,19 @@ class ObjectStore:
                     yield Entry(m["path"], int(m["size"]), m["last_modified"], m.get("e_tag"))
         except Exception as e:
             raise self._error("listing", prefix, e) from e
+
+    def list_first(self, prefix: str, start_after: str | None = None) -> tuple[Sequence[Entry], bool]:
+        """The first page of ``list`` (one request): its entries, and whether they are all there are."""
+        import obstore
+
+        self._count("list")
+        try:
+            it = iter(obstore.list(self._store, prefix, offset=start_after, chunk_size=PAGE))
+            page = next(it, [])
+        except Exception as e:
+            raise self._error("listing", prefix, e) from e
+        entries = [Entry(m["path"], int(m["size"]), m["last_modified"], m.get("e_tag")) for m in page]
+        return entries, len(entries) < PAGE
 
     def folders(self, prefix: str = "") -> Sequence[str]:
         """The names of the "folders" directly under ``prefix`` (one LIST with a delimiter)."""

@@ -71,6 +71,7 @@ fetches the newer versions (and the footers of blocks the cache lacks).
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
 import json
@@ -132,9 +133,13 @@ def block_key(table: str, block: str) -> str:
     return table_key(table, layout.BLOCKS_DIR, block)
 
 
+def _versions_prefix(table: str) -> str:
+    return table_key(table, mf.MANIFEST_DIR) + "/"
+
+
 def remote_versions(obj: ObjectStore, table: str, after: int = 0) -> list[int]:
     """The version numbers in the bucket's ``<table>/_manifest/``, ascending (those above ``after``)."""
-    prefix = table_key(table, mf.MANIFEST_DIR) + "/"
+    prefix = _versions_prefix(table)
     start = version_key(table, after) if after else None
     out = []
     for e in obj.list(prefix, start):
@@ -568,8 +573,15 @@ def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -
     fs.mkdir(table_dir / layout.WAL_DIR, exist_ok=True)
     have = set(mf.list_versions(table_dir))
     after = 0
-    if not blocks:
-        raw = obj.get(table_key(table, HEAD))
+    if blocks:
+        newer = remote_versions(obj, table)
+    else:
+        # the head (one GET) and the versions after the newest one known here (one LIST), at the same time
+        known = max(have, default=0)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            listing = pool.submit(obj.list_first, _versions_prefix(table), version_key(table, known) if known else None)
+            raw = obj.get(table_key(table, HEAD))
+            listed, complete = listing.result()
         got = decode_head(raw) if raw is not None else None
         if got is not None:
             after, files = got
@@ -578,7 +590,10 @@ def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -
                 v = mf.parse_version_name(name.rpartition("/")[2]) if name.startswith(mf.MANIFEST_DIR) else None
                 if v is not None:
                     have.add(v)
-    newer = remote_versions(obj, table, after)
+        seen = sorted(v for e in listed if (v := mf.parse_version_name(e.key.rpartition("/")[2])) is not None)
+        if not complete:  # more than a page of versions: the rest after the last one listed
+            seen += remote_versions(obj, table, max(after, seen[-1] if seen else 0))
+        newer = [v for v in seen if v > after]
     if not after and not newer:
         return 0
     if not (table_dir / layout.TABLE_JSON).exists() or blocks:
