@@ -150,7 +150,7 @@ class BacktraceStore:
                 # nothing read yet: a table's open is one GET and one LIST (storage/remote.py)
                 self._scratch = tempfile.mkdtemp(prefix="bt_frames-reader-")
                 path = self._scratch
-                _write_marker(Path(path))
+                _write_marker(Path(path), durable=False)
             else:
                 if wal_dir is None:
                     raise BtError(
@@ -883,9 +883,9 @@ def _check_marker(path: Path, kind: str) -> None:
         raise UnsupportedFormatError.newer(marker, version, STORE_FORMAT_VERSION)
 
 
-def _write_marker(path: Path) -> None:
+def _write_marker(path: Path, *, durable: bool = True) -> None:
     doc = {"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION}
-    layout.atomic_write(path / layout.STORE_MARKER, (json.dumps(doc) + "\n").encode())
+    layout.atomic_write(path / layout.STORE_MARKER, (json.dumps(doc) + "\n").encode(), durable=durable)
 
 
 def _make_dirs(path: Path) -> None:

@@ -470,3 +470,15 @@ def test_blocks_a_compaction_retired_leave_the_bucket_when_vacuumed(s3_bucket: s
         assert len(after) == 2  # the merged block and the last one
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         assert reader["t"].read().get_column("x").to_list() == list(range(41))
+
+
+def test_a_renewed_lease_outlives_its_seconds(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a", lease_seconds=0.6) as store:
+        make_table(store).append(frame(0, 3))
+        time.sleep(1.5)  # more than twice the lease: only the renewals keep it
+        with pytest.raises(bt.StoreLockedError, match="holds its lease"):
+            bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b")
+        store["t"].append(frame(3, 3))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().height == 6
