@@ -87,7 +87,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bt_frames.errors import BtError, CorruptionError, MirrorConflictError, StoreLockedError
+from bt_frames.errors import BtError, CorruptionError, MirrorConflictError, ObjectStoreError, StoreLockedError
 from bt_frames.storage import fs, layout, locking
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.objectstore import ObjectStore
@@ -101,6 +101,7 @@ HEAD_FORMAT = "bt_frames.head"
 HEAD_FORMAT_VERSION = 1
 DEFAULT_LEASE_S = 60.0
 ORPHAN_GRACE_S = 3600.0
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0  # the mirror's back-off while the bucket cannot be reached
 
 DELTA_LOG = "_delta_log"  # storage/delta.py's LOG_DIR (this module does not import deltalake's wrapper)
 LAST_CHECKPOINT = "_last_checkpoint"
@@ -297,6 +298,9 @@ class Mirror:
     _queue: list[_Job] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _busy: bool = False
+    retrying: ObjectStoreError | None = None  # the last failure to reach the bucket, while a job waits to retry
+    _backoff: float = 0.0
+    _failures: int = 0
     _closed: bool = False
     _thread: threading.Thread | None = None
 
@@ -339,23 +343,47 @@ class Mirror:
                     self.put_delta_log(job.table, job.table_dir)
                 elif self.failed is None:
                     self.publish(job.table, job.table_dir, job.version)
+                self.retrying = None
+            except ObjectStoreError as e:  # the bucket cannot be reached: not a conflict; the job is retried
+                with self._cond:
+                    self._queue.insert(0, job)
+                    self.retrying = e
+                    self._failures += 1
+                    self._backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, self._backoff * 2))
+                    self._busy = False
+                    self._cond.notify_all()
+                    log.warning("%s: publishing table %r failed (%s); retried in %.0f s", self.obj.uri, job.table, e,
+                                self._backoff)  # fmt: skip
+                    if self._closed:  # the store is closing: the next writer's open publishes the rest
+                        return
+                    self._cond.wait(self._backoff)  # wait() or close() wakes it: then it tries again at once
+                continue
             except BtError as e:
                 self.failed = e
                 log.error("%s: publishing table %r stopped: %s", self.obj.uri, job.table, e)
             except Exception as e:  # pragma: no cover - a bug: keep it, never kill the thread silently
                 self.failed = BtError(f"{self.obj.uri}: publishing table {job.table!r} failed: {e}")
                 log.exception("publishing failed")
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            with self._cond:
+                self._busy = False
+                self._backoff = 0.0
+                self._cond.notify_all()
 
     def wait(self) -> None:
-        """Until every queued version is in the bucket; raises the error that stopped publishing."""
+        """Until every queued version is in the bucket; raises the error that stopped publishing, or an
+        ``ObjectStoreError`` when the bucket cannot be reached (publishing is retried in the background)."""
         with self._cond:
-            while self._queue or self._busy:
+            seen = self._failures
+            self._cond.notify_all()  # a job backing off after a failure tries again now
+            while (self._queue or self._busy) and self.failed is None and self._failures == seen:
                 self._cond.wait()
+            retrying = self.retrying if self._failures != seen else None
         self.check()
+        if retrying is not None:
+            raise ObjectStoreError(
+                f"{self.obj.uri}: not everything is published yet ({retrying}); the rows are durable in the "
+                "local WAL and publishing is retried in the background (and at the next open)."
+            ) from retrying
 
     def check(self) -> None:
         if self.lease is not None and self.lease.lost is not None and self.failed is None:

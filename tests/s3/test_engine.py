@@ -482,3 +482,28 @@ def test_a_renewed_lease_outlives_its_seconds(s3_bucket: s3server.Bucket, tmp_pa
         store["t"].append(frame(3, 3))
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         assert reader["t"].read().height == 6
+
+
+def test_an_unreachable_bucket_delays_publishing_and_nothing_is_lost(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.flush()
+        rule = s3_proxy.add(faultproxy.Rule("error", method="PUT", key="t/t/blocks/*", status=503, times=8))
+        t.append(frame(0, 60))  # acknowledged: in blocks locally; the uploads fail for a while
+        with pytest.raises(bt.ObjectStoreError, match="retried in the background"):
+            t.flush()
+        assert not [k for k in keys_of(s3_bucket) if k.endswith(".parquet")]
+        t.append(frame(60, 1))  # still taking appends: not a conflict
+        deadline = time.monotonic() + 60
+        while True:  # the outage ends once the rule is used up; flush() then succeeds
+            try:
+                t.flush()
+                break
+            except bt.ObjectStoreError:
+                assert time.monotonic() < deadline
+        assert rule.fired == 8
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(61))
