@@ -295,6 +295,7 @@ class Mirror:
     failed: BtError | None = None
     published: dict[str, int] = field(default_factory=dict)  # table -> newest version in the bucket
     delta_done: dict[str, set[str]] = field(default_factory=dict)  # table -> Delta log files in the bucket
+    table_json: dict[str, bytes] = field(default_factory=dict)  # table -> the table.json the bucket has
     _queue: list[_Job] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _busy: bool = False
@@ -406,8 +407,12 @@ class Mirror:
         if done is None:
             have = remote_versions(self.obj, table)
             done = have[-1] if have else 0
-            if done == 0:
-                self.obj.put(table_key(table, layout.TABLE_JSON), _read(table_dir / layout.TABLE_JSON))
+        meta = _read(table_dir / layout.TABLE_JSON)
+        if self.table_json.get(table) != meta:  # new, or rewritten (a schema change, pandas metadata)
+            key = table_key(table, layout.TABLE_JSON)
+            if self.obj.get(key) != meta:
+                self.obj.put(key, meta)
+            self.table_json[table] = meta
         for v in range(done + 1, upto + 1):
             self.publish_version(table, table_dir, v)
             self.published[table] = v

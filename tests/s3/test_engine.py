@@ -507,3 +507,19 @@ def test_an_unreachable_bucket_delays_publishing_and_nothing_is_lost(
         assert rule.fired == 8
     with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
         assert reader["t"].read().get_column("x").to_list() == list(range(61))
+
+
+def test_a_schema_change_reaches_readers_and_the_next_writer(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        t = make_table(store)
+        t.append(frame(0, 5))
+        t.add_columns({"note": pl.String})
+        t.append(frame(5, 5).with_columns(note=pl.lit("n")))
+    assert b'"note"' in get(s3_bucket, "t/t/table.json")
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as store:
+        assert store["t"].schema.names() == ["ts", "x", "note"]
+        assert store["t"].read().get_column("note").to_list() == [None] * 5 + ["n"] * 5
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].schema.names() == ["ts", "x", "note"]
+        assert reader["t"].read().height == 10
