@@ -523,3 +523,15 @@ def test_a_schema_change_reaches_readers_and_the_next_writer(s3_bucket: s3server
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         assert reader["t"].schema.names() == ["ts", "x", "note"]
         assert reader["t"].read().height == 10
+
+
+def test_a_reader_of_an_unreachable_endpoint_gets_a_bt_error_with_the_fix(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 3))
+    so = {**s3_bucket.storage_options, "aws_endpoint_url": "http://127.0.0.1:9"}
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        with pytest.raises(bt.ObjectStoreError, match="aws_endpoint_url") as e:
+            reader["t"]
+        assert s3_bucket.name in str(e.value)
