@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from bt_frames.errors import (
     BtError,
+    BtWarning,
     CorruptionError,
+    DeltaIncompatibleWarning,
     InvalidTableNameError,
+    MirrorConflictError,
     MissingOptionalDependencyError,
+    ObjectStoreError,
     ReadOnlyError,
     SchemaMismatchError,
     StorageIOError,
@@ -42,9 +46,13 @@ _accessors.install()  # df.bt: Polars now; pandas when it is imported (bt_frames
 __all__ = [
     "BacktraceStore",
     "BtError",
+    "BtWarning",
     "CorruptionError",
+    "DeltaIncompatibleWarning",
     "InvalidTableNameError",
+    "MirrorConflictError",
     "MissingOptionalDependencyError",
+    "ObjectStoreError",
     "PruneReport",
     "ReadOnlyError",
     "Recovery",

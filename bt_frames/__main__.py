@@ -9,6 +9,8 @@
                                       the table's manifest versions (``table.versions``)
     bt-frames vacuum PATH TABLE [--older-than 7d] [--grace SECONDS]
                                       delete retired blocks; print the files and bytes freed
+    bt-frames delta-log PATH TABLE [--rebuild]
+                                      the state of the table's Delta log; --rebuild writes it again
     bt-frames demo PATH               ingest, kill -9 a writer, recover, run a pruned query
 
 ``info``, ``verify``, ``query`` and ``history`` open the store read-only: they
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 
 PROG = "bt-frames"
 # the public subcommands (README and tests check them)
-COMMANDS = ("info", "verify", "query", "history", "vacuum", "demo")
+COMMANDS = ("info", "verify", "query", "history", "vacuum", "delta-log", "demo")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -277,6 +279,13 @@ def _lifecycle_report(t: Any) -> str:
         f"  retired      {len(kept)} block(s) kept for time travel, {_fmt_bytes(size)} ({size:,} bytes)"
         + (" (bt-frames vacuum deletes them)" if kept else "")
     )
+    status = t.delta_log
+    detail = (
+        f"txn version {status.txn_version}"
+        if not status.unsupported
+        else "columns " + ", ".join(f"{c} ({why.split(':')[0]})" for c, why in status.unsupported.items())
+    )
+    lines.append(f"  delta log    {status.state} ({detail}; see: bt-frames delta-log)")
     return "\n".join(lines)
 
 
@@ -437,6 +446,39 @@ def cmd_history(args: argparse.Namespace) -> int:
         note += f"; {hidden} housekeeping version(s) ({'/'.join(HOUSEKEEPING)}) hidden, --all shows them"
     print(note)
     return EXIT_OK
+
+
+# -- delta-log -------------------------------------------------------------------------
+
+
+def cmd_delta_log(args: argparse.Namespace) -> int:
+    from bt_frames.errors import StoreLockedError
+    from bt_frames.store import BacktraceStore
+
+    check = _open_read_only(args.path)  # a store, with that table
+    try:
+        status = check.table(args.table).delta_log
+    finally:
+        check.close()
+    if args.rebuild:
+        try:
+            store = BacktraceStore(Path(args.path), progress=False)
+        except StoreLockedError as e:
+            raise BtError(
+                f"--rebuild writes the Delta log, so it must open the store as its writer, and another writer "
+                f"holds it ({e}) Nothing was changed. Call table.rebuild_delta_log() in that writer."
+            ) from None
+        try:
+            status = store.table(args.table).rebuild_delta_log()
+        finally:
+            store.close()
+    print(f"table {args.table!r}: Delta log at {status.uri}: {status.state}")
+    print(f"  manifest version {status.manifest_version}; the log's txn version {status.txn_version}")
+    for column, why in status.unsupported.items():
+        print(f"  column {column!r}: {why}")
+    if status.error:
+        print(f"  error: {status.error}")
+    return 0
 
 
 # -- vacuum ----------------------------------------------------------------------------
@@ -895,6 +937,19 @@ def build_parser() -> argparse.ArgumentParser:
         "processes, whatever --older-than says (default: 60)",
     )
     s.set_defaults(func=cmd_vacuum)
+
+    s = sub.add_parser(
+        "delta-log",
+        help="the state of a table's Delta log; --rebuild writes it again",
+        description="Print the state of TABLE's Delta Lake log (<table>/blocks/_delta_log, which other engines "
+        "read: pl.scan_delta, DuckDB delta_scan): up to date, behind, failed, unsupported (column types Delta "
+        "cannot represent). --rebuild removes the log and writes it again from the manifest; it opens the "
+        "store as its writer and refuses (exit 1, nothing changed) while another process holds it.",
+    )
+    s.add_argument("path", metavar="PATH", help="the store's folder")
+    s.add_argument("table", metavar="TABLE", help="the table")
+    s.add_argument("--rebuild", action="store_true", help="write the log again from the manifest")
+    s.set_defaults(func=cmd_delta_log)
 
     s = sub.add_parser(
         "demo",

@@ -503,6 +503,8 @@ def _read(
     if eager and n_rows is None:
         parts: list[pl.LazyFrame] = []
         for group, verdict in _groups(survivors, verdicts, None):
+            if snap.fetch is not None:  # a store in a bucket: one GET per surviving block not yet fetched
+                snap.fetch(group)
             for b in group:
                 blk.verify_block(b.path)
             lf = _parquet(snap, group)
@@ -521,6 +523,8 @@ def _read(
     remaining = n_rows
     eager = sum(b.rows for b in survivors) <= EAGER_ROWS
     for group, verdict in _groups(survivors, verdicts, GROUP_ROWS, unverified_only=True):
+        if snap.fetch is not None:
+            snap.fetch(group)
         for b in group:  # verified just before their first read, not all up front: head() stops early
             blk.verify_block(b.path)
         pred = predicate if verdict != _prune.ALL else None
@@ -556,6 +560,8 @@ def _parquet(snap: Snapshot, blocks: Sequence[blk.BlockInfo]) -> pl.LazyFrame:
     plan (a block that did not would fail the read, not change it); after a change, blocks written
     before it are read with missing columns null and narrower types widened."""
     assert snap.schema is not None
+    if snap.fetch is not None:
+        snap.fetch(blocks)
     return evolve.scan_blocks([b.file for b in blocks], snap.schema, evolved=snap.evolved)
 
 

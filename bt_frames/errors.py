@@ -17,9 +17,13 @@ from pathlib import Path
 
 __all__ = [
     "BtError",
+    "BtWarning",
     "CorruptionError",
+    "DeltaIncompatibleWarning",
     "InvalidTableNameError",
+    "MirrorConflictError",
     "MissingOptionalDependencyError",
+    "ObjectStoreError",
     "ReadOnlyError",
     "SchemaMismatchError",
     "StorageIOError",
@@ -184,6 +188,26 @@ class StoreLockedError(BtError):
     """
 
 
+class ObjectStoreError(BtError, OSError):
+    """A request to the object store failed (network, credentials, a missing bucket, a refused upload).
+
+    >>> bt.open("s3://no-such-bucket/db", storage_options=opts, wal_dir="wal")   # doctest: +SKIP
+    ObjectStoreError: s3://no-such-bucket/db/bt_frames.json: uploading failed (...); bucket 'no-such-bucket'
+    does not exist. Fix: create it, or correct the URI.
+    """
+
+
+class MirrorConflictError(BtError):
+    """Another writer published versions of a table in the bucket: this writer lost its lease.
+
+    Nothing more is published; the local store at ``wal_dir`` keeps every acknowledged row.
+
+    >>> store.flush()                                        # doctest: +SKIP
+    MirrorConflictError: table 'orders': version 12 already exists in the bucket (...) with different
+    contents: another writer published it (this writer lost its lease). ...
+    """
+
+
 class StoreClosedError(BtError):
     """The store (or a table of it) was used after ``close()``.
 
@@ -309,3 +333,40 @@ class MissingOptionalDependencyError(BtError, ImportError):
             f"{feature} needs {package}, which is not installed. Install it with: pip install 'bt_frames[{extra}]'",
             package=package,
         )
+
+
+class BtWarning(UserWarning):
+    """The root of the warnings bt_frames emits; each points at the user's line that caused it."""
+
+
+class DeltaIncompatibleWarning(BtWarning):
+    """A table has column types the Delta Lake log cannot represent: it gets no Delta log (it works in bt_frames).
+
+    >>> store.create_table("t", {"n": pl.UInt32})  # doctest: +SKIP
+    DeltaIncompatibleWarning: table 't' will not be readable as a Delta table (pl.scan_delta, DuckDB delta_scan):
+    column 'n' is UInt32: Delta has no unsigned integers; use a signed type one size larger ...
+    """
+
+    @classmethod
+    def from_columns(cls, table: str, columns: dict[str, str]) -> DeltaIncompatibleWarning:
+        what = "; ".join(f"column {c!r} is {why}" for c, why in columns.items())
+        return cls(
+            f"table {table!r} will not be readable as a Delta table (pl.scan_delta, DuckDB delta_scan, Spark): "
+            f"{what}. bt_frames itself reads and writes it fully; table.delta_log says 'unsupported'."
+        )
+
+
+def find_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that points at the first frame outside bt_frames."""
+    import inspect
+    import os
+
+    package = os.path.dirname(__file__)
+    frame = inspect.currentframe()
+    level = 0
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(package + os.sep):
+            break
+        frame = frame.f_back
+        level += 1
+    return level

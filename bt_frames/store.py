@@ -8,8 +8,11 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,6 +24,8 @@ from bt_frames import _convert, _lifecycle
 from bt_frames.errors import (
     BtError,
     CorruptionError,
+    DeltaIncompatibleWarning,
+    MirrorConflictError,
     ReadOnlyError,
     SchemaMismatchError,
     StoreClosedError,
@@ -28,11 +33,15 @@ from bt_frames.errors import (
     TableExistsError,
     TableNotFoundError,
     UnsupportedFormatError,
+    find_stacklevel,
     os_errors,
 )
-from bt_frames.storage import catalog, fs, layout, wal
+from bt_frames.storage import catalog, delta, fs, layout, objectstore, remote, wal
 from bt_frames.storage.locking import StoreLock
-from bt_frames.storage.manifest import Manifest, State
+from bt_frames.storage.manifest import Edit, Manifest, State, manifest_dir, version_name
+from bt_frames.storage.manifest import list_versions as manifest_versions
+from bt_frames.storage.manifest import load as mf_load
+from bt_frames.storage.objectstore import ObjectStore
 from bt_frames.table import DEFAULT_MAX_BLOCK_ROWS, DEFAULT_ROW_GROUP_ROWS, SchemaMode, Table, check_schema_mode
 
 if TYPE_CHECKING:
@@ -77,6 +86,31 @@ class BacktraceStore:
         Seconds a writer keeps the blocks a compaction retired (default 60),
         for read-only readers in other processes that still read them; scans
         in the writer's own process keep theirs for as long as they run.
+    storage_options
+        For a store in a bucket (``path`` = ``"s3://bucket/prefix"``): the
+        options Polars and deltalake take (``aws_endpoint_url``,
+        ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_region``,
+        ``aws_allow_http``...). Blocks, manifest, Delta log and stats cache
+        live in the bucket (``storage/remote.py``).
+    wal_dir
+        A writer on a bucket: the local folder of its WAL (an object store
+        cannot append or fsync) and of a working copy of the store. An append
+        is durable (acknowledged) once it is in this WAL, as for a local
+        store; it is *published* once its block's manifest version is in the
+        bucket, which happens in the background: ``flush()``, ``sync()`` and
+        ``close()`` return once everything is published. A reader
+        (``read_only=True``) needs none.
+    lease_seconds
+        A writer on a bucket holds a lease on the prefix (one writer anywhere),
+        renewed in the background; a writer that stops renewing loses it after
+        this long (default 60) and another may take the store over.
+    delta_log
+        Keep a Delta Lake log of every table's published blocks in
+        ``<table>/blocks/_delta_log`` (default True, when ``deltalake`` is
+        installed), so that other engines read the tables (README, "Reading a
+        table with other engines"). About 10-40 ms per manifest version that
+        changes blocks: False turns it off for a writer that flushes very often
+        and needs no other reader.
     """
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
@@ -97,9 +131,38 @@ class BacktraceStore:
         durability: Durability = "fsync",
         progress: bool | None = None,
         retired_grace: float = DEFAULT_RETIRED_GRACE_S,
+        storage_options: Mapping[str, Any] | None = None,
+        wal_dir: str | os.PathLike[str] | None = None,
+        lease_seconds: float = remote.DEFAULT_LEASE_S,
+        delta_log: bool = True,
     ) -> None:
         if getattr(self, "_initialised", False):  # the store this process already had open (see __new__)
             return
+        self._remote: ObjectStore | None = None  # a store in a bucket (storage/remote.py)
+        self._mirror: remote.Mirror | None = None  # a writer's publishing of its versions to the bucket
+        self._lease: remote.Lease | None = None
+        self._uri: str | None = None
+        self._scratch: str | None = None  # a bucket reader's private folder (removed at close)
+        if objectstore.is_uri(os.fspath(path)):
+            self._uri = os.fspath(path)
+            self._remote = ObjectStore(self._uri, storage_options)
+            if read_only:
+                # nothing read yet: a table's open is one GET and one LIST (storage/remote.py)
+                self._scratch = tempfile.mkdtemp(prefix="bt_frames-reader-")
+                path = self._scratch
+                _write_marker(Path(path), durable=False)
+            else:
+                if wal_dir is None:
+                    raise BtError(
+                        f"store {self._uri!r}: a writer on object storage needs wal_dir= (a local folder for the "
+                        "WAL, which an object store cannot hold; the bucket has everything else). "
+                        "Fix: bt.open(uri, storage_options=..., wal_dir='local/folder'), or read_only=True."
+                    )
+                path = wal_dir
+        elif storage_options is not None or wal_dir is not None:
+            raise BtError(
+                f"storage_options and wal_dir are for a store in a bucket (s3://bucket/prefix), not {str(path)!r}"
+            )
         if durability not in wal.DURABILITY_MODES:
             raise BtError(f"durability must be one of {', '.join(map(repr, wal.DURABILITY_MODES))}, not {durability!r}")
         if not isinstance(retired_grace, (int, float)) or retired_grace < 0:
@@ -110,6 +173,7 @@ class BacktraceStore:
         self._durability: Durability = durability
         self._show_progress = progress
         self._retired_grace = float(retired_grace)
+        self.delta_log = bool(delta_log)  # write each table's Delta log (storage/delta.py)
         self._tables: dict[str, Table] = {}
         self._lock = threading.RLock()
         self._closed = True  # until the lock is held and the folder checked
@@ -152,14 +216,105 @@ class BacktraceStore:
             except BaseException:
                 self._store_lock.release()
                 raise
+        if self._remote is not None:
+            try:
+                self._open_remote(lease_seconds)
+            except BaseException:
+                self._release_remote()
+                self._store_lock.release()
+                raise
         self._closed = False
         self._initialised = True
         self._handles = 1
         with _OPEN_LOCK:
             _OPEN[_key(self._path)] = self
+        if self._lease is not None and self._lease.taken_over:
+            self._fence()
+
+    def _open_remote(self, lease_seconds: float) -> None:
+        """A writer on a bucket: marker, lease, then every table brought level with the bucket."""
+        obj = self._remote
+        assert obj is not None
+        marker = json.dumps({"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION}).encode() + b"\n"
+        if not obj.put_if_absent(layout.STORE_MARKER, marker):
+            _check_remote_marker(obj)
+        self._lease = remote.Lease(obj, lease_seconds)
+        self._lease.acquire()
+        self._mirror = remote.Mirror(obj, self._lease)
+        for name in remote.remote_tables(obj):
+            self._sync_table(name)
+        for name in _local_tables(self._path):  # local versions the bucket lacks (a crash, or an older store)
+            mf_versions = manifest_versions(self._path / name)
+            if mf_versions:
+                self._mirror.enqueue(name, self._path / name, mf_versions[-1])
+        self._mirror.start()
+
+    def _sync_table(self, name: str) -> None:
+        """Bring the local copy of table ``name`` level with the bucket (a writer's open)."""
+        obj, mirror = self._remote, self._mirror
+        assert obj is not None
+        assert mirror is not None
+        directory = self._path / name
+        local = manifest_versions(directory)
+        bucket = remote.remote_versions(obj, name)
+        common = min(local[-1] if local else 0, bucket[-1] if bucket else 0)
+        while common > 0:  # the newest version both have, byte for byte
+            there = obj.get(remote.version_key(name, common))
+            with os_errors(f"table {name!r}: reading its manifest"):
+                if manifest_path(directory, common).read_bytes() == there:
+                    break
+            common -= 1
+        newest_local = local[-1] if local else 0
+        newest_bucket = bucket[-1] if bucket else 0
+        if newest_local > common and newest_bucket > common:
+            raise MirrorConflictError(
+                f"table {name!r}: the local store {str(self._path)!r} has versions {common + 1}-{newest_local} "
+                f"that are not in the bucket, and the bucket has other versions {common + 1}-{newest_bucket} "
+                "(another writer held the lease meanwhile). Nothing was changed. The local rows are safe in "
+                f"{str(directory)!r}. Fix: move that folder away, reopen to take the bucket's state, and append "
+                "the rows you need from bt.open(<moved folder's store>, read_only=True)."
+            )
+        if newest_bucket > newest_local:  # another writer (another wal_dir) published since
+            if local:
+                _drop_published_wal(name, directory)
+            remote.pull_table(obj, name, directory, blocks=True)
+            with os_errors(f"table {name!r}: taking the bucket's versions into {str(directory)!r}"):
+                # the WAL segments the bucket's newest versions name are on another disk: start our own
+                m = Manifest(directory, mf_load(directory))
+                first = m.state.block_lsn + 1
+                wal.create_segment(directory / layout.WAL_DIR / layout.wal_name(first))
+                m.commit(Edit("recover", wal_remove=list(m.state.wal), wal_add=[first], next_lsn=first))
+        mirror.published[name] = newest_bucket
+        # level with the bucket (or ahead of it): the local state names every block a version keeps
+        mirror.remove_orphans(name, _local_names(directory))
+
+    def _fence(self) -> None:
+        """After taking over an expired lease: a version of every table first, so that the old writer's next
+        version PUT finds it taken (see storage/remote.py)."""
+        for name in self.tables:
+            t = self.table(name)
+            with t._lock:
+                t._commit(_fence_edit(t))
+        if self._mirror is not None:
+            self._mirror.wait()
+
+    def sync(self) -> None:
+        """A store in a bucket: wait until every committed version is published (raise if publishing stopped)."""
+        self._check_open()
+        if self._mirror is not None:
+            self._mirror.wait()
+
+    def _release_remote(self) -> None:
+        if self._mirror is not None:
+            self._mirror.close()
+        if self._lease is not None:
+            try:
+                self._lease.release()
+            except BtError as e:
+                log.warning("store %s: releasing the lease failed (%s); it expires by itself", self._uri, e)
 
     def _check_same_options(self, kwargs: dict[str, Any]) -> None:
-        want = {"durability": self._durability, "retired_grace": self._retired_grace}
+        want = {"durability": self._durability, "retired_grace": self._retired_grace, "delta_log": self.delta_log}
         diff = {k: v for k, v in kwargs.items() if k in want and v != want[k]}
         if diff:
             raise StoreLockedError(
@@ -191,15 +346,9 @@ class BacktraceStore:
     def tables(self) -> list[str]:
         """Names of the tables in the store, sorted."""
         self._check_open()
-        out = []
-        for entry in os.listdir(self._path):
-            if (self._path / entry / layout.TABLE_JSON).is_file():
-                try:
-                    layout.validate_table_name(entry)
-                except BtError:
-                    continue
-                out.append(entry)
-        return sorted(out)
+        if self._remote is not None and self._read_only:
+            return remote.remote_tables(self._remote)
+        return _local_tables(self._path)
 
     # -- tables ----------------------------------------------------------------
 
@@ -212,6 +361,8 @@ class BacktraceStore:
             if t is not None:
                 return t
             directory = self._path / name
+            if self._remote is not None and self._read_only:  # a bucket reader: the table's metadata first
+                remote.pull_table(self._remote, name, directory, blocks=False)
             try:
                 meta = catalog.TableMeta.load(directory / layout.TABLE_JSON)
             except FileNotFoundError:
@@ -221,6 +372,8 @@ class BacktraceStore:
                 raise TableNotFoundError(self._path, name, self.tables, read_only=self._read_only) from None
             t = Table(self, directory, meta)
             self._tables[name] = t
+            if self._mirror is not None and t._manifest is not None:  # what creating or recovering committed
+                self._mirror.enqueue(name, directory, t._manifest.state.version)
             return t
 
     def __getitem__(self, name: str) -> Table:
@@ -305,7 +458,9 @@ class BacktraceStore:
             with os_errors(f"store {str(self._path)!r}: create_table({name!r})"):
                 self._create_dir(meta)
                 try:
-                    return self.table(name)
+                    t = self.table(name)
+                    _warn_delta_types(name, pl_schema)
+                    return t
                 except BaseException:  # an empty table that cannot be opened: take it back (nothing was in it)
                     self._tables.pop(name, None)
                     trash = self._path / layout.transient_dir("dropped", name)
@@ -426,6 +581,8 @@ class BacktraceStore:
         self._check_open()
         with self._lock:
             for name, t in list(self._tables.items()):
+                if self._remote is not None and self._read_only:
+                    remote.pull_table(self._remote, name, self._path / name, blocks=False)
                 if not (self._path / name / layout.TABLE_JSON).is_file():
                     self._tables.pop(name).close()
                 else:
@@ -480,7 +637,15 @@ class BacktraceStore:
                         t.close()
                     except BaseException as e:
                         errors.append(e)
+                if self._mirror is not None:  # every version published before the lease goes
+                    try:
+                        self._mirror.wait()
+                    except BaseException as e:
+                        errors.append(e)
             finally:
+                self._release_remote()
+                if self._scratch is not None:
+                    shutil.rmtree(self._scratch, ignore_errors=True)
                 if self._store_lock is not None:
                     self._store_lock.release()
                 with _OPEN_LOCK:
@@ -718,9 +883,9 @@ def _check_marker(path: Path, kind: str) -> None:
         raise UnsupportedFormatError.newer(marker, version, STORE_FORMAT_VERSION)
 
 
-def _write_marker(path: Path) -> None:
+def _write_marker(path: Path, *, durable: bool = True) -> None:
     doc = {"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION}
-    layout.atomic_write(path / layout.STORE_MARKER, (json.dumps(doc) + "\n").encode())
+    layout.atomic_write(path / layout.STORE_MARKER, (json.dumps(doc) + "\n").encode(), durable=durable)
 
 
 def _make_dirs(path: Path) -> None:
@@ -761,8 +926,81 @@ def _file_message(path: Path) -> str:
     return f"{str(path)!r} is a file, not a folder: a store is a folder. Fix: choose another path."
 
 
+def _warn_delta_types(table: str, schema: pl.Schema, before: pl.Schema | None = None) -> None:
+    """Warn (at the user's line) when ``schema`` keeps a table from having a Delta log (storage/delta.py)."""
+    if not delta.available():
+        return
+    bad = delta.unsupported_columns(schema)
+    if bad and (before is None or not delta.unsupported_columns(before)):
+        warnings.warn(DeltaIncompatibleWarning.from_columns(table, bad), stacklevel=find_stacklevel())
+
+
 def _foreign_message(path: Path) -> str:
     return (
         f"{str(path)!r} is not a bt_frames store and is not empty (it has no {layout.STORE_MARKER}), so bt_frames "
         "will not write into it. Fix: choose a new or empty folder, e.g. bt.open(" + repr(str(path / "db")) + ")."
     )
+
+
+# -- a store in a bucket (storage/remote.py) ---------------------------------------
+
+
+def _drop_published_wal(name: str, directory: Path) -> None:
+    """Before taking newer versions from the bucket: the local WAL must hold nothing the bucket lacks (then
+    its segments, every record of which is in a published block, are deleted); otherwise refuse."""
+    block_lsn = mf_load(directory).block_lsn
+    segments = list(wal.scan_wal(directory / layout.WAL_DIR))
+    late = [r.lsn for s in segments for r in s.records if r.lsn > block_lsn]
+    if late:
+        raise MirrorConflictError(
+            f"table {name!r}: the local WAL in {str(directory)!r} holds LSNs {late[0]}-{late[-1]}, which were "
+            "never published, and the bucket has newer versions by another writer. Nothing was changed. Fix: "
+            "move that folder away, reopen to take the bucket's state, and append the rows you need from the "
+            "moved copy."
+        )
+    for s in segments:
+        fs.unlink(s.path, missing_ok=True)
+
+
+def _local_tables(path: Path) -> list[str]:
+    out = []
+    for entry in os.listdir(path):
+        if (path / entry / layout.TABLE_JSON).is_file():
+            try:
+                layout.validate_table_name(entry)
+            except BtError:
+                continue
+            out.append(entry)
+    return sorted(out)
+
+
+def manifest_path(table_dir: Path, version: int) -> Path:
+    return manifest_dir(table_dir) / version_name(version)
+
+
+def _local_names(table_dir: Path) -> set[str]:
+    """Every block a local version names (live or retired): never an orphan in the bucket."""
+    if not manifest_versions(table_dir):
+        return set()
+    state = mf_load(table_dir)
+    return {e.block for e in state.blocks} | {r.block for r in state.retired}
+
+
+def _fence_edit(t: Table) -> Edit:
+    return Edit("recover", next_lsn=t._next_lsn, info={"lease": "taken over"})
+
+
+def _check_remote_marker(obj: ObjectStore) -> None:
+    data = obj.get(layout.STORE_MARKER)
+    try:
+        doc = json.loads(data or b"")
+        version = doc["format_version"]
+        if doc.get("format") != STORE_FORMAT or not isinstance(version, int):
+            raise ValueError("not a bt_frames store marker")
+    except (ValueError, KeyError, TypeError) as e:
+        raise BtError(
+            f"{obj.url(layout.STORE_MARKER)} is not a bt_frames store marker ({e}); this prefix is not a "
+            "bt_frames store. Fix: choose another prefix."
+        ) from e
+    if version > STORE_FORMAT_VERSION:
+        raise UnsupportedFormatError.newer(Path(obj.url(layout.STORE_MARKER)), version, STORE_FORMAT_VERSION)

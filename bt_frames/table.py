@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,14 +45,16 @@ from bt_frames._lifecycle import Change
 from bt_frames.errors import (
     BtError,
     CorruptionError,
+    DeltaIncompatibleWarning,
     ReadOnlyError,
     SchemaMismatchError,
     StoreClosedError,
     TableDroppedError,
+    find_stacklevel,
     os_errors,
 )
 from bt_frames.storage import blocks as blk
-from bt_frames.storage import catalog, evolve, fs, layout, locking, recovery, wal
+from bt_frames.storage import catalog, delta, evolve, fs, layout, locking, recovery, remote, wal
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.hot import Frozen, HotBuffer
 from bt_frames.storage.pins import PinSet
@@ -73,6 +76,7 @@ DEFAULT_MAX_BLOCK_ROWS = 1_000_000
 DEFAULT_ROW_GROUP_ROWS = 16_384  # narrow time windows read only the row groups they touch
 FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from this many footers
 MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
+UNSUPPORTED = -2  # Table._delta_synced of a table whose types Delta cannot represent
 RETRY_INTERVAL_S = 1.0  # a failed block write or rotation is retried at most this often
 
 __all__ = ["Change", "CompactResult", "CompactionStats", "Health", "Recovery", "SchemaMode", "Snapshot", "Table"]
@@ -216,6 +220,11 @@ class Table:
         self.scans = 0
         self.last_change: Change | None = None  # what the last delete/update/upsert/retention did
         self._compactor = Compactor(self)  # auto-compaction (bt_frames/_compactor.py)
+        # the Delta log of the published blocks (storage/delta.py): derived, written after versions, never raising
+        self._delta = delta.DeltaLog(str(directory / layout.BLOCKS_DIR), meta.name)
+        self._delta_lock = threading.Lock()
+        self._delta_synced = -1  # the manifest version the last successful sync reached
+        self._delta_error: str | None = None
         self._load()
 
     # -- identity ------------------------------------------------------------
@@ -288,6 +297,7 @@ class Table:
                 grace_s=self._keep_retired_s(),
                 pinned=self._pins.holds,
                 progress=self._store._progress(f"{self.name}: block stats", min_total=FOOTER_PROGRESS_MIN),
+                published_only=self._store._remote is not None and not writer,
             )
         hot = HotBuffer()
         for lsn, chunk, size in got.hot:
@@ -318,6 +328,8 @@ class Table:
             self._cache_version = got.manifest.state.version
         if got.stats_changed or not got.report.stats_linked:
             self._write_cache()
+        else:
+            self._sync_delta()  # catch up if the log is behind (a crash after a version, a damaged log)
         if self._hot.rows >= self._meta.max_block_rows:
             with self._lock:  # in the background, and never raising: opening never fails for want of disk space
                 self._after_commit(self._freeze_async)
@@ -414,6 +426,9 @@ class Table:
         nothing.
         """
         self._check_writable()
+        mirror = self._store._mirror
+        if mirror is not None:  # a store in a bucket whose publishing stopped (a lost lease): refuse early
+            mirror.check()
         if check_schema_mode(schema_mode, self.name) == "merge":
             return self._append_merge(data)
         return self._append(data)
@@ -598,6 +613,11 @@ class Table:
             log.info("table %r: schema changed (%s, manifest version %d): %s", self.name, operation,
                      state.version, new)  # fmt: skip
         self._write_cache()
+        if delta.available() and delta.unsupported_columns(new) and not delta.unsupported_columns(old.schema):
+            warnings.warn(
+                DeltaIncompatibleWarning.from_columns(self.name, delta.unsupported_columns(new)),
+                stacklevel=find_stacklevel(),
+            )
 
     def _after_commit(self, work: Callable[[], None]) -> None:
         """Run work that follows a commit point: a failure is logged and kept in ``health``, never raised."""
@@ -674,6 +694,9 @@ class Table:
             except BaseException:
                 self._pending_forget, self._pending_wal = forget + self._pending_forget, segs + self._pending_wal
                 raise
+            mirror = self._store._mirror
+            if mirror is not None:  # a store in a bucket: publish the version in the background
+                mirror.enqueue(self.name, self._dir, state.version)
             return state
 
     def flush(self) -> int:
@@ -692,7 +715,10 @@ class Table:
             if self._meta.retention_s is not None:  # whole blocks past the retention go as they are frozen
                 _lifecycle.retain(self, whole_blocks=True, freeze=False)
             self._compactor.kick()  # retries a failed auto-compaction too
-            return n
+        mirror = self._store._mirror
+        if mirror is not None:  # a store in a bucket: the rows are published when flush returns
+            mirror.wait()
+        return n
 
     def compact(self, *, target_rows: int | None = None, min_rows: int | None = None) -> CompactResult:
         """Merge runs of adjacent small blocks into blocks of up to ``target_rows`` rows.
@@ -911,13 +937,29 @@ class Table:
                 token = self._pins.pin(old) if pin else None
             schema = _lifecycle.schema_at(self._dir, as_of, self._meta.schema)
             stats = catalog.merge_stats(self._stats(), list(old), self._meta.schema)
-            return Snapshot(old, (), stats, token, schema, self._meta.schema_version > 0)
+            return Snapshot(old, (), stats, token, schema, self._meta.schema_version > 0, self._fetcher())
         with self._lock:
             self._writer.wait_idle()
             hot = tuple(c for e in self._writer.frozen for c in e.chunks) + tuple(self._hot.chunks)
             blocks = _frozen(self._blocks)
             token = self._pins.pin(blocks) if pin else None
-            return Snapshot(blocks, hot, self._stats(), token, self._meta.schema, self._meta.schema_version > 0)
+            return Snapshot(
+                blocks, hot, self._stats(), token, self._meta.schema, self._meta.schema_version > 0, self._fetcher()
+            )
+
+    def _fetcher(self) -> Callable[[Sequence[blk.BlockInfo]], None] | None:
+        """A reader of a store in a bucket: what brings a scan's blocks into the local folder (else None)."""
+        obj = self._store._remote
+        if obj is None or not self._read_only:
+            return None
+
+        def fetch(blocks: Sequence[blk.BlockInfo]) -> None:
+            for b in blocks:
+                if not os.path.exists(b.file):
+                    with os_errors(f"table {self.name!r}: fetching block {b.filename} from the bucket"):
+                        remote.fetch_block(obj, self.name, Path(b.file))
+
+        return fetch
 
     def _repin(self, token: int, blocks: Sequence[blk.BlockInfo]) -> int:
         """Narrow pin ``token`` to ``blocks`` (a subset of what it holds): a new token for them."""
@@ -1093,10 +1135,125 @@ class Table:
             with self._cache_lock:
                 catalog.write_cache(self._dir, stats, self._meta.schema, link)
                 self._cache_version = link["version"] if link is not None else 0
+            mirror = self._store._mirror
+            if mirror is not None and link is not None:  # a store in a bucket: readers open from its copy
+                mirror.cache_written(self.name, self._dir, link["version"])
         except Exception as e:  # only a cache: rebuilt from footers on the next open
             if sys.is_finalizing():  # a store closed by its finaliser at exit: nothing to tell anyone
                 return
             log.warning("table %r: could not write the stats cache (%s)", self.name, e)
+        self._sync_delta()
+
+    # -- the Delta log (storage/delta.py) ----------------------------------------------------------------------
+
+    def _delta_source(self) -> delta.Source | None:
+        """The manifest state and the statistics of its blocks (None: they do not match yet -- a later sync)."""
+        m = self._manifest
+        if m is None:
+            return None
+        stats = self._stats()
+        state = m.state  # replaced, never changed, by a commit
+        if stats.get_column("block").to_list() != [e.block for e in state.blocks]:
+            return None
+        return delta.Source(
+            self.name,
+            state.version,
+            state.blocks,
+            self._meta.schema,
+            stats,
+            self._keep_retired_s(),
+            lambda after: mf.edits_after(self._dir, after, state.version),
+        )
+
+    def _sync_delta(self, *, rebuild: bool = False) -> None:
+        """Bring the Delta log up to the manifest (needs no table lock; never raises: see storage/delta.py)."""
+        if self._read_only or self._store._forked or not self._store.delta_log or not delta.available():
+            return
+        with self._delta_lock:
+            if delta.unsupported_columns(self._meta.schema):  # no log; one written before the schema change goes
+                if self._delta_synced != UNSUPPORTED:
+                    try:
+                        self._delta.remove_log()
+                        self._delta_synced = UNSUPPORTED
+                    except Exception as e:
+                        log.warning("table %r: could not remove its Delta log (%s)", self.name, e)
+                return
+            try:
+                src = self._delta_source()
+                if src is None or (src.version == self._delta_synced and not rebuild):
+                    return
+                if rebuild:
+                    self._delta.rebuild(src)
+                else:
+                    self._delta.sync(src)
+                self._delta_synced = src.version
+                self._delta_error = None
+                mirror = self._store._mirror
+                if mirror is not None:  # a store in a bucket: the log's new commits follow their versions there
+                    mirror.delta_written(self.name, self._dir)
+            except Exception as e:
+                if sys.is_finalizing():
+                    return
+                if self._delta_error is None:  # once per failure streak, not at every version
+                    log.warning("table %r: could not write the Delta log in %s (%s: %s); the table is unaffected, "
+                                "the log is brought up to date at the next version or open", self.name,
+                                self._delta.uri, type(e).__name__, e)  # fmt: skip
+                self._delta_error = f"{type(e).__name__}: {e}"
+
+    @property
+    def delta_log(self) -> delta.Status:
+        """The state of the table's Delta log at ``<table>/blocks/_delta_log`` (see "Reading a table with
+        other engines" in the README): ``up to date``, ``behind``, ``failed`` (with the error), ``unsupported``
+        (column types Delta cannot represent), ``unavailable`` (deltalake not installed) or ``off``
+        (``bt.open(..., delta_log=False)``). A read-only store never writes the log; its status says whether
+        the writer's log is up to date."""
+        self._check_open()
+        m = self._manifest  # a reader's open from the statistics cache loads none: the newest version file then
+        version = m.state.version if m is not None else (mf.list_versions(self._dir) or [0])[-1]
+        uri = self._delta.uri
+        if not self._store.delta_log:
+            return delta.Status("off", uri, None, version)
+        bad = delta.unsupported_columns(self._meta.schema)
+        if bad:
+            return delta.Status("unsupported", uri, None, version, unsupported=bad)
+        if not delta.available():
+            return delta.Status("unavailable", uri, None, version, error="deltalake is not installed")
+        if self._delta_synced != version:  # versions since the last sync (a rotation...) may need no commit
+            self._sync_delta()
+        err: str | None
+        with self._delta_lock:
+            try:
+                txn = self._delta.txn_version(refresh=self._read_only)
+            except Exception as e:
+                txn, err = None, f"{type(e).__name__}: {e}"
+            else:
+                err = self._delta_error
+        if self._read_only:  # judged from the files: is any version after the log's txn one that needs a commit?
+            edits = None if txn is None or txn > version else mf.edits_after(self._dir, txn, version)
+            pending = edits is None or any(e.add or e.remove or e.schema for _v, e in edits)
+            return delta.Status("behind" if pending else "up to date", uri, txn, version, error=err)
+        if err is not None:
+            return delta.Status("failed", uri, txn, version, error=err)
+        state = "up to date" if self._delta_synced == version else "behind"
+        return delta.Status(state, uri, txn, version)
+
+    def rebuild_delta_log(self) -> delta.Status:
+        """Remove ``<table>/blocks/_delta_log`` (which the store wrote) and write it again from the manifest.
+
+        The log is derived from the manifest and repaired by itself (at the next version, and on open); this is
+        for a log another tool changed. Raises if it cannot be written (a ``BtError`` naming the folder).
+        """
+        self._check_writable()
+        with self._lock:
+            self._writer.wait_idle()
+        self._sync_delta(rebuild=True)
+        status = self.delta_log
+        if status.state in ("failed", "behind"):
+            raise BtError(
+                f"table {self.name!r}: could not rebuild the Delta log in {self._delta.uri} ({status.error}); "
+                "fix the folder's permissions or free disk space and call rebuild_delta_log() again."
+            )
+        return status
 
     def _link_cache(self) -> None:
         """Rewrite the cache if it is not linked to the current manifest version (after a commit that
@@ -1126,6 +1283,11 @@ class Table:
         with self._lock:
             if self._closed:
                 return
+            if self._store._mirror is not None and self._hot and self._store._mirror.failed is None:
+                try:  # a store in a bucket: rows only in the local WAL are not published; freeze them
+                    self._freeze()
+                except BtError as e:
+                    log.warning("table %r: %s", self.name, e)
             self._writer.wait_idle()
             self._compactor.stop()  # waits for a running background merge (releasing the lock)
             self._writer.wait_idle()  # a block may have been handed over meanwhile

@@ -78,8 +78,21 @@ def test_version_matches_pyproject() -> None:
 ERROR_CLASSES = [
     obj
     for _, obj in inspect.getmembers(errors, inspect.isclass)
-    if issubclass(obj, BaseException) and obj.__module__ == errors.__name__
+    if issubclass(obj, BaseException) and not issubclass(obj, Warning) and obj.__module__ == errors.__name__
 ]
+WARNING_CLASSES = [
+    obj
+    for _, obj in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(obj, Warning) and obj.__module__ == errors.__name__
+]
+
+
+@pytest.mark.parametrize("cls", WARNING_CLASSES, ids=lambda c: c.__name__)
+def test_every_warning_is_exported_and_derives_from_bt_warning(cls: type[Warning]) -> None:
+    assert cls.__name__ in errors.__all__
+    assert getattr(bt, cls.__name__) is cls
+    assert issubclass(cls, errors.BtWarning)
+    assert (cls.__doc__ or "").strip()
 
 
 def test_every_error_is_exported() -> None:

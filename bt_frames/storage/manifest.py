@@ -505,6 +505,21 @@ def history(table_dir: Path) -> Iterator[tuple[Edit, State]]:
         yield edit, state
 
 
+def edits_after(table_dir: Path, after: int, upto: int) -> list[tuple[int, Edit]] | None:
+    """(version, edit) of versions ``after + 1`` to ``upto``, or None if one is missing or damaged (for a log
+    derived from the manifest, which then starts again from the state: see delta.py)."""
+    mdir = manifest_dir(table_dir)
+    out = []
+    for v in range(after + 1, upto + 1):
+        path = mdir / version_name(v)
+        try:
+            edit, _time, _snap = decode(path, path.read_bytes(), v)
+        except (OSError, CorruptionError, UnsupportedFormatError):
+            return None
+        out.append((v, edit))
+    return out
+
+
 # -- the link from the statistics cache: a reader's open without decoding any version --------------------
 
 

@@ -169,7 +169,10 @@ def recover(
     grace_s: float = 60.0,
     pinned: Callable[[str], bool] = lambda _n: False,
     progress: Progress | None = None,
+    published_only: bool = False,
 ) -> Recovered:
+    # published_only: a reader of a store in a bucket (storage/remote.py): its folder holds the metadata and
+    # the blocks fetched so far; the blocks the stats cache describes are in the bucket, and there is no WAL
     rep = Recovery(read_only=not writer)
     if writer:
         _remove_tmp_files(table_dir, rep)
@@ -181,7 +184,10 @@ def recover(
             # a reader first trusts a statistics cache linked to the newest manifest version; when anything
             # fails that way, the next attempt decodes the manifest (and its error names what is wrong)
             fast = not writer and attempt == 0
-            return _recover_once(table_dir, schema, rep, writer, durability, grace_s, pinned, progress, fast=fast)
+            return _recover_once(
+                table_dir, schema, rep, writer, durability, grace_s, pinned, progress, fast=fast,
+                published_only=published_only,
+            )  # fmt: skip
         except (CorruptionError, FileNotFoundError):
             # a reader raced the writer (a publish deleted a segment, a purge a retired block): look again,
             # unless nothing moved twice in a row -- then the damage is real
@@ -248,15 +254,21 @@ def _recover_once(
     progress: Progress | None,
     *,
     fast: bool = False,
+    published_only: bool = False,
 ) -> Recovered:
     blocks_dir = table_dir / layout.BLOCKS_DIR
     listing = set(os.listdir(blocks_dir)) if blocks_dir.is_dir() else set()
     cache = catalog.read_cache(table_dir / layout.STATS_CACHE, schema)
+    if published_only and cache[0] is not None:  # described by the cache: in the bucket, fetched when read
+        listing |= set(cache[0].get_column("block").to_list())
     found = _named_blocks(table_dir, schema, rep, writer, listing, cache, fast, progress)
     state, loaded = found.state, found.loaded
     schema = found.schema
     infos = loaded.blocks
-    log_ = _replay(table_dir, schema, rep, state, listing, found.block_lsn)
+    if published_only:
+        log_ = _Replayed([], [], None, 0, found.block_lsn + 1, 0, 0)
+    else:
+        log_ = _replay(table_dir, schema, rep, state, listing, found.block_lsn)
     next_lsn = log_.next_lsn
 
     if not writer:

@@ -8,7 +8,7 @@ them without deleting the files under the read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -25,6 +25,8 @@ class Snapshot:
     schema: pl.Schema | None = field(default=None, compare=False)  # the table's columns (what every read gives)
     # the schema changed since the table was created: blocks may hold an older schema (storage/evolve.py)
     evolved: bool = field(default=False, compare=False)
+    # a reader of a store in a bucket: brings the blocks a read needs into the local folder (storage/remote.py)
+    fetch: Callable[[Sequence[blk.BlockInfo]], None] | None = field(default=None, compare=False)
 
     @property
     def hot_rows(self) -> int:

@@ -1,0 +1,723 @@
+"""A store in a bucket: the writer's mirror of its local store, the lease, and the reader's pull.
+
+The engine runs on local files. A writer opened on ``s3://bucket/prefix`` with
+``wal_dir=`` keeps a complete local store there (WAL, manifest, blocks: the
+local copy is the staging area and a cache) and *publishes* every manifest
+version to the bucket; a reader keeps a private temporary folder holding
+only what it fetched. This module is the only one that moves files between
+the two (through ``objectstore``).
+
+Bucket layout (keys under ``<prefix>/``)::
+
+    bt_frames.json                         the store marker (written once, put-if-absent)
+    _lease.json                            the writer's lease (below)
+    <table>/table.json                     as in the local store (overwritten when it changes)
+    <table>/_manifest/<version>.json       byte for byte the local version files (put-if-absent)
+    <table>/blocks/<block name>            byte for byte the local blocks (put-if-absent)
+    <table>/blocks/_delta_log/...          the derived Delta log (storage/delta.py)
+    <table>/_head.bt                       a reader's open in one GET (below; overwritten: a cache)
+
+Publishing version N (a background thread, in version order, never two at once):
+
+1. upload every block N adds, put-if-absent. An existing object of that name
+   is the same block (the name carries the xxh3 of its bytes) if its size
+   agrees; otherwise the bucket is damaged: the mirror stops with an error.
+2. put ``_manifest/N.json`` if absent -- the commit point in the bucket. If
+   it exists with other bytes, another writer has the table (a lost lease):
+   the mirror stops and every later ``flush()``/``close()``/``sync()`` raises
+   ``MirrorConflictError``; the local store keeps the rows (WAL and blocks).
+   A later writer open of that local store refuses, changing nothing, while
+   its versions diverge from the bucket's (the message says how to move it
+   aside and take the rows from it). Same bytes: our own earlier PUT whose
+   response was lost -- published, not a conflict.
+3. the Delta log's commits whose ``txn`` is at most N (storage/delta.py writes
+   them locally; each is uploaded put-if-absent, after its version, as delta-rs
+   itself would commit ``_delta_log/<n>.json``), then the head object.
+
+So a version is in the bucket only after its blocks, and no reader ever sees
+a version naming a block that is not there. A crash between 1 and 2 leaves
+blocks no version names: orphans, deleted by the next writer's open when
+their names are block names, under ``blocks/``, named by no version and
+older than the grace period -- nothing else in the bucket is ever deleted.
+
+"Durable" keeps its local meaning: an append is acknowledged when it is in
+the local WAL. It is *published* when its block's version is in the bucket;
+``flush()`` and ``close()`` wait for that.
+
+The lease (``_lease.json``, one per store prefix: the local store the writer
+runs on holds every table of the prefix, so one writer per table anywhere is
+one writer per store): ``{"owner", "host", "pid", "expires"}``, created
+put-if-absent, renewed before it expires with a conditional overwrite
+(``If-Match`` on its ETag), released at close by deleting it. An open finding
+a lease that is not expired raises ``StoreLockedError`` naming owner and
+expiry, unless its holder is a process of this host that is certainly gone
+(``locking.process_alive``: a crashed writer). An expired (or dead) lease
+is taken over (``If-Match``), and the taker writes a
+version of every table before anything else, so the old writer's next
+version PUT fails (the fence).
+
+The head object (``<table>/_head.bt``) lets a reader open a table with one
+GET plus one LIST that proves it current::
+
+    b"BTHEAD01" <u32 little-endian header length> <header JSON> <file bytes...>
+    header: {"format": "bt_frames.head", "format_version": 1, "version": N,
+             "files": [[relative path, length], ...]}
+
+It holds ``table.json``, the stats cache linked to version N and the version
+files from N's checkpoint to N, exactly as the writer has them. A reader lists
+``_manifest/`` after N: nothing newer means the head is current; otherwise it
+fetches the newer versions (and the footers of blocks the cache lacks).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bt_frames.errors import BtError, CorruptionError, MirrorConflictError, ObjectStoreError, StoreLockedError
+from bt_frames.storage import fs, layout, locking
+from bt_frames.storage import manifest as mf
+from bt_frames.storage.objectstore import ObjectStore
+
+log = logging.getLogger("bt_frames")
+
+LEASE = "_lease.json"
+HEAD = "_head.bt"
+HEAD_MAGIC = b"BTHEAD01"
+HEAD_FORMAT = "bt_frames.head"
+HEAD_FORMAT_VERSION = 1
+DEFAULT_LEASE_S = 60.0
+ORPHAN_GRACE_S = 3600.0
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0  # the mirror's back-off while the bucket cannot be reached
+
+DELTA_LOG = "_delta_log"  # storage/delta.py's LOG_DIR (this module does not import deltalake's wrapper)
+LAST_CHECKPOINT = "_last_checkpoint"
+_DELTA_COMMIT = re.compile(r"\d{20}\.json")
+
+
+def _delta_txn(data: bytes, table: str) -> int | None:
+    """The manifest version a Delta commit of ours records (its ``txn`` action), or None."""
+    for line in data.splitlines():
+        try:
+            action = json.loads(line)
+        except ValueError:
+            return None
+        txn = action.get("txn") if isinstance(action, dict) else None
+        if isinstance(txn, dict) and txn.get("appId") == f"bt_frames:{table}":
+            v = txn.get("version")
+            return v if isinstance(v, int) else None
+    return None
+
+
+def table_key(table: str, *parts: str) -> str:
+    return "/".join([table, *parts])
+
+
+def version_key(table: str, version: int) -> str:
+    return table_key(table, mf.MANIFEST_DIR, mf.version_name(version))
+
+
+def block_key(table: str, block: str) -> str:
+    return table_key(table, layout.BLOCKS_DIR, block)
+
+
+def _versions_prefix(table: str) -> str:
+    return table_key(table, mf.MANIFEST_DIR) + "/"
+
+
+def remote_versions(obj: ObjectStore, table: str, after: int = 0) -> list[int]:
+    """The version numbers in the bucket's ``<table>/_manifest/``, ascending (those above ``after``)."""
+    prefix = _versions_prefix(table)
+    start = version_key(table, after) if after else None
+    out = []
+    for e in obj.list(prefix, start):
+        v = mf.parse_version_name(e.key.rpartition("/")[2])
+        if v is not None and v > after:
+            out.append(v)
+    return sorted(out)
+
+
+def remote_tables(obj: ObjectStore) -> list[str]:
+    """Tables in the bucket: the folders under the prefix with a table's name (one LIST with a delimiter;
+    a folder whose ``table.json`` is not there yet -- a table being created -- is opened as not found)."""
+    out = []
+    for name in obj.folders(""):
+        try:
+            out.append(layout.validate_table_name(name))
+        except BtError:
+            continue
+    return out
+
+
+# -- the lease ---------------------------------------------------------------
+
+
+class Lease:
+    """The writer's lease on a store prefix (see the module docstring)."""
+
+    def __init__(self, obj: ObjectStore, seconds: float = DEFAULT_LEASE_S) -> None:
+        self.obj = obj
+        self.seconds = float(seconds)
+        self.owner = uuid.uuid4().hex
+        self.etag: str | None = None
+        self.taken_over = False  # the lease was another writer's, expired: fence every table
+        self.lost: BtError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _doc(self) -> bytes:
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.seconds)
+        doc = {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "process": locking.process_tag(),  # host/pid/start: a writer on this host can tell it is gone
+            "expires": expires.isoformat(timespec="milliseconds"),
+        }
+        return json.dumps(doc).encode()
+
+    def acquire(self) -> None:
+        if self.obj.put_if_absent(LEASE, self._doc()):
+            head = self.obj.head(LEASE)
+            self.etag = head.etag if head is not None else None
+        else:
+            got = self.obj.get_with_etag(LEASE)
+            if got is None:  # released in between: try once more
+                if not self.obj.put_if_absent(LEASE, self._doc()):
+                    raise self._locked(None)
+                head = self.obj.head(LEASE)
+                self.etag = head.etag if head is not None else None
+            else:
+                data, etag = got
+                held = _parse_lease(data)
+                expires = held.get("expires")
+                try:
+                    when = dt.datetime.fromisoformat(str(expires))
+                except ValueError:
+                    when = dt.datetime.min.replace(tzinfo=dt.UTC)
+                process = held.get("process")
+                gone = isinstance(process, str) and not locking.process_alive(process)  # crashed, on this host
+                if when > dt.datetime.now(dt.UTC) and not gone:
+                    raise self._locked(held)
+                new = None if etag is None else self.obj.put_if_match(LEASE, self._doc(), etag)
+                if new is None:
+                    raise self._locked(held)
+                self.etag = new
+                self.taken_over = True
+                log.warning("%s: took over the expired lease of %s", self.obj.uri, _who(held))
+        self._thread = threading.Thread(target=self._renew_loop, name="bt_frames-lease", daemon=True)
+        self._thread.start()
+
+    def _locked(self, held: dict[str, Any] | None) -> StoreLockedError:
+        who = _who(held) if held else "another writer"
+        until = f" until {held.get('expires')}" if held else ""
+        return StoreLockedError(
+            f"store {self.obj.uri!r} has a writer: {who} holds its lease ({self.obj.url(LEASE)}){until}. "
+            "Fix: close that writer, wait for the lease to expire, or open with read_only=True."
+        )
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.renew()
+            except BtError as e:
+                log.warning("%s: renewing the lease failed (%s); retried", self.obj.uri, e)
+
+    def renew(self) -> None:
+        if self.lost is not None or self.etag is None:
+            return
+        new = self.obj.put_if_match(LEASE, self._doc(), self.etag)
+        if new is None:
+            self.lost = MirrorConflictError(
+                f"store {self.obj.uri!r}: this writer lost its lease ({self.obj.url(LEASE)} changed: another "
+                "writer took it over); nothing more is published. The local store keeps every acknowledged row. "
+                "Fix: close this store; reopen it when the other writer is gone."
+            )
+            self._stop.set()
+        else:
+            self.etag = new
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost is None and self.etag is not None:
+            got = self.obj.get_with_etag(LEASE)
+            if got is not None and got[1] == self.etag:
+                self.obj.delete(LEASE)
+        self.etag = None
+
+
+def _parse_lease(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+        return doc if isinstance(doc, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _who(held: dict[str, Any] | None) -> str:
+    if not held:
+        return "another writer"
+    return f"owner {held.get('owner')} (host {held.get('host')}, pid {held.get('pid')})"
+
+
+# -- the writer's mirror -----------------------------------------------------
+
+
+@dataclass
+class _Job:
+    table: str
+    table_dir: Path
+    version: int
+    kind: str = "publish"  # "head": the stats cache linked to ``version`` was written; "delta": the Delta log
+
+
+@dataclass
+class Mirror:
+    """Publishes local manifest versions to the bucket in a background thread (module docstring)."""
+
+    obj: ObjectStore
+    lease: Lease | None = None
+    failed: BtError | None = None
+    published: dict[str, int] = field(default_factory=dict)  # table -> newest version in the bucket
+    delta_done: dict[str, set[str]] = field(default_factory=dict)  # table -> Delta log files in the bucket
+    table_json: dict[str, bytes] = field(default_factory=dict)  # table -> the table.json the bucket has
+    _queue: list[_Job] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _busy: bool = False
+    retrying: ObjectStoreError | None = None  # the last failure to reach the bucket, while a job waits to retry
+    _backoff: float = 0.0
+    _failures: int = 0
+    _closed: bool = False
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bt_frames-mirror", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, table: str, table_dir: Path, version: int) -> None:
+        """Publish ``table``'s local versions up to ``version`` (called after each local commit; never blocks)."""
+        with self._cond:
+            self._queue.append(_Job(table, table_dir, version))
+            self._cond.notify_all()
+
+    def cache_written(self, table: str, table_dir: Path, version: int) -> None:
+        """The local stats cache is now linked to ``version``: upload the head once that version is published."""
+        with self._cond:
+            self._queue.append(_Job(table, table_dir, version, "head"))
+            self._cond.notify_all()
+
+    def delta_written(self, table: str, table_dir: Path) -> None:
+        """The local Delta log has new commits: upload those whose manifest versions are published."""
+        with self._cond:
+            self._queue.append(_Job(table, table_dir, 0, "delta"))
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                job = self._queue.pop(0)
+                self._busy = True
+            try:
+                if self.failed is None and job.kind == "head":
+                    if self.published.get(job.table, 0) == job.version:
+                        self.put_head(job.table, job.table_dir, job.version)
+                elif self.failed is None and job.kind == "delta":
+                    self.put_delta_log(job.table, job.table_dir)
+                elif self.failed is None:
+                    self.publish(job.table, job.table_dir, job.version)
+                self.retrying = None
+            except ObjectStoreError as e:  # the bucket cannot be reached: not a conflict; the job is retried
+                with self._cond:
+                    self._queue.insert(0, job)
+                    self.retrying = e
+                    self._failures += 1
+                    self._backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, self._backoff * 2))
+                    self._busy = False
+                    self._cond.notify_all()
+                    log.warning("%s: publishing table %r failed (%s); retried in %.0f s", self.obj.uri, job.table, e,
+                                self._backoff)  # fmt: skip
+                    if self._closed:  # the store is closing: the next writer's open publishes the rest
+                        return
+                    self._cond.wait(self._backoff)  # wait() or close() wakes it: then it tries again at once
+                continue
+            except BtError as e:
+                self.failed = e
+                log.error("%s: publishing table %r stopped: %s", self.obj.uri, job.table, e)
+            except Exception as e:  # pragma: no cover - a bug: keep it, never kill the thread silently
+                self.failed = BtError(f"{self.obj.uri}: publishing table {job.table!r} failed: {e}")
+                log.exception("publishing failed")
+            with self._cond:
+                self._busy = False
+                self._backoff = 0.0
+                self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every queued version is in the bucket; raises the error that stopped publishing, or an
+        ``ObjectStoreError`` when the bucket cannot be reached (publishing is retried in the background)."""
+        with self._cond:
+            seen = self._failures
+            self._cond.notify_all()  # a job backing off after a failure tries again now
+            while (self._queue or self._busy) and self.failed is None and self._failures == seen:
+                self._cond.wait()
+            retrying = self.retrying if self._failures != seen else None
+        self.check()
+        if retrying is not None:
+            raise ObjectStoreError(
+                f"{self.obj.uri}: not everything is published yet ({retrying}); the rows are durable in the "
+                "local WAL and publishing is retried in the background (and at the next open)."
+            ) from retrying
+
+    def check(self) -> None:
+        if self.lease is not None and self.lease.lost is not None and self.failed is None:
+            self.failed = self.lease.lost
+        if self.failed is not None:
+            raise self.failed
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    # the work ----------------------------------------------------------------
+
+    def publish(self, table: str, table_dir: Path, upto: int) -> None:
+        """Publish the local versions of ``table`` above the bucket's newest, up to ``upto``."""
+        done = self.published.get(table)
+        if done is None:
+            have = remote_versions(self.obj, table)
+            done = have[-1] if have else 0
+        meta = _read(table_dir / layout.TABLE_JSON)
+        if self.table_json.get(table) != meta:  # new, or rewritten (a schema change, pandas metadata)
+            key = table_key(table, layout.TABLE_JSON)
+            if self.obj.get(key) != meta:
+                self.obj.put(key, meta)
+            self.table_json[table] = meta
+        for v in range(done + 1, upto + 1):
+            self.publish_version(table, table_dir, v)
+            self.published[table] = v
+        if upto > done:
+            self.put_delta_log(table, table_dir)
+            self.put_head(table, table_dir, upto)
+
+    def publish_version(self, table: str, table_dir: Path, v: int) -> None:
+        path = mf.manifest_dir(table_dir) / mf.version_name(v)
+        data = _read(path)
+        edit, _time, _state = mf.decode(path, data, v)
+        for e in edit.add:
+            self.upload_block(table, table_dir / layout.BLOCKS_DIR / e.block, e.block, e.bytes)
+        forget = edit.forget
+        hook = os.environ.get("BT_FRAMES_TEST_PAUSE_BEFORE_VERSION_PUT")
+        if hook:  # tests: a seam between the block uploads and the version's PUT (a child killed there)
+            Path(hook).write_text(str(v))
+            threading.Event().wait(3600)
+        key = version_key(table, v)
+        if not self.obj.put_if_absent(key, data):
+            there = self.obj.get(key)
+            if there != data:  # not our own PUT whose response was lost: another writer's version
+                raise MirrorConflictError(
+                    f"table {table!r}: version {v} already exists in the bucket ({self.obj.url(key)}) with "
+                    "different contents: another writer published it (this writer lost its lease). Nothing "
+                    "more is published; the local store (wal_dir) keeps every acknowledged row. Fix: close this "
+                    "store; the rows the bucket lacks can be read from the local store with read_only=True."
+                )
+        for name in forget:  # retired, kept for the grace period, deleted by the writer: now in the bucket too
+            self.obj.delete(block_key(table, name))
+
+    def upload_block(self, table: str, path: Path, name: str, size: int) -> None:
+        key = block_key(table, name)
+        try:
+            data = _read(path)
+        except BtError:
+            log.warning("table %r: block %s is gone locally before it was published", table, name)
+            return
+        if not self.obj.put_if_absent(key, data):
+            there = self.obj.head(key)
+            if there is not None and there.size != len(data):
+                raise CorruptionError.at(
+                    Path(self.obj.url(key)), None,
+                    f"the bucket holds {there.size} bytes under this block's name, the block has {len(data)}: "
+                    "the bucket copy is damaged. Fix: delete that object; the next flush uploads it again",
+                )  # fmt: skip
+
+    def put_head(self, table: str, table_dir: Path, version: int) -> None:
+        """Upload the head object of ``version`` if the local stats cache is linked to it (else leave it)."""
+        try:
+            files = head_files(table_dir, version)
+        except (BtError, OSError, ValueError) as e:
+            log.debug("table %r: no head for version %d (%s)", table, version, e)
+            return
+        if files is not None:
+            self.obj.put(table_key(table, HEAD), encode_head(version, files))
+
+    def put_delta_log(self, table: str, table_dir: Path) -> None:
+        """Upload the local Delta log's commits (put-if-absent, in order) whose ``txn`` version is published,
+        with their checkpoints. Derived, never on the durability path: a failure is logged, and the next
+        call carries on where the bucket's log ends."""
+        try:
+            self._put_delta_log(table, table_dir)
+        except (BtError, OSError, ValueError) as e:
+            log.warning("table %r: publishing the Delta log failed (%s); retried after the next version", table, e)
+
+    def _put_delta_log(self, table: str, table_dir: Path) -> None:
+        local = table_dir / layout.BLOCKS_DIR / DELTA_LOG
+        prefix = table_key(table, layout.BLOCKS_DIR, DELTA_LOG) + "/"
+        done = self.delta_done.get(table)
+        if done is None:
+            done = self.delta_done[table] = {e.key[len(prefix) :] for e in self.obj.list(prefix, None)}
+        try:
+            names = sorted(os.listdir(local))
+        except FileNotFoundError:
+            return
+        published = self.published.get(table, 0)
+        commits = sorted((n for n in names if _DELTA_COMMIT.fullmatch(n)), key=lambda n: int(n.split(".")[0]))
+        for name in commits:
+            if name in done:
+                continue
+            data = _read(local / name)
+            txn = _delta_txn(data, table)
+            if txn is None or txn > published:
+                break  # it names blocks of a version the bucket does not have yet
+            if not self.obj.put_if_absent(prefix + name, data) and self.obj.get(prefix + name) != data:
+                log.warning("table %r: the bucket's Delta log has another commit %s; left as it is", table, name)
+                break
+            done.add(name)
+            number = name.split(".")[0]
+            for extra in names:  # its checkpoint
+                if extra.startswith(number + ".checkpoint") and extra not in done:
+                    self.obj.put_if_absent(prefix + extra, _read(local / extra))
+                    done.add(extra)
+                    if LAST_CHECKPOINT in names:
+                        self.obj.put(prefix + LAST_CHECKPOINT, _read(local / LAST_CHECKPOINT))
+
+    # orphans -------------------------------------------------------------------
+
+    def remove_orphans(self, table: str, named: Iterable[str], *, grace_s: float | None = None) -> int:
+        """Delete blocks under ``<table>/blocks/`` that no version names, older than ``grace_s``: the
+        uploads of versions that never made it into the bucket. Only block names; nothing else."""
+        keep = set(named)
+        grace_s = ORPHAN_GRACE_S if grace_s is None else grace_s
+        now = dt.datetime.now(dt.UTC)
+        n = 0
+        for e in list(self.obj.list(table_key(table, layout.BLOCKS_DIR) + "/", None)):
+            name = e.key.rpartition("/")[2]
+            rest = e.key[len(table_key(table, layout.BLOCKS_DIR)) + 1 :]
+            if rest != name or layout.parse_block_name(name) is None or name in keep:
+                continue
+            if (now - e.modified).total_seconds() < grace_s:
+                continue
+            self.obj.delete(e.key)
+            n += 1
+        return n
+
+
+# -- the head object ---------------------------------------------------------
+
+
+def head_files(table_dir: Path, version: int) -> list[tuple[str, bytes]] | None:
+    """``table.json``, the stats cache and the version files from ``version``'s checkpoint on, if the
+    cache is linked to exactly ``version``; None otherwise."""
+    from bt_frames.storage import catalog
+
+    cache = _read(table_dir / layout.STATS_CACHE)
+    header, _body = catalog.split_cache(cache)
+    link = header.get("manifest")
+    if not isinstance(link, dict) or link.get("version") != version:
+        return None
+    files = [(layout.TABLE_JSON, _read(table_dir / layout.TABLE_JSON)), (layout.STATS_CACHE, cache)]
+    for v in range(mf.checkpoint_of(version), version + 1):
+        rel = f"{mf.MANIFEST_DIR}/{mf.version_name(v)}"
+        files.append((rel, _read(table_dir / rel)))
+    return files
+
+
+def encode_head(version: int, files: list[tuple[str, bytes]]) -> bytes:
+    header = json.dumps(
+        {
+            "format": HEAD_FORMAT,
+            "format_version": HEAD_FORMAT_VERSION,
+            "version": version,
+            "files": [[name, len(data)] for name, data in files],
+        }
+    ).encode()
+    return b"".join([HEAD_MAGIC, struct.pack("<I", len(header)), header, *(d for _n, d in files)])
+
+
+def decode_head(data: bytes) -> tuple[int, list[tuple[str, bytes]]] | None:
+    """(version, files) of a head object; None if it is not one this build reads (then the reader loads
+    the manifest version by version)."""
+    try:
+        if not data.startswith(HEAD_MAGIC):
+            return None
+        (n,) = struct.unpack_from("<I", data, len(HEAD_MAGIC))
+        start = len(HEAD_MAGIC) + 4
+        header = json.loads(data[start : start + n])
+        if header.get("format") != HEAD_FORMAT or header.get("format_version") != HEAD_FORMAT_VERSION:
+            return None
+        pos = start + n
+        files = []
+        for name, size in header["files"]:
+            if not isinstance(name, str) or ".." in name or name.startswith("/"):
+                return None
+            files.append((name, data[pos : pos + size]))
+            pos += size
+        if pos != len(data):
+            return None
+        return int(header["version"]), files
+    except (ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+# -- pulling a table from the bucket -------------------------------------------
+
+
+def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -> int:
+    """Bring ``table``'s metadata from the bucket into ``table_dir`` (created if missing); return the
+    bucket's newest version (0: no table).
+
+    A reader (``blocks=False``) gets the head object and the versions after it (one GET and one LIST
+    when the head is current) and fetches blocks when a scan needs them; blocks whose statistics the
+    cache lacks are fetched now (their footers are read). A writer (``blocks=True``) gets every
+    version file it lacks and every block of the newest state.
+    """
+    fs.mkdir(table_dir, exist_ok=True)
+    fs.mkdir(mf.manifest_dir(table_dir), exist_ok=True)
+    fs.mkdir(table_dir / layout.BLOCKS_DIR, exist_ok=True)
+    fs.mkdir(table_dir / layout.WAL_DIR, exist_ok=True)
+    have = set(mf.list_versions(table_dir))
+    after = 0
+    if blocks:
+        newer = remote_versions(obj, table)
+    else:
+        # the head (one GET) and the versions after the newest one known here (one LIST), at the same time
+        known = max(have, default=0)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            listing = pool.submit(obj.list_first, _versions_prefix(table), version_key(table, known) if known else None)
+            raw = obj.get(table_key(table, HEAD))
+            listed, complete = listing.result()
+        got = decode_head(raw) if raw is not None else None
+        if got is not None:
+            after, files = got
+            for name, data in files:
+                _write(table_dir / name, data)
+                v = mf.parse_version_name(name.rpartition("/")[2]) if name.startswith(mf.MANIFEST_DIR) else None
+                if v is not None:
+                    have.add(v)
+        seen = sorted(v for e in listed if (v := mf.parse_version_name(e.key.rpartition("/")[2])) is not None)
+        if not complete:  # more than a page of versions: the rest after the last one listed
+            seen += remote_versions(obj, table, max(after, seen[-1] if seen else 0))
+        newer = [v for v in seen if v > after]
+    if not after and not newer:
+        return 0
+    if not (table_dir / layout.TABLE_JSON).exists() or blocks:
+        meta = obj.get(table_key(table, layout.TABLE_JSON))
+        if meta is None:
+            raise CorruptionError.at(Path(obj.url(table_key(table, layout.TABLE_JSON))), None, "missing")
+        _write(table_dir / layout.TABLE_JSON, meta)
+    newest = newer[-1] if newer else after
+    need = [v for v in range(mf.checkpoint_of(newest), newest + 1) if v not in have]
+    if blocks:
+        need = [v for v in range(1, newest + 1) if v not in have]
+    for v in need:
+        body = obj.get(version_key(table, v))
+        if body is None:
+            raise CorruptionError.at(
+                Path(obj.url(version_key(table, v))), None,
+                f"manifest version {v} of table {table!r} is missing from the bucket (version {newest} exists)",
+            )  # fmt: skip
+        _write(mf.manifest_dir(table_dir) / mf.version_name(v), body)
+    for v in sorted(set(mf.list_versions(table_dir)) - set(range(1, newest + 1))):  # a reader's stale future
+        if not blocks:
+            fs.unlink(mf.manifest_dir(table_dir) / mf.version_name(v), missing_ok=True)
+    if blocks:
+        pull_delta_log(obj, table, table_dir)
+    if blocks or newer:
+        state = mf.load(table_dir, upto=newest)
+        cached = _cached_blocks(table_dir) if not blocks else set()
+        for e in state.blocks:
+            local = table_dir / layout.BLOCKS_DIR / e.block
+            if e.block not in cached and not local.exists():
+                fetch_block(obj, table, local)
+    return newest
+
+
+def pull_delta_log(obj: ObjectStore, table: str, table_dir: Path) -> None:
+    """Make the local Delta log the bucket's (a writer taking the bucket's versions: its log continues that one)."""
+    local = table_dir / layout.BLOCKS_DIR / DELTA_LOG
+    prefix = table_key(table, layout.BLOCKS_DIR, DELTA_LOG) + "/"
+    there = {e.key[len(prefix) :] for e in obj.list(prefix, None)}
+    if local.is_dir():
+        fs.remove_tree(local)
+    for name in sorted(there):
+        if "/" in name or name.startswith("."):
+            continue
+        data = obj.get(prefix + name)
+        if data is not None:
+            _write(local / name, data)
+
+
+def _cached_blocks(table_dir: Path) -> set[str]:
+    import polars as pl
+
+    from bt_frames.storage import catalog
+
+    try:
+        _h, body = catalog.split_cache(_read(table_dir / layout.STATS_CACHE))
+        import io
+
+        return set(pl.read_ipc_stream(io.BytesIO(body)).get_column("block").to_list())
+    except Exception:
+        return set()
+
+
+def fetch_block(obj: ObjectStore, table: str, local: Path) -> None:
+    """Download one block (one GET) into ``local``, checked against the digest its name carries."""
+    from bt_frames.storage import blocks as blk
+
+    key = block_key(table, local.name)
+    data = obj.get(key)
+    if data is None:
+        raise CorruptionError.at(Path(obj.url(key)), None, "a block a manifest version names is missing in the bucket")
+    if blk.hash_bytes(data) != local.name[layout.BLOCK_DIGEST]:
+        raise CorruptionError.at(Path(obj.url(key)), None, "the block's bytes do not match the digest in its name")
+    layout.atomic_write(local, data, durable=False)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BtError(f"{path}: cannot be read for publishing ({e})") from e
+
+
+def _write(path: Path, data: bytes) -> None:
+    fs.mkdir(path.parent, exist_ok=True)
+    layout.atomic_write(path, data, durable=False)
+
+
+def md5_etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+__all__ = ["Lease", "Mirror", "pull_table"]

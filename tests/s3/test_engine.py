@@ -1,0 +1,537 @@
+"""The engine on a bucket (storage/remote.py): publishing, the lease and its fence, readers, faults.
+
+Every test runs against moto in server mode on loopback (real HTTP, real
+conditional PUTs); faults come from the proxy of tests/helpers/faultproxy.py
+and from child processes killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import bt_frames as bt
+from bt_frames.storage import manifest as mf
+from bt_frames.storage import remote
+from tests.helpers import faultproxy, s3server
+from tests.s3.test_readers import DASK_INPLACE_WARNING
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = dt.datetime(2024, 1, 1)
+
+
+def frame(start: int, n: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"ts": [T0 + dt.timedelta(seconds=i) for i in range(start, start + n)], "x": list(range(start, start + n))}
+    )
+
+
+def make_table(store: bt.BacktraceStore, *, max_block_rows: int = 50) -> bt.Table:
+    return store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=max_block_rows)
+
+
+def keys_of(bucket: s3server.Bucket) -> list[str]:
+    return bucket.keys()
+
+
+def bucket_versions(bucket: s3server.Bucket, table: str = "t") -> list[str]:
+    return [k for k in keys_of(bucket) if f"/{table}/_manifest/" in k]
+
+
+def get(bucket: s3server.Bucket, key: str) -> bytes:
+    body: bytes = bucket.server.boto3_client().get_object(Bucket=bucket.name, Key=key)["Body"].read()
+    return body
+
+
+def run_child(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- publishing ----------------------------------------------------------------
+
+
+def test_flush_publishes_blocks_versions_table_json_and_head(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.append(frame(0, 120))  # straight to blocks: 3 parts
+        t.append(frame(120, 10))
+        t.flush()
+        local = tmp_path / "w" / "t"
+        versions = mf.list_versions(local)
+        blocks = sorted(p.name for p in (local / "blocks").glob("*.parquet"))
+        keys = keys_of(s3_bucket)
+        # every local version is in the bucket, byte for byte; every block too
+        for v in versions:
+            key = f"t/t/_manifest/{mf.version_name(v)}"
+            assert get(s3_bucket, key) == (local / "_manifest" / mf.version_name(v)).read_bytes()
+        assert [k.rpartition("/")[2] for k in keys if "/blocks/" in k and k.endswith(".parquet")] == blocks
+        assert {"t/bt_frames.json", "t/t/table.json", "t/t/_head.bt"} <= set(keys)
+        assert "t/_lease.json" in keys  # held while open
+    assert "t/_lease.json" not in keys_of(s3_bucket)  # released at close
+
+
+def test_close_publishes_rows_that_were_only_in_the_wal(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 7))  # hot: in the local WAL only
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(7))
+
+
+def test_a_new_wal_dir_takes_the_buckets_tables_and_continues_them(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        make_table(store).append(frame(0, 60))
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as store:
+        t = store["t"]
+        assert t.read().height == 60
+        t.append(frame(60, 5))
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:  # behind the bucket: catches up
+        assert store["t"].read().get_column("x").to_list() == list(range(65))
+        store["t"].append(frame(65, 1))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(66))
+
+
+# -- readers -------------------------------------------------------------------
+
+
+def test_reader_in_another_process_sees_the_published_rows(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
+        t = make_table(store, max_block_rows=40)
+        for i in range(5):
+            t.append(frame(i * 25, 25))
+        t.flush()
+        expected = t.read()
+        out = tmp_path / "read.parquet"
+        child = run_child(
+            f"""
+            import bt_frames as bt
+            with bt.open({s3_bucket.uri!r}, storage_options={s3_bucket.storage_options!r}, read_only=True) as r:
+                r["t"].read().write_parquet({str(out)!r})
+            """
+        )
+        assert child.returncode == 0, child.stderr
+        assert pl.read_parquet(out).equals(expected)
+
+
+def test_reader_refresh_sees_newer_versions(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.append(frame(0, 60))
+        t.flush()
+        with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+            rt = reader["t"]
+            assert rt.read().height == 60
+            t.append(frame(60, 60))
+            t.flush()
+            assert rt.read().height == 60  # as of opening
+            reader.refresh()
+            assert rt.read().get_column("x").to_list() == list(range(120))
+
+
+def test_read_only_open_takes_two_requests_and_q1_one_per_surviving_block(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
+        t = make_table(store, max_block_rows=100)
+        t.append(frame(0, 1000))  # 10 blocks of 100 rows, ordered in time
+    via = s3_bucket.via(s3_proxy.endpoint)
+    s3_proxy.reset()
+    with bt.open(via.uri, storage_options=via.storage_options, read_only=True) as reader:
+        rt = reader["t"]
+        opened = s3_proxy.snapshot()
+        assert sum(opened.values()) <= 2, opened
+        q1 = pl.col("ts") >= T0 + dt.timedelta(seconds=850)
+        got = rt.read(q1)
+        assert got.get_column("x").to_list() == list(range(850, 1000))
+        surviving = len(rt.prune(q1).survivors)
+        assert surviving == 2
+        total = s3_proxy.snapshot()
+        assert sum(total.values()) <= 3 + surviving, total
+        assert total["GET"] - opened["GET"] == surviving  # pruned blocks are never touched
+
+
+def test_reader_of_a_stale_head_loads_the_newer_versions(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.append(frame(0, 50))
+        t.flush()
+        head = get(s3_bucket, "t/t/_head.bt")
+        t.append(frame(50, 50))
+        t.flush()
+    client = s3_bucket.server.boto3_client()
+    client.put_object(Bucket=s3_bucket.name, Key="t/t/_head.bt", Body=head)  # as if the newer head was lost
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(100))
+
+
+# -- the lease and the fence ------------------------------------------------------
+
+
+def test_second_writer_is_refused_at_open_naming_the_owner(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        make_table(store).append(frame(0, 3))
+        child = run_child(
+            f"""
+            import bt_frames as bt
+            try:
+                bt.open({s3_bucket.uri!r}, storage_options={so!r}, wal_dir={str(tmp_path / "b")!r})
+            except bt.StoreLockedError as e:
+                print("LOCKED", e)
+            """
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.startswith("LOCKED"), child.stdout
+        for part in (f"pid {os.getpid()}", "until", "Fix:"):
+            assert part in child.stdout
+
+
+def test_expired_lease_is_taken_over_and_the_old_writer_is_fenced(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    old = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a", lease_seconds=1.0)
+    t = make_table(old)
+    t.append(frame(0, 60))
+    t.flush()
+    assert old._lease is not None
+    old._lease._stop.set()  # the old writer stalls: it stops renewing
+    time.sleep(1.2)
+    new = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b")
+    try:
+        fenced = len(bucket_versions(s3_bucket))
+        assert new["t"].read().height == 60
+        # the old writer appends (acknowledged: in its WAL) and flushes: its version PUT finds the fence
+        t.append(frame(60, 60))
+        with pytest.raises(bt.MirrorConflictError, match="another writer published it"):
+            t.flush()
+        assert len(bucket_versions(s3_bucket)) == fenced  # the loser added no version
+        with pytest.raises(bt.MirrorConflictError):
+            t.append(frame(120, 1))  # refused from now on
+        new["t"].append(frame(200, 1))
+        new.flush()
+    finally:
+        new.close()
+    with pytest.raises(bt.MirrorConflictError):
+        old.close()
+    # the loser's acknowledged rows are kept in its local store
+    with bt.open(tmp_path / "a", read_only=True) as local:
+        assert local["t"].read().get_column("x").to_list() == list(range(120))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == [*range(60), 200]
+    # reopening the loser's folder refuses (its versions diverge from the bucket's), changing nothing
+    before = sorted(p.name for p in (tmp_path / "a" / "t" / "_manifest").iterdir())
+    with pytest.raises(bt.MirrorConflictError, match="Nothing was changed"):
+        bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a" / "t" / "_manifest").iterdir()) == before
+    assert "t/_lease.json" not in keys_of(s3_bucket)
+
+
+def test_forced_race_on_the_version_put_one_wins(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    """Two writers that both believe they hold the table (the lease bypassed): one version file survives."""
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        make_table(store).append(frame(0, 10))
+    a = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a")
+    try:
+        s3_bucket.server.boto3_client().delete_object(Bucket=s3_bucket.name, Key="t/_lease.json")  # bypassed
+        b = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b")
+        try:
+            b["t"].append(frame(100, 50))
+            b.flush()
+            a["t"].append(frame(10, 50))
+            with pytest.raises(bt.MirrorConflictError):
+                a.flush()
+        finally:
+            b.close()
+    finally:
+        with pytest.raises(bt.MirrorConflictError):
+            a.close()
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == [*range(10), *range(100, 150)]
+
+
+# -- faults ----------------------------------------------------------------------
+
+
+def test_lost_response_after_the_version_put_is_not_a_conflict(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.flush()
+        n = len(mf.list_versions(tmp_path / "w" / "t"))
+        target = f"t/t/_manifest/{mf.version_name(n + 1)}"
+        rule = s3_proxy.add(faultproxy.Rule("drop", method="PUT", key=target))
+        t.append(frame(0, 60))  # straight to blocks: version n + 1
+        t.flush()  # no conflict with itself
+        assert rule.fired == 1
+        assert len(s3_proxy.requests("PUT", target)) >= 2  # the retry found its own version there
+        assert get(s3_bucket, target) == (tmp_path / "w" / "t" / "_manifest" / mf.version_name(n + 1)).read_bytes()
+        t.append(frame(60, 1))
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(61))
+
+
+@pytest.mark.crash
+def test_writer_killed_between_block_upload_and_version_put(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 10))
+    paused = tmp_path / "paused"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import datetime as dt, polars as pl, bt_frames as bt
+                s = bt.open({s3_bucket.uri!r}, storage_options={so!r}, wal_dir={str(tmp_path / "w")!r})
+                t0 = dt.datetime(2024, 1, 1)
+                t = s["t"]
+                t.append(pl.DataFrame({{"ts": [t0 + dt.timedelta(seconds=i) for i in range(10, 110)],
+                                        "x": list(range(10, 110))}}))
+                t.flush()
+                """
+            ),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "BT_FRAMES_TEST_PAUSE_BEFORE_VERSION_PUT": str(paused)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not paused.exists():
+            assert child.poll() is None, "the child ended before the seam"
+            assert time.monotonic() < deadline, "the child never reached the seam"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    version = int(paused.read_text())
+    assert (tmp_path / "w" / "t" / "_manifest" / mf.version_name(version)).exists()  # committed locally
+    orphans = [k for k in keys_of(s3_bucket) if "/blocks/" in k and k.endswith(".parquet")]
+    named = set()  # every block any version in the bucket names
+    for key in bucket_versions(s3_bucket):
+        v = int(key.rpartition("/")[2].split(".")[0])
+        edit, _time, state = mf.decode(Path(key), get(s3_bucket, key), v)
+        named |= {e.block for e in edit.add} | {d["block"] for d in (state or {}).get("blocks", [])}
+    unnamed = [k for k in orphans if k.rpartition("/")[2] not in named]
+    assert unnamed, "the block was uploaded before the kill"
+    assert f"t/t/_manifest/{mf.version_name(version)}" not in keys_of(s3_bucket)
+    # a reader sees only what was published
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().height == 10
+    # the writer reopens its folder: the acknowledged rows are published exactly once
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store["t"].read().get_column("x").to_list() == list(range(110))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(110))
+
+
+def test_orphan_blocks_are_removed_by_the_next_writer_and_nothing_else(
+    s3_bucket: s3server.Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 60))
+    client = s3_bucket.server.boto3_client()
+    orphan = "t/t/blocks/00000000000000000099-00000000000000000099.1of1.0123456789abcdef.parquet"
+    foreign = ["t/t/blocks/notes.txt", "t/t/blocks/sub/00000000000000000099-00000000000000000099.1of1."
+               "0123456789abcdef.parquet", "t/other/file.parquet"]  # fmt: skip
+    for key in [orphan, *foreign]:
+        client.put_object(Bucket=s3_bucket.name, Key=key, Body=b"x")
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w"):
+        pass
+    assert orphan in keys_of(s3_bucket)  # younger than the grace period: an upload in flight, perhaps
+    monkeypatch.setattr(remote, "ORPHAN_GRACE_S", 0.0)
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store["t"].read().height == 60
+    keys = keys_of(s3_bucket)
+    assert orphan not in keys
+    assert all(k in keys for k in foreign)
+    assert len([k for k in keys if "/blocks/" in k and k.endswith(".parquet") and "/sub/" not in k]) == 2
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+def test_a_writer_without_wal_dir_is_refused_with_the_fix(s3_bucket: s3server.Bucket) -> None:
+    with pytest.raises(bt.BtError, match="needs wal_dir="):
+        bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options)
+    assert keys_of(s3_bucket) == []
+
+
+def test_a_missing_bucket_is_a_bt_error_naming_it(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    uri = f"s3://no-such-{s3_bucket.name}/db"
+    with pytest.raises(bt.ObjectStoreError, match=r"does not exist\. Fix: create it") as e:
+        bt.open(uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w")
+    assert isinstance(e.value, bt.BtError)
+    assert f"no-such-{s3_bucket.name}" in str(e.value)
+
+
+def test_bad_credentials_are_a_bt_error_with_the_fix(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = {**s3_bucket.storage_options, "aws_endpoint_url": "http://127.0.0.1:9"}  # nothing listens there
+    with pytest.raises(bt.ObjectStoreError, match="aws_endpoint_url"):
+        bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w")
+    with pytest.raises(bt.ObjectStoreError, match="invalid storage_options"):
+        bt.open(s3_bucket.uri, storage_options={"no_such_option": "1"}, wal_dir=tmp_path / "w2")
+
+
+def test_storage_options_on_a_local_path_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(bt.BtError, match="s3://bucket/prefix"):
+        bt.open(tmp_path / "db", storage_options={"aws_region": "x"})
+    assert not (tmp_path / "db").exists()
+
+
+# -- Part 1 readers on the bucket (the Delta log follows the versions) ------------------------------------------
+
+
+def _published(s3_bucket: s3server.Bucket) -> pl.DataFrame:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        return reader["t"].read().sort("x")
+
+
+@pytest.mark.filterwarnings(DASK_INPLACE_WARNING)
+def test_part1_readers_read_the_delta_log_in_the_bucket(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    from tests.helpers import s3readers
+
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        t = make_table(store)
+        t.append(frame(0, 120))
+        t.append(frame(120, 30))
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as store:  # another writer continues
+        store["t"].append(frame(150, 20))
+    expected = _published(s3_bucket)
+    assert expected.get_column("x").to_list() == list(range(170))
+    uri = f"{s3_bucket.uri}/t/blocks"
+    assert pl.scan_delta(uri, storage_options=so).collect().sort("x").equals(expected)
+    got = s3readers.duckdb_connect(so).sql(f"SELECT * FROM delta_scan('{uri}') ORDER BY x").pl()
+    assert got.get_column("x").to_list() == expected.get_column("x").to_list()
+    import dask.dataframe as dd
+    import deltalake
+
+    files = deltalake.DeltaTable(uri, storage_options=so).file_uris()
+    ddf = dd.read_parquet(files, storage_options=s3readers.s3fs_options(so))
+    assert sorted(ddf["x"].compute().tolist()) == list(range(170))
+
+
+def test_the_delta_log_in_the_bucket_never_names_an_unpublished_block(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    import deltalake
+
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        for i in range(4):
+            t.append(frame(i * 40, 40))  # hot rows: one block per flush
+            t.flush()
+            files = deltalake.DeltaTable(f"{s3_bucket.uri}/t/blocks", storage_options=so).file_uris()
+            keys = set(keys_of(s3_bucket))
+            assert all(f.removeprefix(f"s3://{s3_bucket.name}/") in keys for f in files), files
+            assert len(files) == i + 1
+
+
+def test_blocks_a_compaction_retired_leave_the_bucket_when_vacuumed(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w", retired_grace=0) as store:
+        t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
+        for i in range(4):
+            t.append(frame(i * 10, 10))
+            t.flush()
+        before = {k for k in keys_of(s3_bucket) if k.endswith(".parquet")}
+        assert len(before) == 4
+        t.compact()
+        t.vacuum()
+        t.append(frame(40, 1))  # the next version forgets the deleted files
+        store.flush()
+        after = {k for k in keys_of(s3_bucket) if k.endswith(".parquet")}
+        assert not before & after  # the four small blocks are gone from the bucket too
+        assert len(after) == 2  # the merged block and the last one
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(41))
+
+
+def test_a_renewed_lease_outlives_its_seconds(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a", lease_seconds=0.6) as store:
+        make_table(store).append(frame(0, 3))
+        time.sleep(1.5)  # more than twice the lease: only the renewals keep it
+        with pytest.raises(bt.StoreLockedError, match="holds its lease"):
+            bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b")
+        store["t"].append(frame(3, 3))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().height == 6
+
+
+def test_an_unreachable_bucket_delays_publishing_and_nothing_is_lost(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.flush()
+        rule = s3_proxy.add(faultproxy.Rule("error", method="PUT", key="t/t/blocks/*", status=503, times=8))
+        t.append(frame(0, 60))  # acknowledged: in blocks locally; the uploads fail for a while
+        with pytest.raises(bt.ObjectStoreError, match="retried in the background"):
+            t.flush()
+        assert not [k for k in keys_of(s3_bucket) if k.endswith(".parquet")]
+        t.append(frame(60, 1))  # still taking appends: not a conflict
+        deadline = time.monotonic() + 60
+        while True:  # the outage ends once the rule is used up; flush() then succeeds
+            try:
+                t.flush()
+                break
+            except bt.ObjectStoreError:
+                assert time.monotonic() < deadline
+        assert rule.fired == 8
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(61))
+
+
+def test_a_schema_change_reaches_readers_and_the_next_writer(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        t = make_table(store)
+        t.append(frame(0, 5))
+        t.add_columns({"note": pl.String})
+        t.append(frame(5, 5).with_columns(note=pl.lit("n")))
+    assert b'"note"' in get(s3_bucket, "t/t/table.json")
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as store:
+        assert store["t"].schema.names() == ["ts", "x", "note"]
+        assert store["t"].read().get_column("note").to_list() == [None] * 5 + ["n"] * 5
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].schema.names() == ["ts", "x", "note"]
+        assert reader["t"].read().height == 10
+
+
+def test_a_reader_of_an_unreachable_endpoint_gets_a_bt_error_with_the_fix(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 3))
+    so = {**s3_bucket.storage_options, "aws_endpoint_url": "http://127.0.0.1:9"}
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        with pytest.raises(bt.ObjectStoreError, match="aws_endpoint_url") as e:
+            reader["t"]
+        assert s3_bucket.name in str(e.value)
