@@ -575,3 +575,25 @@ def test_cli_delta_log_prints_the_state_and_rebuilds(store_path: Path, capsys: p
     out = capsys.readouterr().out
     assert ": up to date" in out
     assert len(pl.scan_delta(str(store_path / "orders" / "blocks")).collect()) == 100
+
+
+def test_rebuilding_the_log_deletes_only_the_delta_files_it_holds(store_path: Path) -> None:
+    # the store made _delta_log/ and its commits; a file someone else put there is not the store's to delete
+    with bt.open(store_path) as s:
+        t = _orders_table(s)
+        _fill(t, n_blocks=2)
+        logdir = t.path / "blocks" / "_delta_log"
+        (logdir / "NOTES.md").write_text("who reads this table, and why")
+        (logdir / "sub").mkdir()
+        (logdir / "sub" / "keep.txt").write_text("mine")
+        assert t.rebuild_delta_log().ok
+        assert (logdir / "NOTES.md").read_text() == "who reads this table, and why"
+        assert (logdir / "sub" / "keep.txt").read_text() == "mine"
+        assert_readers_match(t)
+    (logdir / "00000000000000000000.json").write_text("{not json")  # damaged: rebuilt at the next open
+    with bt.open(store_path) as s:
+        t = s["orders"]
+        assert t.delta_log.ok
+        assert_readers_match(t)
+    assert (logdir / "NOTES.md").exists()
+    assert (logdir / "sub" / "keep.txt").exists()
