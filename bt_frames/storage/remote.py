@@ -48,7 +48,10 @@ The lease (``_lease.json``, one per store prefix: the local store the writer
 runs on holds every table of the prefix, so one writer per table anywhere is
 one writer per store): ``{"owner", "host", "pid", "expires"}``, created
 put-if-absent, renewed before it expires with a conditional overwrite
-(``If-Match`` on its ETag), released at close by deleting it. An open finding
+(``If-Match`` on its ETag), released at close by deleting it. A create or
+renewal whose response was lost is retried and then finds the object
+changed: if it holds this writer's ``owner`` (a random id per open), it is
+the writer's own write and the lease is kept. An open finding
 a lease that is not expired raises ``StoreLockedError`` naming owner and
 expiry, unless its holder is a process of this host that is certainly gone
 (``locking.process_alive``: a crashed writer). An expired (or dead) lease
@@ -200,6 +203,8 @@ class Lease:
                     raise self._locked(None)
                 head = self.obj.head(LEASE)
                 self.etag = head.etag if head is not None else None
+            elif _parse_lease(got[0]).get("owner") == self.owner:  # our own create, its response lost
+                self.etag = got[1]
             else:
                 data, etag = got
                 held = _parse_lease(data)
@@ -240,7 +245,11 @@ class Lease:
         if self.lost is not None or self.etag is None:
             return
         new = self.obj.put_if_match(LEASE, self._doc(), self.etag)
-        if new is None:
+        if new is None:  # changed since our last write -- unless by this very renewal, whose response was lost
+            got = self.obj.get_with_etag(LEASE)
+            if got is not None and got[1] is not None and _parse_lease(got[0]).get("owner") == self.owner:
+                self.etag = got[1]
+                return
             self.lost = MirrorConflictError(
                 f"store {self.obj.uri!r}: this writer lost its lease ({self.obj.url(LEASE)} changed: another "
                 "writer took it over); nothing more is published. The local store keeps every acknowledged row. "

@@ -560,3 +560,37 @@ def test_the_buckets_delta_log_follows_a_rebuilt_local_log(s3_bucket: s3server.B
     assert expected.get_column("x").to_list() == list(range(70))
     got = pl.scan_delta(f"{s3_bucket.uri}/t/blocks", storage_options=so).collect().sort("x")
     assert got.get_column("x").to_list() == list(range(70))
+
+
+def test_a_lost_response_to_a_lease_renewal_keeps_the_lease(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    # the renewal took effect but its response was lost: the retry's If-Match (the old ETag) fails, and the
+    # lease is still this writer's -- not a lost lease
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w", lease_seconds=0.6) as store:
+        t = make_table(store)
+        t.flush()
+        rule = s3_proxy.add(faultproxy.Rule("drop", method="PUT", key="t/_lease.json"))
+        deadline = time.monotonic() + 10
+        while rule.fired == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # a renewal or two after the lost one
+        t.append(frame(0, 60))
+        t.flush()  # still the writer: publishing goes on
+        with pytest.raises(bt.StoreLockedError, match="holds its lease"):
+            bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "b")
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().height == 60
+
+
+def test_a_lost_response_to_the_lease_create_at_open_is_not_another_writer(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    rule = s3_proxy.add(faultproxy.Rule("drop", method="PUT", key="t/_lease.json"))
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
+        assert rule.fired == 1
+        make_table(store).append(frame(0, 5))
+    assert "t/_lease.json" not in keys_of(s3_bucket)  # released: it was this writer's
