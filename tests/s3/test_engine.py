@@ -594,3 +594,31 @@ def test_a_lost_response_to_the_lease_create_at_open_is_not_another_writer(
         assert rule.fired == 1
         make_table(store).append(frame(0, 5))
     assert "t/_lease.json" not in keys_of(s3_bucket)  # released: it was this writer's
+
+
+def _bt_threads() -> list[str]:
+    import threading
+
+    return sorted(th.name for th in threading.enumerate() if th.name in ("bt_frames-mirror", "bt_frames-lease"))
+
+
+def test_close_and_a_refused_open_leave_no_thread_and_no_reader_folder(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    so = s3_bucket.storage_options
+    assert _bt_threads() == []
+    store = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a")
+    make_table(store).append(frame(0, 5))
+    assert _bt_threads() == ["bt_frames-lease", "bt_frames-mirror"]
+    with pytest.raises(bt.StoreLockedError):
+        bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b")
+    assert _bt_threads() == ["bt_frames-lease", "bt_frames-mirror"]  # only the first writer's
+    store.close()
+    assert _bt_threads() == []
+    reader = bt.open(s3_bucket.uri, storage_options=so, read_only=True)
+    scratch = reader._scratch
+    assert scratch is not None and os.path.isdir(scratch)
+    assert reader["t"].read().height == 5
+    reader.close()
+    assert not os.path.exists(scratch)
+    assert _bt_threads() == []
