@@ -617,7 +617,8 @@ def test_close_and_a_refused_open_leave_no_thread_and_no_reader_folder(
     assert _bt_threads() == []
     reader = bt.open(s3_bucket.uri, storage_options=so, read_only=True)
     scratch = reader._scratch
-    assert scratch is not None and os.path.isdir(scratch)
+    assert scratch is not None
+    assert os.path.isdir(scratch)
     assert reader["t"].read().height == 5
     reader.close()
     assert not os.path.exists(scratch)
