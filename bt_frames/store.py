@@ -110,7 +110,8 @@ class BacktraceStore:
         installed), so that other engines read the tables (README, "Reading a
         table with other engines"). About 10-40 ms per manifest version that
         changes blocks: False turns it off for a writer that flushes very often
-        and needs no other reader.
+        and needs no other reader (a log an earlier open wrote is removed: it
+        would show other engines stale rows).
     """
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:

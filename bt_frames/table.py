@@ -77,6 +77,7 @@ DEFAULT_ROW_GROUP_ROWS = 16_384  # narrow time windows read only the row groups 
 FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from this many footers
 MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
 UNSUPPORTED = -2  # Table._delta_synced of a table whose types Delta cannot represent
+NO_LOG = -3  # Table._delta_synced of a writer that writes no log (delta_log=False, or no deltalake)
 RETRY_INTERVAL_S = 1.0  # a failed block write or rotation is retried at most this often
 
 __all__ = ["Change", "CompactResult", "CompactionStats", "Health", "Recovery", "SchemaMode", "Snapshot", "Table"]
@@ -1167,14 +1168,18 @@ class Table:
 
     def _sync_delta(self, *, rebuild: bool = False) -> None:
         """Bring the Delta log up to the manifest (needs no table lock; never raises: see storage/delta.py)."""
-        if self._read_only or self._store._forked or not self._store.delta_log or not delta.available():
+        if self._read_only or self._store._forked:
             return
         with self._delta_lock:
-            if delta.unsupported_columns(self._meta.schema):  # no log; one written before the schema change goes
-                if self._delta_synced != UNSUPPORTED:
+            # no log: one written before (by an earlier open, or before the schema change) goes, or other
+            # engines would read it as the table while the versions after it change the rows
+            off = not self._store.delta_log or not delta.available()
+            if off or delta.unsupported_columns(self._meta.schema):
+                gone = NO_LOG if off else UNSUPPORTED
+                if self._delta_synced != gone:
                     try:
                         self._delta.remove_log()
-                        self._delta_synced = UNSUPPORTED
+                        self._delta_synced = gone
                     except Exception as e:
                         log.warning("table %r: could not remove its Delta log (%s)", self.name, e)
                 return

@@ -441,6 +441,22 @@ def test_no_log_when_the_store_turns_it_off(store_path: Path) -> None:
         assert not (t.path / "blocks" / "_delta_log").exists()
 
 
+def test_a_log_left_from_before_delta_log_false_never_shows_stale_rows(store_path: Path) -> None:
+    # a writer that turns the log off leaves no log that other engines would read as the table: the rows
+    # it changes would be missing there (and vacuumed files named)
+    with bt.open(store_path) as s:
+        _fill(_orders_table(s), n_blocks=2)
+    with bt.open(store_path, delta_log=False) as s:
+        t = s["orders"]
+        t.delete(pl.col("qty") > 500)
+        t.append(make_orders(5, start=900))
+        t.flush()
+        assert t.delta_log.state == "off"
+    assert not (store_path / "orders" / "blocks" / "_delta_log").exists()
+    with bt.open(store_path) as s:  # on again: written from the manifest
+        assert_readers_match(s["orders"])
+
+
 # -- types ------------------------------------------------------------------------------------------------
 
 UNSUPPORTED = {
