@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -394,6 +395,14 @@ def test_bad_credentials_are_a_bt_error_with_the_fix(s3_bucket: s3server.Bucket,
         bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w")
     with pytest.raises(bt.ObjectStoreError, match="invalid storage_options"):
         bt.open(s3_bucket.uri, storage_options={"no_such_option": "1"}, wal_dir=tmp_path / "w2")
+
+
+@pytest.mark.parametrize("so", ["aws_region=us-east-1", ["aws_region"]])
+def test_storage_options_that_are_not_a_dict_are_a_bt_error(tmp_path: Path, so: Any) -> None:
+    for kw in ({"read_only": True}, {"wal_dir": tmp_path / "w"}):
+        with pytest.raises(bt.ObjectStoreError, match="storage_options must be a dict"):
+            bt.open("s3://bucket/prefix", storage_options=so, **kw)
+    assert not (tmp_path / "w").exists()
 
 
 def test_storage_options_on_a_local_path_are_refused(tmp_path: Path) -> None:
