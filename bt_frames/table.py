@@ -1180,6 +1180,9 @@ class Table:
                     try:
                         self._delta.remove_log()
                         self._delta_synced = gone
+                        mirror = self._store._mirror
+                        if mirror is not None:  # a store in a bucket: the log leaves the bucket too
+                            mirror.delta_written(self.name, self._dir)
                     except Exception as e:
                         log.warning("table %r: could not remove its Delta log (%s)", self.name, e)
                 return

@@ -32,7 +32,9 @@ Publishing version N (a background thread, in version order, never two at once):
    response was lost -- published, not a conflict.
 3. the Delta log's commits whose ``txn`` is at most N (storage/delta.py writes
    them locally; each is uploaded put-if-absent, after its version, as delta-rs
-   itself would commit ``_delta_log/<n>.json``), then the head object.
+   itself would commit ``_delta_log/<n>.json``), then the head object. A table
+   whose local log was removed (``delta_log=False``, a column Delta cannot
+   represent) has its Delta files removed from the bucket too.
 
 So a version is in the bucket only after its blocks, and no reader ever sees
 a version naming a block that is not there. A crash between 1 and 2 leaves
@@ -91,7 +93,7 @@ from pathlib import Path
 from typing import Any
 
 from bt_frames.errors import BtError, CorruptionError, MirrorConflictError, ObjectStoreError, StoreLockedError
-from bt_frames.storage import fs, layout, locking
+from bt_frames.storage import delta, fs, layout, locking
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.objectstore import ObjectStore
 
@@ -106,7 +108,7 @@ DEFAULT_LEASE_S = 60.0
 ORPHAN_GRACE_S = 3600.0
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0  # the mirror's back-off while the bucket cannot be reached
 
-DELTA_LOG = "_delta_log"  # storage/delta.py's LOG_DIR (this module does not import deltalake's wrapper)
+DELTA_LOG = delta.LOG_DIR
 LAST_CHECKPOINT = "_last_checkpoint"
 _DELTA_COMMIT = re.compile(r"\d{20}\.json")
 
@@ -496,7 +498,11 @@ class Mirror:
             done = self.delta_done[table] = {e.key[len(prefix) :] for e in self.obj.list(prefix, None)}
         try:
             names = sorted(os.listdir(local))
-        except FileNotFoundError:
+        except FileNotFoundError:  # the table has no log (delta_log=False, a type Delta cannot represent)
+            for name in sorted(done):  # nor the bucket: a stale one would show other engines old rows
+                if delta.LOG_FILE.fullmatch(name):
+                    self.obj.delete(prefix + name)
+                    done.discard(name)
             return
         published = self.published.get(table, 0)
         commits = sorted((n for n in names if _DELTA_COMMIT.fullmatch(n)), key=lambda n: int(n.split(".")[0]))

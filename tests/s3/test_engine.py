@@ -632,3 +632,20 @@ def test_close_and_a_refused_open_leave_no_thread_and_no_reader_folder(
     reader.close()
     assert not os.path.exists(scratch)
     assert _bt_threads() == []
+
+
+def test_a_table_that_loses_its_delta_log_loses_it_in_the_bucket(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    # a column Delta cannot represent removes the table's log; left in the bucket, it would show other
+    # engines the rows of before the change
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.append(frame(0, 10))
+        t.flush()
+        assert any("/_delta_log/" in k for k in keys_of(s3_bucket))
+        with pytest.warns(bt.DeltaIncompatibleWarning):
+            t.add_columns({"u": pl.UInt32})
+        t.append(frame(10, 10).with_columns(u=pl.lit(1, pl.UInt32)))
+        t.flush()
+        assert t.delta_log.state == "unsupported"
+    assert not [k for k in keys_of(s3_bucket) if "/_delta_log/" in k]
