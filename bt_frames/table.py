@@ -1190,6 +1190,7 @@ class Table:
                 src = self._delta_source()
                 if src is None or (src.version == self._delta_synced and not rebuild):
                     return
+                resets = self._delta.resets
                 if rebuild:
                     self._delta.rebuild(src)
                 else:
@@ -1198,7 +1199,7 @@ class Table:
                 self._delta_error = None
                 mirror = self._store._mirror
                 if mirror is not None:  # a store in a bucket: the log's new commits follow their versions there
-                    mirror.delta_written(self.name, self._dir)
+                    mirror.delta_written(self.name, self._dir, reset=self._delta.resets != resets)
             except Exception as e:
                 if sys.is_finalizing():
                     return

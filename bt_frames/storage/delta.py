@@ -290,6 +290,7 @@ class DeltaLog:
         self._fresh = False  # _dt is as of our own last commit (one writer per table: nothing newer to read)
         self._txn_done: int | None = None  # the txn version of that commit
         self.app = app_id(table)
+        self.resets = 0  # how many times the log was removed (then written anew: its commits start at 0)
 
     # reading
 
@@ -389,6 +390,7 @@ class DeltaLog:
             raise NotImplementedError(f"removing the Delta log at {self.uri} (not a local path)")
         log_dir = os.path.join(path, LOG_DIR)
         if os.path.isdir(log_dir) and not os.path.islink(log_dir):
+            self.resets += 1
             others = False
             for name in os.listdir(log_dir):
                 full = os.path.join(log_dir, name)

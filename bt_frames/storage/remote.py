@@ -34,7 +34,9 @@ Publishing version N (a background thread, in version order, never two at once):
    them locally; each is uploaded put-if-absent, after its version, as delta-rs
    itself would commit ``_delta_log/<n>.json``), then the head object. A table
    whose local log was removed (``delta_log=False``, a column Delta cannot
-   represent) has its Delta files removed from the bucket too.
+   represent) has its Delta files removed from the bucket too; one whose local
+   log was written anew (``rebuild_delta_log``, a damaged log) has the
+   bucket's removed before the new commits go up.
 
 So a version is in the bucket only after its blocks, and no reader ever sees
 a version naming a block that is not there. A crash between 1 and 2 leaves
@@ -306,6 +308,7 @@ class Mirror:
     failed: BtError | None = None
     published: dict[str, int] = field(default_factory=dict)  # table -> newest version in the bucket
     delta_done: dict[str, set[str]] = field(default_factory=dict)  # table -> Delta log files in the bucket
+    delta_reset: set[str] = field(default_factory=set)  # tables whose local log was written anew (rebuilt)
     table_json: dict[str, bytes] = field(default_factory=dict)  # table -> the table.json the bucket has
     _queue: list[_Job] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -332,9 +335,13 @@ class Mirror:
             self._queue.append(_Job(table, table_dir, version, "head"))
             self._cond.notify_all()
 
-    def delta_written(self, table: str, table_dir: Path) -> None:
-        """The local Delta log has new commits: upload those whose manifest versions are published."""
+    def delta_written(self, table: str, table_dir: Path, *, reset: bool = False) -> None:
+        """The local Delta log has new commits: upload those whose manifest versions are published.
+        ``reset``: the local log was removed and written anew (its commits start again at 0), so the
+        bucket's, whose names the new commits reuse, is removed first."""
         with self._cond:
+            if reset:
+                self.delta_reset.add(table)
             self._queue.append(_Job(table, table_dir, 0, "delta"))
             self._cond.notify_all()
 
@@ -494,15 +501,21 @@ class Mirror:
         local = table_dir / layout.BLOCKS_DIR / DELTA_LOG
         prefix = table_key(table, layout.BLOCKS_DIR, DELTA_LOG) + "/"
         done = self.delta_done.get(table)
-        if done is None:
+        if done is None or table in self.delta_reset:
             done = self.delta_done[table] = {e.key[len(prefix) :] for e in self.obj.list(prefix, None)}
         try:
             names = sorted(os.listdir(local))
         except FileNotFoundError:  # the table has no log (delta_log=False, a type Delta cannot represent)
-            for name in sorted(done):  # nor the bucket: a stale one would show other engines old rows
+            names = None
+        if names is None or table in self.delta_reset:
+            # no log, or a new one whose commit names the bucket's old log holds: the bucket's goes (a stale
+            # log would show other engines old rows); readers see no log until the new commits are up
+            for name in sorted(done):
                 if delta.LOG_FILE.fullmatch(name):
                     self.obj.delete(prefix + name)
                     done.discard(name)
+            self.delta_reset.discard(table)
+        if names is None:
             return
         published = self.published.get(table, 0)
         commits = sorted((n for n in names if _DELTA_COMMIT.fullmatch(n)), key=lambda n: int(n.split(".")[0]))

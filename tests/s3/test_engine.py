@@ -546,12 +546,6 @@ def test_a_reader_of_an_unreachable_endpoint_gets_a_bt_error_with_the_fix(
         assert s3_bucket.name in str(e.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the mirror uploads Delta commits by file name: a local log started again at version 0 (rebuild_delta_log"
-    " or a damaged log) has names the bucket already holds, so its commits are skipped and the bucket's log stays"
-    " behind the published versions",
-)
 def test_the_buckets_delta_log_follows_a_rebuilt_local_log(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     # rebuild_delta_log() (or a damaged local log, rebuilt at the next sync) starts the local log again at
     # version 0: the bucket's log must still end up naming exactly the published blocks
