@@ -267,6 +267,8 @@ class BacktraceStore:
             common -= 1
         newest_local = local[-1] if local else 0
         newest_bucket = bucket[-1] if bucket else 0
+        if not local and not bucket:  # a folder under the prefix that is no table (of this store): left alone
+            return
         if newest_local > common and newest_bucket > common:
             raise MirrorConflictError(
                 f"table {name!r}: the local store {str(self._path)!r} has versions {common + 1}-{newest_local} "

@@ -41,8 +41,9 @@ Publishing version N (a background thread, in version order, never two at once):
 So a version is in the bucket only after its blocks, and no reader ever sees
 a version naming a block that is not there. A crash between 1 and 2 leaves
 blocks no version names: orphans, deleted by the next writer's open when
-their names are block names, under ``blocks/``, named by no version and
-older than the grace period -- nothing else in the bucket is ever deleted.
+their names are block names, under ``blocks/`` of a table (a folder with
+manifest versions, in the bucket or locally), named by no version and older
+than the grace period -- nothing else in the bucket is ever deleted.
 
 "Durable" keeps its local meaning: an append is acknowledged when it is in
 the local WAL. It is *published* when its block's version is in the bucket;

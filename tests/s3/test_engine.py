@@ -643,3 +643,23 @@ def test_a_table_that_loses_its_delta_log_loses_it_in_the_bucket(s3_bucket: s3se
         t.flush()
         assert t.delta_log.state == "unsupported"
     assert not [k for k in keys_of(s3_bucket) if "/_delta_log/" in k]
+
+
+def test_a_folder_under_the_prefix_that_is_no_table_is_left_alone(
+    s3_bucket: s3server.Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 60))
+    client = s3_bucket.server.boto3_client()
+    mine = [
+        "t/notes/readme.txt",
+        "t/notes/blocks/00000000000000000001-00000000000000000001.1of1.0123456789abcdef.parquet",
+    ]
+    for key in mine:
+        client.put_object(Bucket=s3_bucket.name, Key=key, Body=b"x")
+    monkeypatch.setattr(remote, "ORPHAN_GRACE_S", 0.0)
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store["t"].read().height == 60
+        assert "notes" not in store.tables
+    assert all(k in keys_of(s3_bucket) for k in mine)  # nothing the store did not write is deleted
