@@ -613,3 +613,31 @@ def test_rebuilding_the_log_deletes_only_the_delta_files_it_holds(store_path: Pa
         assert_readers_match(t)
     assert (logdir / "NOTES.md").exists()
     assert (logdir / "sub" / "keep.txt").exists()
+
+
+def test_a_log_ahead_of_a_restored_manifest_is_reconciled_on_open(store_path: Path, tmp_path: Path) -> None:
+    # a backup of the table restored under a newer log: the log names blocks the manifest never had
+    with bt.open(store_path) as s:
+        t = _orders_table(s)
+        _fill(t, n_blocks=2)
+    backup = tmp_path / "backup"
+    shutil.copytree(store_path / "orders", backup, ignore=shutil.ignore_patterns("_delta_log"))
+    with bt.open(store_path) as s:
+        t = s["orders"]
+        t.append(make_orders(50, start=500))
+        t.flush()
+        t.compact()
+        newer = txn(t)
+    logdir = store_path / "orders" / "blocks" / "_delta_log"
+    shutil.copytree(logdir, tmp_path / "log")
+    shutil.rmtree(store_path / "orders")
+    shutil.copytree(backup, store_path / "orders")
+    shutil.copytree(tmp_path / "log", logdir)
+    with bt.open(store_path) as s:
+        t = s["orders"]
+        assert t._manifest.state.version < newer  # type: ignore[union-attr]
+        assert t.rows == 100
+        assert_readers_match(t)
+        t.append(make_orders(5, start=900))  # and it goes on from there
+        t.flush()
+        assert_readers_match(t)
