@@ -436,3 +436,21 @@ def test_random_predicates_and_columns_equal_to_pandas(client: Any, evolved: bt.
                 assert part.index.max() <= ddf.divisions[k + 1] if last else part.index.max() < ddf.divisions[k + 1]
 
     run()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="to_dask evaluates where= in each partition: a predicate that is not row by row (an aggregation such as "
+    "mean/max, a window such as rank) gives other rows than to_pandas(where), silently; it should be refused with "
+    "a BtError (or evaluated over the whole table)",
+)
+def test_a_predicate_over_the_whole_table_gives_the_rows_of_to_pandas_or_is_refused(
+    client: Any, store: bt.BacktraceStore
+) -> None:
+    t = _table(store, rows=2_500)
+    for where in (pl.col("qty") == pl.col("qty").max(), pl.col("qty").rank() < 3):
+        try:
+            got = t.to_dask(where).compute()
+        except bt.BtError:
+            continue
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), t.to_pandas(where))
