@@ -59,7 +59,8 @@ changed: if it holds this writer's ``owner`` (a random id per open), it is
 the writer's own write and the lease is kept. An open finding
 a lease that is not expired raises ``StoreLockedError`` naming owner and
 expiry, unless its holder is a process of this host that is certainly gone
-(``locking.process_alive``: a crashed writer). An expired (or dead) lease
+(``locking.process_alive``: a crashed writer) or a writer this process
+closed (whose delete of the lease failed). An expired (or dead) lease
 is taken over (``If-Match``), and the taker writes a
 version of every table before anything else, so the old writer's next
 version PUT fails (the fence).
@@ -172,6 +173,9 @@ def remote_tables(obj: ObjectStore) -> list[str]:
 
 # -- the lease ---------------------------------------------------------------
 
+# owners of leases this process released (closed writers): one still in the bucket (its delete failed) is free
+_RELEASED: set[str] = set()
+
 
 class Lease:
     """The writer's lease on a store prefix (see the module docstring)."""
@@ -220,6 +224,7 @@ class Lease:
                     when = dt.datetime.min.replace(tzinfo=dt.UTC)
                 process = held.get("process")
                 gone = isinstance(process, str) and not locking.process_alive(process)  # crashed, on this host
+                gone = gone or held.get("owner") in _RELEASED  # closed here, its delete failed
                 if when > dt.datetime.now(dt.UTC) and not gone:
                     raise self._locked(held)
                 new = None if etag is None else self.obj.put_if_match(LEASE, self._doc(), etag)
@@ -268,6 +273,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        _RELEASED.add(self.owner)  # before the delete, which may fail: this process no longer holds it
         if self.lost is None and self.etag is not None:
             got = self.obj.get_with_etag(LEASE)
             if got is not None and got[1] == self.etag:

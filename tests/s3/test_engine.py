@@ -663,3 +663,20 @@ def test_a_folder_under_the_prefix_that_is_no_table_is_left_alone(
         assert store["t"].read().height == 60
         assert "notes" not in store.tables
     assert all(k in keys_of(s3_bucket) for k in mine)  # nothing the store did not write is deleted
+
+
+def test_a_lease_whose_release_failed_does_not_lock_out_the_same_process(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # close() could not delete the lease (the bucket failed then): this process knows the lease is no
+    # longer held, so reopening here need not wait for it to expire
+    via = s3_bucket.via(s3_proxy.endpoint)
+    so = via.storage_options
+    with bt.open(via.uri, storage_options=so, wal_dir=tmp_path / "w", lease_seconds=600) as store:
+        make_table(store).append(frame(0, 5))
+        s3_proxy.add(faultproxy.Rule("error", method="POST", key="*", status=503, times=20))
+        s3_proxy.add(faultproxy.Rule("error", method="DELETE", key="t/_lease.json", status=503, times=20))
+    assert "t/_lease.json" in keys_of(s3_bucket)
+    s3_proxy.reset()
+    with bt.open(via.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store["t"].read().height == 5
