@@ -680,3 +680,22 @@ def test_a_lease_whose_release_failed_does_not_lock_out_the_same_process(
     s3_proxy.reset()
     with bt.open(via.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
         assert store["t"].read().height == 5
+
+
+@pytest.mark.filterwarnings(DASK_INPLACE_WARNING)
+def test_a_bucket_readers_files_and_to_dask_read_the_blocks_it_has_not_fetched_yet(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    import dask
+
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 120))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        t = reader["t"]
+        files = t.files()
+        assert len(files) == 3
+        assert all(os.path.isfile(f) for f in files)  # what Spark or DuckDB are given must be there
+        with dask.config.set(scheduler="sync"):
+            got = t.to_dask().compute()
+        assert got["x"].tolist() == list(range(120))
