@@ -223,6 +223,12 @@ class Table:
         self._compactor = Compactor(self)  # auto-compaction (bt_frames/_compactor.py)
         # the Delta log of the published blocks (storage/delta.py): derived, written after versions, never raising
         self._delta = delta.DeltaLog(str(directory / layout.BLOCKS_DIR), meta.name)
+        bucket = store._remote
+        if bucket is not None and self._read_only:  # a bucket reader has no log of its own: the writer's is there
+            opts = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in bucket.storage_options.items()}
+            self._delta = delta.DeltaLog(
+                bucket.url(f"{meta.name}/{layout.BLOCKS_DIR}"), meta.name, storage_options=opts
+            )
         self._delta_lock = threading.Lock()
         self._delta_synced = -1  # the manifest version the last successful sync reached
         self._delta_error: str | None = None

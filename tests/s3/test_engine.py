@@ -699,3 +699,16 @@ def test_a_bucket_readers_files_and_to_dask_read_the_blocks_it_has_not_fetched_y
         with dask.config.set(scheduler="sync"):
             got = t.to_dask().compute()
         assert got["x"].tolist() == list(range(120))
+
+
+def test_a_bucket_readers_delta_log_status_is_the_buckets_log(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.append(frame(0, 60))
+        t.flush()
+        assert t.delta_log.ok
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        status = reader["t"].delta_log
+        assert status.uri == f"{s3_bucket.uri}/t/blocks"  # where other engines read it
+        assert status.ok, status
