@@ -230,7 +230,14 @@ class BacktraceStore:
         with _OPEN_LOCK:
             _OPEN[_key(self._path)] = self
         if self._lease is not None and self._lease.taken_over:
-            self._fence()
+            try:
+                self._fence()
+            except BaseException:  # the open fails: nothing of it may go on (lease renewals, the mirror, the lock)
+                try:
+                    self._close_all()
+                except Exception as e:
+                    log.debug("store %s: closing after a failed takeover: %s", self._uri, e)
+                raise
 
     def _open_remote(self, lease_seconds: float) -> None:
         """A writer on a bucket: marker, lease, then every table brought level with the bucket."""

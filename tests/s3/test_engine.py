@@ -8,6 +8,7 @@ and from child processes killed with SIGKILL.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -712,3 +713,22 @@ def test_a_bucket_readers_delta_log_status_is_the_buckets_log(s3_bucket: s3serve
         status = reader["t"].delta_log
         assert status.uri == f"{s3_bucket.uri}/t/blocks"  # where other engines read it
         assert status.ok, status
+
+
+def test_a_takeover_whose_fence_cannot_be_published_fails_the_open_and_leaves_nothing_running(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        make_table(store).append(frame(0, 10))
+    client = s3_bucket.server.boto3_client()  # a stalled writer on another host, its lease expired
+    stale = {"owner": "x", "host": "elsewhere", "pid": 1, "expires": "2020-01-01T00:00:00.000+00:00"}
+    client.put_object(Bucket=s3_bucket.name, Key="t/_lease.json", Body=json.dumps(stale).encode())
+    via = s3_bucket.via(s3_proxy.endpoint)
+    s3_proxy.add(faultproxy.Rule("error", method="PUT", key="t/t/_manifest/*", status=503, times=40))
+    with pytest.raises(bt.BtError):
+        bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "b")
+    assert _bt_threads() == []  # no lease renewed forever by a store nobody can close
+    s3_proxy.reset()
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "b") as store:  # not locked
+        assert store["t"].read().height == 10
