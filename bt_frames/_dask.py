@@ -56,6 +56,10 @@ Contract of :func:`to_dask` (``table.to_dask(where=None, columns=None)``):
   are raised by ``to_dask`` itself, before anything is read; without Dask,
   ``MissingOptionalDependencyError`` (``pip install 'bt_frames[dask]'``).
 
+A reader of a store in a bucket fetches the surviving blocks into its
+private folder first (one GET each, as a scan does): the partitions and
+:func:`files` name those local copies, which last until the store closes.
+
 :func:`files` is the same plan as a list of absolute block paths, for engines
 that read Parquet themselves (Spark's ``spark.read.parquet(*files)``, DuckDB's
 ``read_parquet``). Those engines read a block as it was written: blocks from
@@ -94,6 +98,8 @@ def files(table: Table, where: _prune.Where | None) -> list[str]:
     """Absolute paths of the blocks that may hold rows matching ``where``, in table order (see the module doc)."""
     snap = table.snapshot()
     report = _plan(table, snap, where)
+    if snap.fetch is not None:  # a bucket reader: the files must be on disk before another engine opens them
+        snap.fetch(report.survivors)
     return [os.path.abspath(b.file) for b in report.survivors]
 
 
@@ -231,6 +237,8 @@ def to_dask(
         stats = snap.stats.filter(report.details.get_column("scanned"))
         stats = stats.filter(pl.col("rows") > 0)
     kept = [(b, v) for b, v in zip(report.survivors, report.verdicts, strict=True) if b.rows]
+    if snap.fetch is not None:  # a bucket reader: its blocks are fetched into its folder when first needed
+        snap.fetch([b for b, _v in kept])
     parts = [(os.path.abspath(b.file), offsets[b.file], v) for b, v in kept]
 
     hot: pl.DataFrame | None = None  # the hot rows, read here

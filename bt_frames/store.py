@@ -110,7 +110,8 @@ class BacktraceStore:
         installed), so that other engines read the tables (README, "Reading a
         table with other engines"). About 10-40 ms per manifest version that
         changes blocks: False turns it off for a writer that flushes very often
-        and needs no other reader.
+        and needs no other reader (a log an earlier open wrote is removed: it
+        would show other engines stale rows).
     """
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
@@ -229,7 +230,14 @@ class BacktraceStore:
         with _OPEN_LOCK:
             _OPEN[_key(self._path)] = self
         if self._lease is not None and self._lease.taken_over:
-            self._fence()
+            try:
+                self._fence()
+            except BaseException:  # the open fails: nothing of it may go on (lease renewals, the mirror, the lock)
+                try:
+                    self._close_all()
+                except Exception as e:
+                    log.debug("store %s: closing after a failed takeover: %s", self._uri, e)
+                raise
 
     def _open_remote(self, lease_seconds: float) -> None:
         """A writer on a bucket: marker, lease, then every table brought level with the bucket."""
@@ -266,6 +274,8 @@ class BacktraceStore:
             common -= 1
         newest_local = local[-1] if local else 0
         newest_bucket = bucket[-1] if bucket else 0
+        if not local and not bucket:  # a folder under the prefix that is no table (of this store): left alone
+            return
         if newest_local > common and newest_bucket > common:
             raise MirrorConflictError(
                 f"table {name!r}: the local store {str(self._path)!r} has versions {common + 1}-{newest_local} "

@@ -77,6 +77,7 @@ DEFAULT_ROW_GROUP_ROWS = 16_384  # narrow time windows read only the row groups 
 FOOTER_PROGRESS_MIN = 32  # rebuilding the stats cache shows a progress bar from this many footers
 MAX_FROZEN = 2  # blocks' worth of rows that may wait for the block writer before appends wait too
 UNSUPPORTED = -2  # Table._delta_synced of a table whose types Delta cannot represent
+NO_LOG = -3  # Table._delta_synced of a writer that writes no log (delta_log=False, or no deltalake)
 RETRY_INTERVAL_S = 1.0  # a failed block write or rotation is retried at most this often
 
 __all__ = ["Change", "CompactResult", "CompactionStats", "Health", "Recovery", "SchemaMode", "Snapshot", "Table"]
@@ -222,6 +223,12 @@ class Table:
         self._compactor = Compactor(self)  # auto-compaction (bt_frames/_compactor.py)
         # the Delta log of the published blocks (storage/delta.py): derived, written after versions, never raising
         self._delta = delta.DeltaLog(str(directory / layout.BLOCKS_DIR), meta.name)
+        bucket = store._remote
+        if bucket is not None and self._read_only:  # a bucket reader has no log of its own: the writer's is there
+            opts = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in bucket.storage_options.items()}
+            self._delta = delta.DeltaLog(
+                bucket.url(f"{meta.name}/{layout.BLOCKS_DIR}"), meta.name, storage_options=opts
+            )
         self._delta_lock = threading.Lock()
         self._delta_synced = -1  # the manifest version the last successful sync reached
         self._delta_error: str | None = None
@@ -1167,14 +1174,21 @@ class Table:
 
     def _sync_delta(self, *, rebuild: bool = False) -> None:
         """Bring the Delta log up to the manifest (needs no table lock; never raises: see storage/delta.py)."""
-        if self._read_only or self._store._forked or not self._store.delta_log or not delta.available():
+        if self._read_only or self._store._forked:
             return
         with self._delta_lock:
-            if delta.unsupported_columns(self._meta.schema):  # no log; one written before the schema change goes
-                if self._delta_synced != UNSUPPORTED:
+            # no log: one written before (by an earlier open, or before the schema change) goes, or other
+            # engines would read it as the table while the versions after it change the rows
+            off = not self._store.delta_log or not delta.available()
+            if off or delta.unsupported_columns(self._meta.schema):
+                gone = NO_LOG if off else UNSUPPORTED
+                if self._delta_synced != gone:
                     try:
                         self._delta.remove_log()
-                        self._delta_synced = UNSUPPORTED
+                        self._delta_synced = gone
+                        mirror = self._store._mirror
+                        if mirror is not None:  # a store in a bucket: the log leaves the bucket too
+                            mirror.delta_written(self.name, self._dir)
                     except Exception as e:
                         log.warning("table %r: could not remove its Delta log (%s)", self.name, e)
                 return
@@ -1182,6 +1196,7 @@ class Table:
                 src = self._delta_source()
                 if src is None or (src.version == self._delta_synced and not rebuild):
                     return
+                resets = self._delta.resets
                 if rebuild:
                     self._delta.rebuild(src)
                 else:
@@ -1190,7 +1205,7 @@ class Table:
                 self._delta_error = None
                 mirror = self._store._mirror
                 if mirror is not None:  # a store in a bucket: the log's new commits follow their versions there
-                    mirror.delta_written(self.name, self._dir)
+                    mirror.delta_written(self.name, self._dir, reset=self._delta.resets != resets)
             except Exception as e:
                 if sys.is_finalizing():
                     return

@@ -44,8 +44,10 @@ How versions map (``sync``):
 - when the versions after the txn version are not all readable (or the txn
   is ahead of the manifest, or the log is not ours), one reconciling commit
   removes and adds what differs from the live blocks; a log that cannot be
-  loaded at all is removed (only ``_delta_log/``, which the store created)
-  and created again from the live blocks;
+  loaded at all is removed (only the Delta files in ``_delta_log/``, which
+  the store created: commits, checkpoints, ``_last_checkpoint``, delta-rs's
+  temporary commit files; anything else there is left) and created again
+  from the live blocks;
 - delta-rs writes a Delta checkpoint every 100 commits (the default
   ``delta.checkpointInterval``), so loading the log stays fast.
 
@@ -74,6 +76,7 @@ import datetime
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -92,6 +95,11 @@ NO_DATA_CHANGE = frozenset({"compact"})  # operations that rewrite rows without 
 FOREVER = "interval 5200 weeks"  # "kept until vacuum": a century
 UNKNOWN_ROWS = -1  # a block entry re-added without its row count (no statistics at all)
 RETENTION_KEYS = ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration")
+# the files a Delta log is made of (the Delta protocol's names, and delta-rs's temporary commit files)
+LOG_FILE = re.compile(
+    r"\d{20}\.(json|crc|checkpoint(\.\d+\.\d+)?\.parquet)|\d{20}\.\d{20}\.compacted\.json"
+    r"|_last_checkpoint|_commit_[0-9a-fA-F-]+\.json\.tmp"
+)
 
 
 def app_id(table: str) -> str:
@@ -282,6 +290,7 @@ class DeltaLog:
         self._fresh = False  # _dt is as of our own last commit (one writer per table: nothing newer to read)
         self._txn_done: int | None = None  # the txn version of that commit
         self.app = app_id(table)
+        self.resets = 0  # how many times the log was removed (then written anew: its commits start at 0)
 
     # reading
 
@@ -372,15 +381,25 @@ class DeltaLog:
         self.create(src)
 
     def remove_log(self) -> None:
-        """Delete the folder ``_delta_log/`` (the store created it; anything else there is refused). Local paths
-        only, for now."""
+        """Delete the Delta log's files in ``_delta_log/`` (``LOG_FILE``: the store wrote them), then the folder
+        if nothing else is in it; a file or folder of another name there is left as it is, and ``_delta_log``
+        that is not a folder is refused. Local paths only, for now."""
         self._dt = None
         path = _local_path(self.uri)
         if path is None:
             raise NotImplementedError(f"removing the Delta log at {self.uri} (not a local path)")
         log_dir = os.path.join(path, LOG_DIR)
         if os.path.isdir(log_dir) and not os.path.islink(log_dir):
-            fs.remove_tree(log_dir)
+            self.resets += 1
+            others = False
+            for name in os.listdir(log_dir):
+                full = os.path.join(log_dir, name)
+                if LOG_FILE.fullmatch(name) and not os.path.isdir(full):
+                    fs.unlink(full, missing_ok=True)
+                else:
+                    others = True
+            if not others:
+                fs.remove_tree(log_dir)
         elif os.path.lexists(log_dir):  # not a folder the store made: never deleted
             raise FileExistsError(f"{log_dir} is not a folder (the store did not write it); remove it")
 

@@ -80,6 +80,11 @@ class ObjectStore:
     def __init__(self, uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.bucket, self.prefix = split_uri(uri)
         self.uri = f"{SCHEME}{self.bucket}/{self.prefix}".rstrip("/")
+        if storage_options is not None and not isinstance(storage_options, Mapping):
+            raise ObjectStoreError(
+                f"{self.uri}: storage_options must be a dict of option name -> value, not "
+                f"{type(storage_options).__name__} {storage_options!r}. {_FIX}"
+            )
         self.storage_options = {str(k): v for k, v in (storage_options or {}).items()}
         self.requests: collections.Counter[str] = collections.Counter()
         self._count_lock = threading.Lock()

@@ -32,13 +32,18 @@ Publishing version N (a background thread, in version order, never two at once):
    response was lost -- published, not a conflict.
 3. the Delta log's commits whose ``txn`` is at most N (storage/delta.py writes
    them locally; each is uploaded put-if-absent, after its version, as delta-rs
-   itself would commit ``_delta_log/<n>.json``), then the head object.
+   itself would commit ``_delta_log/<n>.json``), then the head object. A table
+   whose local log was removed (``delta_log=False``, a column Delta cannot
+   represent) has its Delta files removed from the bucket too; one whose local
+   log was written anew (``rebuild_delta_log``, a damaged log) has the
+   bucket's removed before the new commits go up.
 
 So a version is in the bucket only after its blocks, and no reader ever sees
 a version naming a block that is not there. A crash between 1 and 2 leaves
 blocks no version names: orphans, deleted by the next writer's open when
-their names are block names, under ``blocks/``, named by no version and
-older than the grace period -- nothing else in the bucket is ever deleted.
+their names are block names, under ``blocks/`` of a table (a folder with
+manifest versions, in the bucket or locally), named by no version and older
+than the grace period -- nothing else in the bucket is ever deleted.
 
 "Durable" keeps its local meaning: an append is acknowledged when it is in
 the local WAL. It is *published* when its block's version is in the bucket;
@@ -48,10 +53,14 @@ The lease (``_lease.json``, one per store prefix: the local store the writer
 runs on holds every table of the prefix, so one writer per table anywhere is
 one writer per store): ``{"owner", "host", "pid", "expires"}``, created
 put-if-absent, renewed before it expires with a conditional overwrite
-(``If-Match`` on its ETag), released at close by deleting it. An open finding
+(``If-Match`` on its ETag), released at close by deleting it. A create or
+renewal whose response was lost is retried and then finds the object
+changed: if it holds this writer's ``owner`` (a random id per open), it is
+the writer's own write and the lease is kept. An open finding
 a lease that is not expired raises ``StoreLockedError`` naming owner and
 expiry, unless its holder is a process of this host that is certainly gone
-(``locking.process_alive``: a crashed writer). An expired (or dead) lease
+(``locking.process_alive``: a crashed writer) or a writer this process
+closed (whose delete of the lease failed). An expired (or dead) lease
 is taken over (``If-Match``), and the taker writes a
 version of every table before anything else, so the old writer's next
 version PUT fails (the fence).
@@ -88,7 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from bt_frames.errors import BtError, CorruptionError, MirrorConflictError, ObjectStoreError, StoreLockedError
-from bt_frames.storage import fs, layout, locking
+from bt_frames.storage import delta, fs, layout, locking
 from bt_frames.storage import manifest as mf
 from bt_frames.storage.objectstore import ObjectStore
 
@@ -103,7 +112,7 @@ DEFAULT_LEASE_S = 60.0
 ORPHAN_GRACE_S = 3600.0
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0  # the mirror's back-off while the bucket cannot be reached
 
-DELTA_LOG = "_delta_log"  # storage/delta.py's LOG_DIR (this module does not import deltalake's wrapper)
+DELTA_LOG = delta.LOG_DIR
 LAST_CHECKPOINT = "_last_checkpoint"
 _DELTA_COMMIT = re.compile(r"\d{20}\.json")
 
@@ -164,6 +173,9 @@ def remote_tables(obj: ObjectStore) -> list[str]:
 
 # -- the lease ---------------------------------------------------------------
 
+# owners of leases this process released (closed writers): one still in the bucket (its delete failed) is free
+_RELEASED: set[str] = set()
+
 
 class Lease:
     """The writer's lease on a store prefix (see the module docstring)."""
@@ -200,6 +212,8 @@ class Lease:
                     raise self._locked(None)
                 head = self.obj.head(LEASE)
                 self.etag = head.etag if head is not None else None
+            elif _parse_lease(got[0]).get("owner") == self.owner:  # our own create, its response lost
+                self.etag = got[1]
             else:
                 data, etag = got
                 held = _parse_lease(data)
@@ -210,6 +224,7 @@ class Lease:
                     when = dt.datetime.min.replace(tzinfo=dt.UTC)
                 process = held.get("process")
                 gone = isinstance(process, str) and not locking.process_alive(process)  # crashed, on this host
+                gone = gone or held.get("owner") in _RELEASED  # closed here, its delete failed
                 if when > dt.datetime.now(dt.UTC) and not gone:
                     raise self._locked(held)
                 new = None if etag is None else self.obj.put_if_match(LEASE, self._doc(), etag)
@@ -240,7 +255,11 @@ class Lease:
         if self.lost is not None or self.etag is None:
             return
         new = self.obj.put_if_match(LEASE, self._doc(), self.etag)
-        if new is None:
+        if new is None:  # changed since our last write -- unless by this very renewal, whose response was lost
+            got = self.obj.get_with_etag(LEASE)
+            if got is not None and got[1] is not None and _parse_lease(got[0]).get("owner") == self.owner:
+                self.etag = got[1]
+                return
             self.lost = MirrorConflictError(
                 f"store {self.obj.uri!r}: this writer lost its lease ({self.obj.url(LEASE)} changed: another "
                 "writer took it over); nothing more is published. The local store keeps every acknowledged row. "
@@ -254,6 +273,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        _RELEASED.add(self.owner)  # before the delete, which may fail: this process no longer holds it
         if self.lost is None and self.etag is not None:
             got = self.obj.get_with_etag(LEASE)
             if got is not None and got[1] == self.etag:
@@ -295,6 +315,7 @@ class Mirror:
     failed: BtError | None = None
     published: dict[str, int] = field(default_factory=dict)  # table -> newest version in the bucket
     delta_done: dict[str, set[str]] = field(default_factory=dict)  # table -> Delta log files in the bucket
+    delta_reset: set[str] = field(default_factory=set)  # tables whose local log was written anew (rebuilt)
     table_json: dict[str, bytes] = field(default_factory=dict)  # table -> the table.json the bucket has
     _queue: list[_Job] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -321,9 +342,13 @@ class Mirror:
             self._queue.append(_Job(table, table_dir, version, "head"))
             self._cond.notify_all()
 
-    def delta_written(self, table: str, table_dir: Path) -> None:
-        """The local Delta log has new commits: upload those whose manifest versions are published."""
+    def delta_written(self, table: str, table_dir: Path, *, reset: bool = False) -> None:
+        """The local Delta log has new commits: upload those whose manifest versions are published.
+        ``reset``: the local log was removed and written anew (its commits start again at 0), so the
+        bucket's, whose names the new commits reuse, is removed first."""
         with self._cond:
+            if reset:
+                self.delta_reset.add(table)
             self._queue.append(_Job(table, table_dir, 0, "delta"))
             self._cond.notify_all()
 
@@ -483,11 +508,21 @@ class Mirror:
         local = table_dir / layout.BLOCKS_DIR / DELTA_LOG
         prefix = table_key(table, layout.BLOCKS_DIR, DELTA_LOG) + "/"
         done = self.delta_done.get(table)
-        if done is None:
+        if done is None or table in self.delta_reset:
             done = self.delta_done[table] = {e.key[len(prefix) :] for e in self.obj.list(prefix, None)}
         try:
             names = sorted(os.listdir(local))
-        except FileNotFoundError:
+        except FileNotFoundError:  # the table has no log (delta_log=False, a type Delta cannot represent)
+            names = None
+        if names is None or table in self.delta_reset:
+            # no log, or a new one whose commit names the bucket's old log holds: the bucket's goes (a stale
+            # log would show other engines old rows); readers see no log until the new commits are up
+            for name in sorted(done):
+                if delta.LOG_FILE.fullmatch(name):
+                    self.obj.delete(prefix + name)
+                    done.discard(name)
+            self.delta_reset.discard(table)
+        if names is None:
             return
         published = self.published.get(table, 0)
         commits = sorted((n for n in names if _DELTA_COMMIT.fullmatch(n)), key=lambda n: int(n.split(".")[0]))

@@ -8,6 +8,7 @@ and from child processes killed with SIGKILL.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -396,6 +398,14 @@ def test_bad_credentials_are_a_bt_error_with_the_fix(s3_bucket: s3server.Bucket,
         bt.open(s3_bucket.uri, storage_options={"no_such_option": "1"}, wal_dir=tmp_path / "w2")
 
 
+@pytest.mark.parametrize("so", ["aws_region=us-east-1", ["aws_region"]])
+def test_storage_options_that_are_not_a_dict_are_a_bt_error(tmp_path: Path, so: Any) -> None:
+    for kw in ({"read_only": True}, {"wal_dir": tmp_path / "w"}):
+        with pytest.raises(bt.ObjectStoreError, match="storage_options must be a dict"):
+            bt.open("s3://bucket/prefix", storage_options=so, **kw)
+    assert not (tmp_path / "w").exists()
+
+
 def test_storage_options_on_a_local_path_are_refused(tmp_path: Path) -> None:
     with pytest.raises(bt.BtError, match="s3://bucket/prefix"):
         bt.open(tmp_path / "db", storage_options={"aws_region": "x"})
@@ -535,3 +545,190 @@ def test_a_reader_of_an_unreachable_endpoint_gets_a_bt_error_with_the_fix(
         with pytest.raises(bt.ObjectStoreError, match="aws_endpoint_url") as e:
             reader["t"]
         assert s3_bucket.name in str(e.value)
+
+
+def test_the_buckets_delta_log_follows_a_rebuilt_local_log(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    # rebuild_delta_log() (or a damaged local log, rebuilt at the next sync) starts the local log again at
+    # version 0: the bucket's log must still end up naming exactly the published blocks
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
+        for i in range(4):
+            t.append(frame(i * 10, 10))
+            t.flush()
+        t.rebuild_delta_log()
+        for i in range(4, 7):
+            t.append(frame(i * 10, 10))
+            t.flush()
+    expected = _published(s3_bucket)
+    assert expected.get_column("x").to_list() == list(range(70))
+    got = pl.scan_delta(f"{s3_bucket.uri}/t/blocks", storage_options=so).collect().sort("x")
+    assert got.get_column("x").to_list() == list(range(70))
+
+
+def test_a_lost_response_to_a_lease_renewal_keeps_the_lease(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    # the renewal took effect but its response was lost: the retry's If-Match (the old ETag) fails, and the
+    # lease is still this writer's -- not a lost lease
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w", lease_seconds=0.6) as store:
+        t = make_table(store)
+        t.flush()
+        rule = s3_proxy.add(faultproxy.Rule("drop", method="PUT", key="t/_lease.json"))
+        deadline = time.monotonic() + 10
+        while rule.fired == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # a renewal or two after the lost one
+        t.append(frame(0, 60))
+        t.flush()  # still the writer: publishing goes on
+        with pytest.raises(bt.StoreLockedError, match="holds its lease"):
+            bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "b")
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().height == 60
+
+
+def test_a_lost_response_to_the_lease_create_at_open_is_not_another_writer(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    rule = s3_proxy.add(faultproxy.Rule("drop", method="PUT", key="t/_lease.json"))
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
+        assert rule.fired == 1
+        make_table(store).append(frame(0, 5))
+    assert "t/_lease.json" not in keys_of(s3_bucket)  # released: it was this writer's
+
+
+def _bt_threads() -> list[str]:
+    import threading
+
+    return sorted(th.name for th in threading.enumerate() if th.name in ("bt_frames-mirror", "bt_frames-lease"))
+
+
+def test_close_and_a_refused_open_leave_no_thread_and_no_reader_folder(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    so = s3_bucket.storage_options
+    assert _bt_threads() == []
+    store = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a")
+    make_table(store).append(frame(0, 5))
+    assert _bt_threads() == ["bt_frames-lease", "bt_frames-mirror"]
+    with pytest.raises(bt.StoreLockedError):
+        bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b")
+    assert _bt_threads() == ["bt_frames-lease", "bt_frames-mirror"]  # only the first writer's
+    store.close()
+    assert _bt_threads() == []
+    reader = bt.open(s3_bucket.uri, storage_options=so, read_only=True)
+    scratch = reader._scratch
+    assert scratch is not None
+    assert os.path.isdir(scratch)
+    assert reader["t"].read().height == 5
+    reader.close()
+    assert not os.path.exists(scratch)
+    assert _bt_threads() == []
+
+
+def test_a_table_that_loses_its_delta_log_loses_it_in_the_bucket(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    # a column Delta cannot represent removes the table's log; left in the bucket, it would show other
+    # engines the rows of before the change
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.append(frame(0, 10))
+        t.flush()
+        assert any("/_delta_log/" in k for k in keys_of(s3_bucket))
+        with pytest.warns(bt.DeltaIncompatibleWarning):
+            t.add_columns({"u": pl.UInt32})
+        t.append(frame(10, 10).with_columns(u=pl.lit(1, pl.UInt32)))
+        t.flush()
+        assert t.delta_log.state == "unsupported"
+    assert not [k for k in keys_of(s3_bucket) if "/_delta_log/" in k]
+
+
+def test_a_folder_under_the_prefix_that_is_no_table_is_left_alone(
+    s3_bucket: s3server.Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 60))
+    client = s3_bucket.server.boto3_client()
+    mine = [
+        "t/notes/readme.txt",
+        "t/notes/blocks/00000000000000000001-00000000000000000001.1of1.0123456789abcdef.parquet",
+    ]
+    for key in mine:
+        client.put_object(Bucket=s3_bucket.name, Key=key, Body=b"x")
+    monkeypatch.setattr(remote, "ORPHAN_GRACE_S", 0.0)
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store["t"].read().height == 60
+        assert "notes" not in store.tables
+    assert all(k in keys_of(s3_bucket) for k in mine)  # nothing the store did not write is deleted
+
+
+def test_a_lease_whose_release_failed_does_not_lock_out_the_same_process(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # close() could not delete the lease (the bucket failed then): this process knows the lease is no
+    # longer held, so reopening here need not wait for it to expire
+    via = s3_bucket.via(s3_proxy.endpoint)
+    so = via.storage_options
+    with bt.open(via.uri, storage_options=so, wal_dir=tmp_path / "w", lease_seconds=600) as store:
+        make_table(store).append(frame(0, 5))
+        s3_proxy.add(faultproxy.Rule("error", method="POST", key="*", status=503, times=20))
+        s3_proxy.add(faultproxy.Rule("error", method="DELETE", key="t/_lease.json", status=503, times=20))
+    assert "t/_lease.json" in keys_of(s3_bucket)
+    s3_proxy.reset()
+    with bt.open(via.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store["t"].read().height == 5
+
+
+@pytest.mark.filterwarnings(DASK_INPLACE_WARNING)
+def test_a_bucket_readers_files_and_to_dask_read_the_blocks_it_has_not_fetched_yet(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    import dask
+
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        make_table(store).append(frame(0, 120))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        t = reader["t"]
+        files = t.files()
+        assert len(files) == 3
+        assert all(os.path.isfile(f) for f in files)  # what Spark or DuckDB are given must be there
+        with dask.config.set(scheduler="sync"):
+            got = t.to_dask().compute()
+        assert got["x"].tolist() == list(range(120))
+
+
+def test_a_bucket_readers_delta_log_status_is_the_buckets_log(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        t = make_table(store)
+        t.append(frame(0, 60))
+        t.flush()
+        assert t.delta_log.ok
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        status = reader["t"].delta_log
+        assert status.uri == f"{s3_bucket.uri}/t/blocks"  # where other engines read it
+        assert status.ok, status
+
+
+def test_a_takeover_whose_fence_cannot_be_published_fails_the_open_and_leaves_nothing_running(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+        make_table(store).append(frame(0, 10))
+    client = s3_bucket.server.boto3_client()  # a stalled writer on another host, its lease expired
+    stale = {"owner": "x", "host": "elsewhere", "pid": 1, "expires": "2020-01-01T00:00:00.000+00:00"}
+    client.put_object(Bucket=s3_bucket.name, Key="t/_lease.json", Body=json.dumps(stale).encode())
+    via = s3_bucket.via(s3_proxy.endpoint)
+    s3_proxy.add(faultproxy.Rule("error", method="PUT", key="t/t/_manifest/*", status=503, times=40))
+    with pytest.raises(bt.BtError):
+        bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "b")
+    assert _bt_threads() == []  # no lease renewed forever by a store nobody can close
+    s3_proxy.reset()
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "b") as store:  # not locked
+        assert store["t"].read().height == 10
