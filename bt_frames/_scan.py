@@ -202,18 +202,25 @@ def _open(
     plan: _prune.PruneReport | _Plan = (
         report if planned else _Plan(report.survivors, [_prune.SOME] * len(report.survivors))
     )
+    # A predicate the pruner does not understand may not be row by row (k == k.max(), rank(), cum_sum): its
+    # value for a row depends on every row, so it is applied once, to all the rows read (see read()).
+    whole = predicate is not None and bool(
+        report.not_understood
+        if planned
+        else _prune.plan(snap, table.schema, predicate, table=table.name).not_understood
+    )
     frames: Iterator[pl.DataFrame]
-    if height and planned and n_rows is None and columns is not None:
+    if height and planned and n_rows is None and columns is not None and not whole:
         frames = _with_height(_counted(snap, report, predicate, real or [], batch_size, stats), columns)
     elif real is not None and not real:
         # Polars wants the rows but no column (e.g. with_row_index().select("index")); a zero-width select
         # loses the row count, so read one column and drop it, keeping the height
         one = [table.time_column or table.schema.names()[0]]
-        frames = _heights(read(snap, plan, one, predicate, n_rows, batch_size, stats))
+        frames = _heights(read(snap, plan, one, predicate, n_rows, batch_size, stats, whole=whole))
         if height:
             frames = _with_height(frames, [HEIGHT])
     else:
-        frames = read(snap, plan, real, predicate, n_rows, batch_size, stats, eager=eager)
+        frames = read(snap, plan, real, predicate, n_rows, batch_size, stats, eager=eager, whole=whole)
         if height and columns is not None:
             frames = _with_height(frames, columns)
     return _Pinned(table, pin, frames)
@@ -454,6 +461,7 @@ def read(
     stats: ReadStats | None = None,
     *,
     eager: bool = False,
+    whole: bool = False,
 ) -> Iterator[pl.DataFrame]:
     """Blocks in LSN order (read by Polars), then the hot rows: the first ``n_rows`` rows, then the predicate.
 
@@ -461,10 +469,17 @@ def read(
     ``n_rows=n, predicate=p`` (n source rows, then filtered), while ``filter(p).head(n)`` arrives as
     ``predicate=p`` alone with Polars applying the head itself. So when both arrive the limit counts the
     rows *before* the predicate, and ``plan`` must not have been pruned by it.
+
+    ``whole``: the predicate may not be row by row (the pruner does not understand it), so it is applied
+    once to every row read -- the survivors and the hot rows as one frame, as Polars' filter over the
+    whole table would -- not to each block or batch (where ``k == k.max()`` would pick each one's maximum).
     """
     survivors = plan.survivors
     stats = stats if stats is not None else ReadStats(with_columns, n_rows, None, len(survivors))
     if n_rows is not None and n_rows <= 0:
+        return
+    if predicate is not None and whole:
+        yield from _read_whole(snap, plan, with_columns, predicate, n_rows, batch_size, stats)
         return
     if predicate is None or n_rows is None:
         yield from _read(snap, plan, with_columns, predicate, n_rows, batch_size, stats, eager=eager)
@@ -479,6 +494,32 @@ def read(
             df = df.select(with_columns)
         if df.height:
             yield df
+
+
+def _read_whole(
+    snap: Snapshot,
+    plan: _prune.PruneReport | _Plan,
+    with_columns: list[str] | None,
+    predicate: pl.Expr,
+    n_rows: int | None,
+    batch_size: int | None,
+    stats: ReadStats,
+) -> Iterator[pl.DataFrame]:
+    """``read`` of a predicate that may not be row by row: every survivor and the hot rows (the first
+    ``n_rows`` of them), read as one frame with the columns the predicate needs, filtered once."""
+    columns = None
+    if with_columns is not None:
+        columns = list(dict.fromkeys([*with_columns, *predicate.meta.root_names()]))
+    unpruned = _Plan(plan.survivors, [_prune.SOME] * len(plan.survivors))  # no verdict holds for a part
+    frames = list(_read(snap, unpruned, columns, None, n_rows, None, stats, eager=n_rows is None))
+    if not frames:
+        return
+    df = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+    df = df.filter(predicate)
+    if with_columns is not None:
+        df = df.select(with_columns)
+    for offset in range(0, df.height, batch_size or max(df.height, 1)):
+        yield df.slice(offset, batch_size or df.height)
 
 
 def _read(

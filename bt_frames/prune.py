@@ -947,6 +947,7 @@ def _compile(predicate: pl.Expr, stats_cols: tuple[str, ...], schema: pl.Schema)
         facts.append((text, bounds.never_true.fill_null(False), bounds.all_true.fill_null(False)))
         parts_out.append((part_expr, part, bounds.understood))
     if not parts:  # unreadable: one conjunct, not understood, so no block is ever "all"
+        not_understood.append(str(predicate))
         parts_out.append((predicate, None, False))
         facts.append((str(predicate), _FALSE, _FALSE))
     return _Compiled(conj_strs, not_understood, facts, parts_out)

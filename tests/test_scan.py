@@ -102,6 +102,36 @@ def test_a_read_of_no_columns_keeps_the_row_count(filled: tuple[bt.Table, pl.Dat
     assert sum(b.height for b in batches) == ROWS
 
 
+WHOLE_TABLE_PREDICATES = [  # not row by row: a row's answer depends on every row of the table
+    pl.col("qty") == pl.col("qty").max(),
+    pl.col("price").rank("ordinal") <= 3,
+    pl.col("qty").cum_sum() < pl.col("qty").sum() // 3,
+    pl.int_range(pl.len()) % 1_001 == 1_000,  # evaluated per block of 1,000 rows: never true
+    pl.col("price") > pl.col("price").mean(),
+    pl.col("ts") == pl.col("ts").max(),  # the newest row: a hot one
+    pl.col("qty").map_batches(lambda s: s.rank("ordinal") <= 2, pl.Boolean),  # Polars cannot serialise it
+]
+
+
+@pytest.mark.parametrize("where", WHOLE_TABLE_PREDICATES, ids=range(len(WHOLE_TABLE_PREDICATES)))
+def test_a_predicate_over_the_whole_table_is_applied_to_the_whole_table(
+    filled: tuple[bt.Table, pl.DataFrame], where: pl.Expr
+) -> None:
+    """Every way to read with a filter gives the rows Polars' filter gives over the table as one frame
+    (read(), to_pandas(), iter_batches() once evaluated the filter per group of blocks and per hot rows)."""
+    t, data = filled
+    want = data.filter(where)
+    assert 0 < want.height < data.height
+    assert_frame_equal(t.read(where), want)
+    assert_frame_equal(t.read(where, columns=["price"]), want.select("price"))
+    assert_frame_equal(pl.concat(list(t.iter_batches(where, batch_size=7))), want)
+    assert_frame_equal(t.scan(where).collect(), want)
+    assert_frame_equal(t.scan().filter(where).collect(), want)
+    assert t.scan().filter(where).select(pl.len()).collect().item() == want.height
+    assert_frame_equal(t.scan().head(5_000).filter(where).collect(), data.head(5_000).filter(where))
+    assert len(t.to_pandas(where)) == want.height
+
+
 def test_head_reaching_into_hot_rows(filled: tuple[bt.Table, pl.DataFrame]) -> None:
     t, data = filled
     got = t.scan().filter(pl.col("ts") >= T0 + dt.timedelta(seconds=9_990)).head(20).collect()
