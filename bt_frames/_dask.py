@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from bt_frames import prune as _prune
@@ -112,9 +113,11 @@ def _plan(table: Table, snap: Snapshot, where: _prune.Where | None) -> _prune.Pr
 class _ReadBlock:
     """Reads one block as one pandas partition (runs on a Dask worker: plain data, no store).
 
-    Called with ``(path, offset, verdict)``: the block file, the position of its
-    first row in the table (used for a default index), and the pruner's verdict
-    ("all": every row matches, no predicate to evaluate).
+    Called with ``(path, offset, verdict, rows)``: the block file, the position
+    of its first row in the table (used for a default index), the pruner's
+    verdict ("all": every row matches, no predicate to evaluate) and, for a
+    predicate the pruner does not understand, the numbers of the block's
+    matching rows, found on the client over the whole table (None otherwise).
     """
 
     table: str
@@ -128,18 +131,19 @@ class _ReadBlock:
     sorted_index: bool  # divisions are known on the time index: each partition must be sorted
     meta: pd.DataFrame  # the partitions' dtypes
 
-    def __call__(self, part: tuple[str, int, str] | pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, part: tuple[str, int, str, np.ndarray | None] | pd.DataFrame) -> pd.DataFrame:
         if not isinstance(part, tuple):  # the hot rows, made on the client
             return part
-        path, offset, verdict = part
+        path, offset, verdict, rows = part
         if not os.path.exists(path):
             raise self._gone(path)
         blk.verify_block(Path(path))
         lf = evolve.scan_blocks([path], self.schema, evolved=self.evolved)
+        predicate = self.predicate if verdict != _prune.ALL and rows is None else None
         try:
-            df = _select(
-                lf, self.predicate if verdict != _prune.ALL else None, self.read, offset if self.positions else None
-            )
+            df = _select(lf, predicate, self.read, offset if self.positions else None)
+            if rows is not None:
+                df = df[rows]
         except (OSError, pl.exceptions.PolarsError) as e:
             if not os.path.exists(path):
                 raise self._gone(path) from e
@@ -239,12 +243,21 @@ def to_dask(
     kept = [(b, v) for b, v in zip(report.survivors, report.verdicts, strict=True) if b.rows]
     if snap.fetch is not None:  # a bucket reader: its blocks are fetched into its folder when first needed
         snap.fetch([b for b, _v in kept])
-    parts = [(os.path.abspath(b.file), offsets[b.file], v) for b, v in kept]
+    hot_lf = pl.concat([c.lazy() for c in snap.hot], how="vertical") if snap.hot else None
+    matching: dict[str, np.ndarray] | None = None  # per block, its rows that match (a whole-table predicate)
+    hot_rows: np.ndarray | None = None
+    if predicate is not None and report.not_understood:
+        matching, hot_rows = _whole_table_matches(table, snap, predicate, hot_lf)
+        kept = [(b, v) for b, v in kept if len(matching[b.file])]
+    parts = [(os.path.abspath(b.file), offsets[b.file], v, matching and matching[b.file]) for b, v in kept]
 
     hot: pl.DataFrame | None = None  # the hot rows, read here
-    if snap.hot:
-        hot_lf = pl.concat([c.lazy() for c in snap.hot], how="vertical")
-        hot = _select(hot_lf, predicate, read, cold_rows if positions else None)
+    if hot_lf is not None:
+        offset = cold_rows if positions else None
+        if hot_rows is None:
+            hot = _select(hot_lf, predicate, read, offset)
+        else:
+            hot = _select(hot_lf, None, read, offset)[hot_rows]
         if not hot.height:
             hot = None
 
@@ -268,6 +281,43 @@ def to_dask(
     if hot is not None:
         items.append(reader.frame(hot, name="the hot rows"))
     return dd.from_map(reader, items, meta=meta, divisions=known, label=f"bt-frames-{table.name}")
+
+
+def _whole_table_matches(
+    table: Table, snap: Snapshot, predicate: pl.Expr, hot: pl.LazyFrame | None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The matching rows of each block and of the hot rows, for a predicate the pruner does not understand.
+
+    Such a predicate may not be row by row (``qty == qty.max()``, ``rank() < 3``, ``cum_sum``): its value
+    for a row depends on the other rows of the *table*, so evaluated in each partition it would pick other
+    rows. It is evaluated once here, on the client, over the whole snapshot in table order, as
+    ``scan().filter(where)`` does (reading only the columns it uses); the partitions take the rows it chose.
+    """
+    from bt_frames import _scan
+
+    parts = [_scan._parquet(snap, snap.blocks)] if snap.blocks else []
+    if hot is not None:
+        parts.append(hot)
+    if not parts:
+        return {}, None
+    name = "__bt_frames_match__"
+    while name in table.schema:
+        name += "_"
+    try:  # with_columns: a scalar predicate is broadcast to every row; only the columns it uses are read
+        rows = pl.concat(parts, how="vertical").with_columns(predicate.fill_null(False).alias(name))
+        mask = rows.select(name).collect().to_series()
+    except Exception as e:
+        raise BtError(
+            f"table {table.name!r}: evaluating the filter {predicate} over the table failed "
+            f"({type(e).__name__}: {e}); fix the expression and call to_dask() again"
+        ) from e
+    matching: dict[str, np.ndarray] = {}
+    offset = 0
+    for b in snap.blocks:
+        matching[b.file] = np.flatnonzero(mask.slice(offset, b.rows).to_numpy())
+        offset += b.rows
+    hot_rows = np.flatnonzero(mask.slice(offset).to_numpy()) if hot is not None else None
+    return matching, hot_rows
 
 
 def read_schema_of(schema: pl.Schema, read: list[str] | None) -> pl.Schema:

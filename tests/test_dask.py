@@ -438,19 +438,18 @@ def test_random_predicates_and_columns_equal_to_pandas(client: Any, evolved: bt.
     run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="to_dask evaluates where= in each partition: a predicate that is not row by row (an aggregation such as "
-    "mean/max, a window such as rank) gives other rows than to_pandas(where), silently; it should be refused with "
-    "a BtError (or evaluated over the whole table)",
-)
-def test_a_predicate_over_the_whole_table_gives_the_rows_of_to_pandas_or_is_refused(
-    client: Any, store: bt.BacktraceStore
-) -> None:
-    t = _table(store, rows=2_500)
-    for where in (pl.col("qty") == pl.col("qty").max(), pl.col("qty").rank() < 3):
-        try:
-            got = t.to_dask(where).compute()
-        except bt.BtError:
-            continue
-        pd.testing.assert_frame_equal(got.reset_index(drop=True), t.to_pandas(where))
+def test_a_predicate_over_the_whole_table_gives_the_rows_of_to_pandas(client: Any, store: bt.BacktraceStore) -> None:
+    """A predicate that is not row by row (an aggregation, a window, a running sum) is evaluated over the
+    whole table, as to_pandas(where) does: evaluated in each partition it would pick other rows."""
+    t = _table(store, rows=2_500)  # 2 blocks, 500 hot rows: the whole table is blocks then hot rows
+    for where in (
+        pl.col("qty") == pl.col("qty").max(),
+        pl.col("qty").rank("ordinal") < 3,
+        pl.col("qty").cum_sum() < 5_000,
+        pl.col("qty") > pl.col("qty").mean(),
+        pl.col("ts") == pl.col("ts").max(),  # the newest row: a hot one
+    ):
+        got = t.to_dask(where).compute()
+        want = t.to_pandas(where)
+        assert 0 < len(want) < len(t)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want)
