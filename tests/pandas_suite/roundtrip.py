@@ -41,7 +41,7 @@ import pandas as pd
 from dateutil import tz as dateutil_tz
 
 import bt_frames as bt
-from bt_frames.errors import BtError
+from bt_frames.errors import BtError, DeltaIncompatibleWarning
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -285,6 +285,9 @@ def check_frame(name: str, df: pd.DataFrame) -> Result:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")
+                    # said once at create_table, by design: a table of datetime64[ns] or unsigned columns has no
+                    # Delta log (README "Reading a table with other engines"); the round trip is unaffected
+                    warnings.simplefilter("ignore", DeltaIncompatibleWarning)
                     run()
             except BtError as e:
                 if i == 0:
