@@ -51,9 +51,10 @@ from tests.helpers.procs import listing, tmp_files
 CHILD = Path(__file__).parent / "helpers" / "lifecycle_child.py"
 ALL_POINTS = os.environ.get("BT_FRAMES_LIFECYCLE_ALL_POINTS", "") not in ("", "0")
 MAX_POINTS = 4  # kill points per op at CI size (evenly spread; BT_FRAMES_LIFECYCLE_ALL_POINTS=1: every one)
+MAX_FAULTS = 6  # failing calls per kind and op at CI size (evenly spread, the last ones always; ALL_POINTS: every)
 # crash states a power-loss run checks at CI size (evenly spread over all of them, the last ones always):
 # BT_FRAMES_LIFECYCLE_ALL_POINTS=1 checks every state
-POWER_STATES = 150
+POWER_STATES = 100
 FOREIGN = ("blocks/notes.user.txt", "user-readme.txt")  # files the store did not create: never deleted
 
 # one op of each kind, as the sweeps run it on the template table (400 rows at 1 s, blocks of 40, 7 hot)
@@ -168,12 +169,17 @@ def recovery_summary(t: bt.Table) -> str:
 # -- SIGKILL at each file-system call of an op -------------------------------------------------------------------
 
 
+def _spread(ks: list[int], most: int) -> list[int]:
+    """At CI size, ``most`` of ``ks`` evenly spread plus the last 4 (around the commit); all with ALL_POINTS."""
+    if ALL_POINTS or len(ks) <= most:
+        return ks
+    step = len(ks) / most
+    return sorted({ks[int(i * step)] for i in range(most)} | set(ks[-4:]))
+
+
 def _points(n: int) -> list[str]:
     """Kill points for an op making ``n`` calls: before each (and half-way through), and after it returned."""
-    ks = list(range(1, n + 1))
-    if not ALL_POINTS and len(ks) > MAX_POINTS:
-        step = len(ks) / MAX_POINTS
-        ks = sorted({ks[int(i * step)] for i in range(MAX_POINTS)} | set(ks[-4:]))  # and around the commit
+    ks = _spread(list(range(1, n + 1)), MAX_POINTS)
     return [str(k) for k in ks] + [f"{k}:half" for k in ks[::4]] + ["after"]
 
 
@@ -367,7 +373,7 @@ def test_io_error_during_op(template: tuple[Path, pl.DataFrame], tmp_path: Path,
     problems: list[str] = []
     points = 0
     for kind in FAULT_KINDS:
-        for k in range(1, counter.counts.get(kind, 0) + 1):
+        for k in _spread(list(range(1, counter.counts.get(kind, 0) + 1)), MAX_FAULTS):
             points += 1
             db = copy_of(template, tmp_path / f"{kind}-{k}")
             ffs = FaultFS(kind, k, ERRNOS[err], root=str(db))
