@@ -24,6 +24,12 @@ when the call returns:
    happened, whatever follows.
 5. The table's block list is swapped, the statistics cache rewritten.
 
+A change that matches no row and adds none commits no version
+(``Change.version == 0``). One whose rows equal the rows they replace still
+commits a version, counting them as a database counts the rows an UPDATE
+sets to their own values; its blocks are rewritten to the same content, so
+under the same names, and the version changes no block.
+
 Retired blocks are kept for time travel (``scan(as_of=)``) until ``vacuum``
 deletes them, or until they are older than the table's ``keep_versions``.
 
@@ -214,12 +220,15 @@ def change(
         try:
             removed = _write_replacements(table, snap, plan, written)
             appended = _write_appended(table, plan.append, written)
-            if not removed and not appended:
+            if not removed and not appended and not (plan.rows_added or plan.rows_removed):
                 for b in written:  # identical rewrites (same name): nothing changes, no version
                     if b.filename not in {x.filename for x in snap.blocks}:
                         fs.unlink(b.path, missing_ok=True)
                 table.last_change = Change(operation, 0, 0, 0, plan.blocks_read, 0, 0)
                 return table.last_change
+            # rows replaced by equal rows leave every block as it was (same content, same name): the version
+            # still records that the operation matched and replaced them, as a database counts rows an UPDATE
+            # set to their own values
             new = [b for b in written if b.filename not in {x.filename for x in snap.blocks}]
             doc = {
                 "rows_added": plan.rows_added,

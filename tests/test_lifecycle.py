@@ -136,6 +136,40 @@ def test_a_delete_matching_nothing_commits_no_version(store: bt.BacktraceStore) 
     assert_frame_equal(t.scan().collect(), model)
 
 
+@pytest.mark.parametrize("operation", ["update", "upsert"])
+def test_rows_replaced_by_equal_rows_are_counted_and_committed(store: bt.BacktraceStore, operation: str) -> None:
+    """Found by the model test: an upsert of a row equal to the stored one reported 0 rows and no version.
+
+    As a database counts the rows an UPDATE sets to their own values, the change counts what it matched and
+    records a version -- one that changes no block (the rewrite has the same content, so the same name).
+    """
+    t, model = blocky(store, 4)
+    versions, blocks_before, on_disk = t.versions, t.blocks, files(t)
+    same = model.slice(25, 3)
+    c = t.update(same) if operation == "update" else t.upsert(same, on=["id"])
+    assert (c.operation, c.rows_added, c.rows_removed, c.blocks_replaced, c.bytes_written) == (
+        operation,
+        3,
+        3,
+        0,
+        0,
+    ), c
+    assert c.version == versions.height + 1, c
+    row = t.versions.row(-1, named=True)
+    assert (row["version"], row["operation"], row["rows_added"], row["rows_removed"], row["rows"]) == (
+        c.version,
+        operation,
+        3,
+        3,
+        model.height,
+    ), row
+    assert_frame_equal(t.blocks, blocks_before)
+    assert files(t) == on_disk, "a rewrite to the same content left or removed files"
+    assert_frame_equal(t.scan().collect(), model)
+    assert_frame_equal(t.scan(as_of=c.version).collect(), model)
+    assert t.upsert(same.clear(), on=["id"]).version == 0, "an empty frame still changes nothing"
+
+
 @pytest.mark.parametrize("everything", [pl.lit(True), pl.lit(value=True) | pl.col("qty").is_null()])
 def test_delete_everything_counts_every_row(store: bt.BacktraceStore, everything: pl.Expr) -> None:
     """delete's own error message says: to delete every row, pass pl.lit(True)."""
