@@ -7,6 +7,7 @@ and from child processes killed with SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,25 @@ def frame(start: int, n: int) -> pl.DataFrame:
 
 def make_table(store: bt.BacktraceStore, *, max_block_rows: int = 50) -> bt.Table:
     return store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=max_block_rows)
+
+
+@contextlib.contextmanager
+def writer(bucket: s3server.Bucket, wal_dir: Path, rows: int = 0, *, flush: bool = True) -> Iterator[bt.Table]:
+    """A writer at ``wal_dir`` with table "t" of ``rows`` rows (flushed, or left in its WAL); closed (which
+    publishes them) on leaving."""
+    with bt.open(bucket.uri, storage_options=bucket.storage_options, wal_dir=wal_dir) as store:
+        t = make_table(store)
+        if rows:
+            t.append(frame(0, rows))
+        if flush:
+            t.flush()
+        yield t
+
+
+def seed(bucket: s3server.Bucket, wal_dir: Path, rows: int) -> None:
+    """Table "t" of ``rows`` rows, published by a writer at ``wal_dir`` that closed with them in its WAL."""
+    with writer(bucket, wal_dir, rows, flush=False):
+        pass
 
 
 def keys_of(bucket: s3server.Bucket) -> list[str]:
@@ -90,16 +111,14 @@ def test_flush_publishes_blocks_versions_table_json_and_head(s3_bucket: s3server
 
 
 def test_close_publishes_rows_that_were_only_in_the_wal(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
-    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
-        make_table(store).append(frame(0, 7))  # hot: in the local WAL only
+    seed(s3_bucket, tmp_path / "w", 7)  # hot: in the local WAL only
     with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
         assert reader["t"].read().get_column("x").to_list() == list(range(7))
 
 
 def test_a_new_wal_dir_takes_the_buckets_tables_and_continues_them(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
-        make_table(store).append(frame(0, 60))
+    seed(s3_bucket, tmp_path / "a", 60)
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as store:
         t = store["t"]
         assert t.read().height == 60
@@ -135,18 +154,14 @@ def test_reader_in_another_process_sees_the_published_rows(s3_bucket: s3server.B
 
 def test_reader_refresh_sees_newer_versions(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        t = make_table(store)
-        t.append(frame(0, 60))
+    with writer(s3_bucket, tmp_path / "w", 60) as t, bt.open(s3_bucket.uri, storage_options=so, read_only=True) as r:
+        rt = r["t"]
+        assert rt.read().height == 60
+        t.append(frame(60, 60))
         t.flush()
-        with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
-            rt = reader["t"]
-            assert rt.read().height == 60
-            t.append(frame(60, 60))
-            t.flush()
-            assert rt.read().height == 60  # as of opening
-            reader.refresh()
-            assert rt.read().get_column("x").to_list() == list(range(120))
+        assert rt.read().height == 60  # as of opening
+        r.refresh()
+        assert rt.read().get_column("x").to_list() == list(range(120))
 
 
 def test_read_only_open_takes_two_requests_and_q1_one_per_surviving_block(
@@ -173,10 +188,7 @@ def test_read_only_open_takes_two_requests_and_q1_one_per_surviving_block(
 
 def test_reader_of_a_stale_head_loads_the_newer_versions(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        t = make_table(store)
-        t.append(frame(0, 50))
-        t.flush()
+    with writer(s3_bucket, tmp_path / "w", 50) as t:
         head = get(s3_bucket, "t/t/_head.bt")
         t.append(frame(50, 50))
         t.flush()
@@ -250,8 +262,7 @@ def test_expired_lease_is_taken_over_and_the_old_writer_is_fenced(s3_bucket: s3s
 def test_forced_race_on_the_version_put_one_wins(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     """Two writers that both believe they hold the table (the lease bypassed): one version file survives."""
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
-        make_table(store).append(frame(0, 10))
+    seed(s3_bucket, tmp_path / "a", 10)
     a = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a")
     try:
         s3_bucket.server.boto3_client().delete_object(Bucket=s3_bucket.name, Key="t/_lease.json")  # bypassed
@@ -278,9 +289,7 @@ def test_lost_response_after_the_version_put_is_not_a_conflict(
     s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
 ) -> None:
     via = s3_bucket.via(s3_proxy.endpoint)
-    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
-        t = make_table(store)
-        t.flush()
+    with writer(via, tmp_path / "w") as t:
         n = len(mf.list_versions(tmp_path / "w" / "t"))
         target = f"t/t/_manifest/{mf.version_name(n + 1)}"
         rule = s3_proxy.add(faultproxy.Rule("drop", method="PUT", key=target))
@@ -297,8 +306,7 @@ def test_lost_response_after_the_version_put_is_not_a_conflict(
 @pytest.mark.crash
 def test_writer_killed_between_block_upload_and_version_put(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        make_table(store).append(frame(0, 10))
+    seed(s3_bucket, tmp_path / "w", 10)
     paused = tmp_path / "paused"
     child = subprocess.Popen(
         [
@@ -353,8 +361,7 @@ def test_orphan_blocks_are_removed_by_the_next_writer_and_nothing_else(
     s3_bucket: s3server.Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        make_table(store).append(frame(0, 60))
+    seed(s3_bucket, tmp_path / "w", 60)
     client = s3_bucket.server.boto3_client()
     orphan = "t/t/blocks/00000000000000000099-00000000000000000099.1of1.0123456789abcdef.parquet"
     foreign = ["t/t/blocks/notes.txt", "t/t/blocks/sub/00000000000000000099-00000000000000000099.1of1."
@@ -498,9 +505,7 @@ def test_an_unreachable_bucket_delays_publishing_and_nothing_is_lost(
     s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
 ) -> None:
     via = s3_bucket.via(s3_proxy.endpoint)
-    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
-        t = make_table(store)
-        t.flush()
+    with writer(via, tmp_path / "w") as t:
         rule = s3_proxy.add(faultproxy.Rule("error", method="PUT", key="t/t/blocks/*", status=503, times=8))
         t.append(frame(0, 60))  # acknowledged: in blocks locally; the uploads fail for a while
         with pytest.raises(bt.ObjectStoreError, match="retried in the background"):
@@ -538,8 +543,7 @@ def test_a_schema_change_reaches_readers_and_the_next_writer(s3_bucket: s3server
 def test_a_reader_of_an_unreachable_endpoint_gets_a_bt_error_with_the_fix(
     s3_bucket: s3server.Bucket, tmp_path: Path
 ) -> None:
-    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w") as store:
-        make_table(store).append(frame(0, 3))
+    seed(s3_bucket, tmp_path / "w", 3)
     so = {**s3_bucket.storage_options, "aws_endpoint_url": "http://127.0.0.1:9"}
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         with pytest.raises(bt.ObjectStoreError, match="aws_endpoint_url") as e:
@@ -632,11 +636,7 @@ def test_close_and_a_refused_open_leave_no_thread_and_no_reader_folder(
 def test_a_table_that_loses_its_delta_log_loses_it_in_the_bucket(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     # a column Delta cannot represent removes the table's log; left in the bucket, it would show other
     # engines the rows of before the change
-    so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        t = make_table(store)
-        t.append(frame(0, 10))
-        t.flush()
+    with writer(s3_bucket, tmp_path / "w", 10) as t:
         assert any("/_delta_log/" in k for k in keys_of(s3_bucket))
         with pytest.warns(bt.DeltaIncompatibleWarning):
             t.add_columns({"u": pl.UInt32})
@@ -650,8 +650,7 @@ def test_a_folder_under_the_prefix_that_is_no_table_is_left_alone(
     s3_bucket: s3server.Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        make_table(store).append(frame(0, 60))
+    seed(s3_bucket, tmp_path / "w", 60)
     client = s3_bucket.server.boto3_client()
     mine = [
         "t/notes/readme.txt",
@@ -690,8 +689,7 @@ def test_a_bucket_readers_files_and_to_dask_read_the_blocks_it_has_not_fetched_y
     import dask
 
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        make_table(store).append(frame(0, 120))
+    seed(s3_bucket, tmp_path / "w", 120)
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         t = reader["t"]
         files = t.files()
@@ -704,10 +702,7 @@ def test_a_bucket_readers_files_and_to_dask_read_the_blocks_it_has_not_fetched_y
 
 def test_a_bucket_readers_delta_log_status_is_the_buckets_log(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        t = make_table(store)
-        t.append(frame(0, 60))
-        t.flush()
+    with writer(s3_bucket, tmp_path / "w", 60) as t:
         assert t.delta_log.ok
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         status = reader["t"].delta_log
@@ -718,9 +713,7 @@ def test_a_bucket_readers_delta_log_status_is_the_buckets_log(s3_bucket: s3serve
 def test_a_takeover_whose_fence_cannot_be_published_fails_the_open_and_leaves_nothing_running(
     s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
 ) -> None:
-    so = s3_bucket.storage_options
-    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
-        make_table(store).append(frame(0, 10))
+    seed(s3_bucket, tmp_path / "a", 10)
     client = s3_bucket.server.boto3_client()  # a stalled writer on another host, its lease expired
     stale = {"owner": "x", "host": "elsewhere", "pid": 1, "expires": "2020-01-01T00:00:00.000+00:00"}
     client.put_object(Bucket=s3_bucket.name, Key="t/_lease.json", Body=json.dumps(stale).encode())
