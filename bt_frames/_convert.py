@@ -171,7 +171,34 @@ def normalize_schema(schema: object, *, table: str) -> pl.Schema:
                 table=table,
                 columns=[name],
             )
+        nested = _unstorable_inside(dtype)
+        if nested:
+            raise SchemaMismatchError(
+                f"table {table!r}, column {name!r}: dtype {dtype} cannot be stored: {nested}",
+                table=table,
+                columns=[name],
+            )
     return out
+
+
+def _unstorable_inside(dtype: Any) -> str:
+    """Why a nested type cannot go into a Parquet block ("" if it can): Parquet has no struct without
+    fields, and no Python objects."""
+    if isinstance(dtype, pl.Struct):
+        if not dtype.fields:
+            return "Parquet cannot hold a struct with no fields; give it at least one (e.g. pl.Struct({'x': pl.Int64}))"
+        for f in dtype.fields:
+            if f.dtype == pl.Object:
+                return f"field {f.name!r} holds Python objects; use a concrete type (e.g. pl.String, pl.Int64)"
+            why = _unstorable_inside(f.dtype)
+            if why:
+                return why
+    elif isinstance(dtype, (pl.List, pl.Array)):
+        inner = dtype.inner
+        if inner == pl.Object:
+            return "its elements are Python objects; use a concrete type (e.g. pl.String, pl.Int64)"
+        return _unstorable_inside(inner) if inner is not None else ""
+    return ""
 
 
 def _lossless(s: pl.Series, target: pl.DataType) -> tuple[pl.Series | None, str]:

@@ -423,6 +423,11 @@ def test_create_table_with_a_different_schema_is_refused_with_the_differences(
         ({"schema": None}, bt.SchemaMismatchError, "create_table needs a schema"),
         ({"schema": {}}, bt.SchemaMismatchError, "a table needs at least one column"),
         ({"schema": {"ts": pl.Object}}, bt.SchemaMismatchError, "column 'ts': dtype Object cannot be stored"),
+        # Parquet cannot write them: accepted, the rows would wait in the WAL for a flush that always fails
+        ({"schema": {"s": pl.Struct({})}}, bt.SchemaMismatchError, "column 's': dtype Struct({}) cannot be stored"),
+        ({"schema": {"s": pl.List(pl.Struct({}))}}, bt.SchemaMismatchError, "a struct with no fields"),
+        ({"schema": {"s": pl.Struct({"o": pl.Object})}}, bt.SchemaMismatchError, "field 'o' holds Python objects"),
+        ({"schema": {"s": pl.List(pl.Object)}}, bt.SchemaMismatchError, "its elements are Python objects"),
         (
             {"schema": ORDERS_SCHEMA, "time_column": "time"},
             bt.SchemaMismatchError,
@@ -443,6 +448,20 @@ def test_bad_create_table_arguments_create_nothing(
     assert text in str(exc.value)
     assert store.tables == []
     assert sorted(p.name for p in store.path.iterdir()) == ["LOCK", "bt_frames.json"]
+
+
+def test_a_column_parquet_cannot_write_is_refused_when_added_and_the_table_is_unchanged(
+    filled: tuple[bt.Table, pl.DataFrame],
+) -> None:
+    t, data = filled
+    before = state(t)
+    with pytest.raises(bt.SchemaMismatchError, match=r"table 'orders', column 'e': .*struct with no fields"):
+        t.add_columns({"e": pl.Struct({})})
+    merged = good_frame().head(2).with_columns(pl.lit(None, pl.Struct({})).alias("e"))
+    with pytest.raises(bt.SchemaMismatchError, match=r"table 'orders', column 'e': .*struct with no fields"):
+        t.append(merged, schema_mode="merge")
+    assert_same_state(before, state(t))
+    assert_still_writable(t, data)
 
 
 # -- empty frames ------------------------------------------------------------------------------------------------------
