@@ -160,15 +160,23 @@ def remote_versions(obj: ObjectStore, table: str, after: int = 0) -> list[int]:
 
 
 def remote_tables(obj: ObjectStore) -> list[str]:
-    """Tables in the bucket: the folders under the prefix with a table's name (one LIST with a delimiter;
-    a folder whose ``table.json`` is not there yet -- a table being created -- is opened as not found)."""
-    out = []
+    """Tables in the bucket: the folders under the prefix with a table's name and a ``table.json``, as a
+    local store's (one LIST with a delimiter, then one HEAD per such folder, eight at a time). A folder
+    someone else keeps under the prefix is no table; one whose ``table.json`` is not published yet (a
+    table being created) is not one yet."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = []
     for name in obj.folders(""):
         try:
-            out.append(layout.validate_table_name(name))
+            names.append(layout.validate_table_name(name))
         except BtError:
             continue
-    return out
+    if not names:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(names)), thread_name_prefix="bt_frames-list") as pool:
+        found = list(pool.map(lambda n: obj.head(table_key(n, layout.TABLE_JSON)) is not None, names))
+    return [n for n, ok in zip(names, found, strict=True) if ok]
 
 
 # -- the lease ---------------------------------------------------------------

@@ -661,7 +661,11 @@ def test_a_folder_under_the_prefix_that_is_no_table_is_left_alone(
     monkeypatch.setattr(remote, "ORPHAN_GRACE_S", 0.0)
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
         assert store["t"].read().height == 60
-        assert "notes" not in store.tables
+        assert store.tables == ["t"]
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader.tables == ["t"], "a reader lists what a writer lists: folders with a table.json"
+        with pytest.raises(bt.BtError, match="notes"):
+            reader.table("notes")
     assert all(k in keys_of(s3_bucket) for k in mine)  # nothing the store did not write is deleted
 
 
