@@ -244,6 +244,16 @@ class BacktraceStore:
         obj = self._remote
         assert obj is not None
         marker = json.dumps({"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION}).encode() + b"\n"
+        if obj.head(layout.STORE_MARKER) is None:
+            # as a local folder: a prefix holding objects but no marker is someone else's, never written into
+            entries, _ = obj.list_first("")
+            if entries:
+                uri = obj.uri
+                raise BtError(
+                    f"{uri!r} is not a bt_frames store and is not empty (it has no {layout.STORE_MARKER}; "
+                    f"it holds e.g. {entries[0].key!r}), so bt_frames will not write into it. "
+                    f"Fix: choose a new or empty prefix, e.g. bt.open({uri + '/db'!r}, ...)."
+                )
         if not obj.put_if_absent(layout.STORE_MARKER, marker):
             _check_remote_marker(obj)
         self._lease = remote.Lease(obj, lease_seconds)

@@ -8,6 +8,7 @@ and from child processes killed with SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -667,6 +668,22 @@ def test_a_folder_under_the_prefix_that_is_no_table_is_left_alone(
         with pytest.raises(bt.BtError, match="notes"):
             reader.table("notes")
     assert all(k in keys_of(s3_bucket) for k in mine)  # nothing the store did not write is deleted
+
+
+def test_a_prefix_holding_someone_elses_objects_is_refused_and_left_as_it_was(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    client = s3_bucket.server.boto3_client()
+    client.put_object(Bucket=s3_bucket.name, Key="t/reports/2024.csv", Body=b"a,b\n")
+    before = keys_of(s3_bucket)
+    with pytest.raises(bt.BtError, match=r"(?s)is not a bt_frames store.*reports/2024.csv.*new or empty prefix"):
+        bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w")
+    assert keys_of(s3_bucket) == before, "a refused open wrote into someone else's prefix"
+    assert _bt_threads() == []
+    own = dataclasses.replace(s3_bucket, prefix=f"{s3_bucket.prefix}/db")  # the fix the message gives
+    seed(own, tmp_path / "w2", 3)
+    assert "t/db/bt_frames.json" in keys_of(s3_bucket)
+    assert "t/reports/2024.csv" in keys_of(s3_bucket)
 
 
 def test_a_lease_whose_release_failed_does_not_lock_out_the_same_process(
