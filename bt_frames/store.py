@@ -605,8 +605,8 @@ class BacktraceStore:
                     remote.pull_table(self._remote, name, self._path / name, blocks=False)
                 if not (self._path / name / layout.TABLE_JSON).is_file():
                     self._tables.pop(name).close()
-                else:
-                    t.refresh()
+                elif self._read_only:  # (a writer's tables are always current)
+                    t._reload()  # (the bucket's versions were just pulled)
 
     def flush(self) -> None:
         """Freeze every open table's hot buffer into blocks."""

@@ -350,6 +350,14 @@ class Table:
         self._check_open()
         if not self._read_only:
             return
+        obj = self._store._remote
+        if obj is not None:  # a reader of a store in a bucket: the versions published since, first
+            with os_errors(f"table {self.name!r}: refreshing from the bucket"):
+                remote.pull_table(obj, self.name, self._dir, blocks=False)
+        self._reload()
+
+    def _reload(self) -> None:
+        """A read-only table: take what the local folder holds now (table.json, manifest, blocks, WAL tail)."""
         try:  # the writer may have changed the schema (or made the first pandas append) since
             meta = catalog.TableMeta.load(self._dir / layout.TABLE_JSON)
         except (OSError, CorruptionError) as e:

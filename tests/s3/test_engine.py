@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -163,6 +164,35 @@ def test_reader_refresh_sees_newer_versions(s3_bucket: s3server.Bucket, tmp_path
         assert rt.read().height == 60  # as of opening
         r.refresh()
         assert rt.read().get_column("x").to_list() == list(range(120))
+
+
+def test_a_reader_whose_blocks_were_compacted_and_vacuumed_away_reads_the_new_ones(
+    s3_bucket: s3server.Bucket, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a local read-only process does: a block gone from the bucket makes the scan refresh and read again."""
+    so = s3_bucket.storage_options
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w", retired_grace=0) as store:
+        t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
+        for i in range(4):
+            t.append(frame(i * 20, 20))
+            t.flush()
+        store.sync()
+        with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+            rt = reader["t"]  # nothing fetched yet: four blocks known from the head object
+            assert rt.blocks.height == 4
+            t.compact()
+            t.vacuum()
+            store.sync()
+            assert not any(b in k for k in keys_of(s3_bucket) for b in rt.blocks["block"].to_list())
+            with caplog.at_level(logging.INFO, logger="bt_frames"):
+                assert rt.read().get_column("x").to_list() == list(range(80))
+            assert "refreshing and reading again" in caplog.text
+            assert rt.blocks.height == 2
+            t.append(frame(80, 5))
+            t.flush()
+            store.sync()
+            rt.refresh()  # a table's own refresh() reads the bucket too, not only store.refresh()
+            assert rt.read().get_column("x").to_list() == list(range(85))
 
 
 def test_read_only_open_takes_two_requests_and_q1_one_per_surviving_block(
