@@ -64,6 +64,15 @@ def seed(bucket: s3server.Bucket, wal_dir: Path, rows: int) -> None:
         pass
 
 
+def flushed_blocks(store: bt.BacktraceStore, blocks: int, rows: int) -> bt.Table:
+    """Table "t" of ``blocks`` flushed blocks of ``rows`` rows each, never compacted unless asked."""
+    t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
+    for i in range(blocks):
+        t.append(frame(i * rows, rows))
+        t.flush()
+    return t
+
+
 def keys_of(bucket: s3server.Bucket) -> list[str]:
     return bucket.keys()
 
@@ -172,10 +181,7 @@ def test_a_reader_whose_blocks_were_compacted_and_vacuumed_away_reads_the_new_on
     """As a local read-only process does: a block gone from the bucket makes the scan refresh and read again."""
     so = s3_bucket.storage_options
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w", retired_grace=0) as store:
-        t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
-        for i in range(4):
-            t.append(frame(i * 20, 20))
-            t.flush()
+        t = flushed_blocks(store, 4, 20)
         store.sync()
         with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
             rt = reader["t"]  # nothing fetched yet: four blocks known from the head object
@@ -503,10 +509,7 @@ def test_the_delta_log_in_the_bucket_never_names_an_unpublished_block(
 def test_blocks_a_compaction_retired_leave_the_bucket_when_vacuumed(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w", retired_grace=0) as store:
-        t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
-        for i in range(4):
-            t.append(frame(i * 10, 10))
-            t.flush()
+        t = flushed_blocks(store, 4, 10)
         before = {k for k in keys_of(s3_bucket) if k.endswith(".parquet")}
         assert len(before) == 4
         t.compact()
@@ -587,10 +590,7 @@ def test_the_buckets_delta_log_follows_a_rebuilt_local_log(s3_bucket: s3server.B
     # version 0: the bucket's log must still end up naming exactly the published blocks
     so = s3_bucket.storage_options
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        t = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50, auto_compact=False)
-        for i in range(4):
-            t.append(frame(i * 10, 10))
-            t.flush()
+        t = flushed_blocks(store, 4, 10)
         t.rebuild_delta_log()
         for i in range(4, 7):
             t.append(frame(i * 10, 10))
