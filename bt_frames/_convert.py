@@ -183,7 +183,8 @@ def normalize_schema(schema: object, *, table: str) -> pl.Schema:
 
 def _unstorable_inside(dtype: Any) -> str:
     """Why a nested type cannot go into a Parquet block ("" if it can): Parquet has no struct without
-    fields, and no Python objects."""
+    fields, and no Python objects; Arrow IPC (the WAL, the schema in table.json) cannot read a fixed-size
+    array of width 0."""
     if isinstance(dtype, pl.Struct):
         if not dtype.fields:
             return "Parquet cannot hold a struct with no fields; give it at least one (e.g. pl.Struct({'x': pl.Int64}))"
@@ -194,6 +195,8 @@ def _unstorable_inside(dtype: Any) -> str:
             if why:
                 return why
     elif isinstance(dtype, (pl.List, pl.Array)):
+        if isinstance(dtype, pl.Array) and 0 in dtype.shape:
+            return "Arrow IPC cannot read a fixed-size array of width 0; give it a width, or use pl.List"
         inner = dtype.inner
         if inner == pl.Object:
             return "its elements are Python objects; use a concrete type (e.g. pl.String, pl.Int64)"
