@@ -565,9 +565,17 @@ class BacktraceStore:
         return t.append(data, schema_mode=schema_mode)
 
     def drop_table(self, name: str) -> None:
-        """Delete a table and all its files (atomic: one rename, then removal)."""
+        """Delete a table and all its files (atomic: one rename, then removal). Not for a store in a bucket."""
         self._check_writable()
         layout.validate_table_name(name)
+        if self._remote is not None:
+            # removing the local copy alone would leave the bucket's table to readers and to the next open, and
+            # a table re-created under the name would not be published (its versions are the old one's numbers)
+            raise BtError(
+                f"store {self._remote.uri!r}: drop_table({name!r}) is not supported for a store in a bucket yet; "
+                "nothing was changed. Fix: use another table name, or close every writer and delete "
+                f"{self._remote.url(name + '/')} and {str(self._path / name)!r} yourself."
+            )
         with self._lock:
             directory = self._path / name
             if not (directory / layout.TABLE_JSON).is_file():

@@ -776,3 +776,24 @@ def test_a_takeover_whose_fence_cannot_be_published_fails_the_open_and_leaves_no
     s3_proxy.reset()
     with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "b") as store:  # not locked
         assert store["t"].read().height == 10
+
+
+def test_drop_table_on_a_bucket_store_is_refused_and_changes_nothing(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    """Dropping only the local copy left the bucket's table for readers and the next open, and a table
+    re-created under the name published nothing (the mirror took its versions for the old one's): the
+    next open then refused with a MirrorConflictError."""
+    so = s3_bucket.storage_options
+    with writer(s3_bucket, tmp_path / "w", 10) as t:
+        t.store.sync()
+        before = keys_of(s3_bucket)
+        with pytest.raises(bt.BtError, match=r"(?s)drop_table\('t'\).*not supported.*in a bucket"):
+            t.store.drop_table("t")
+        assert t.store.tables == ["t"]
+        t.append(frame(10, 2))  # still the writer's table
+        t.flush()
+        t.store.sync()
+        assert set(before) <= set(keys_of(s3_bucket))
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store["t"].read().get_column("x").to_list() == list(range(12))
