@@ -246,7 +246,10 @@ class BacktraceStore:
         marker = json.dumps({"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION}).encode() + b"\n"
         if obj.head(layout.STORE_MARKER) is None:
             # as a local folder: a prefix holding objects but no marker is someone else's, never written into
-            entries, _ = obj.list_first("")
+            # the store's own files (a writer opening at this moment, a lease left behind: the lease decides)
+            # and the prefix's own empty "folder" object (the S3 console's Create folder) are no one else's
+            ours = {"", layout.STORE_MARKER, remote.LEASE}
+            entries = [e for e in obj.list_first("")[0] if e.key not in ours]
             if entries:
                 uri = obj.uri
                 raise BtError(

@@ -716,6 +716,33 @@ def test_a_prefix_holding_someone_elses_objects_is_refused_and_left_as_it_was(
     assert "t/reports/2024.csv" in keys_of(s3_bucket)
 
 
+@pytest.mark.parametrize(
+    ("key", "body"),
+    [
+        ("t/", b""),  # the "folder" the S3 console's Create folder makes: the prefix itself, empty
+        ("t/_lease.json", b'{"owner": "gone", "expires": "2000-01-01T00:00:00+00:00"}'),  # a writer's, expired
+    ],
+)
+def test_a_prefix_holding_only_its_folder_object_or_a_stale_lease_is_a_new_store(
+    s3_bucket: s3server.Bucket, tmp_path: Path, key: str, body: bytes
+) -> None:
+    """Neither is someone else's data: a store is created there (a live lease still refuses the open)."""
+    s3_bucket.server.boto3_client().put_object(Bucket=s3_bucket.name, Key=key, Body=body)
+    seed(s3_bucket, tmp_path / "w", 3)
+    assert "t/bt_frames.json" in keys_of(s3_bucket)
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().height == 3
+
+
+def test_a_prefix_holding_only_a_live_lease_is_refused_as_locked(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    """A writer that took the lease of a prefix whose marker another open has not seen yet: locked, not foreign."""
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    lease = json.dumps({"owner": "other", "host": "elsewhere", "pid": 1, "expires": later}).encode()
+    s3_bucket.server.boto3_client().put_object(Bucket=s3_bucket.name, Key="t/_lease.json", Body=lease)
+    with pytest.raises(bt.StoreLockedError, match="owner other"):
+        bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, wal_dir=tmp_path / "w")
+
+
 def test_a_lease_whose_release_failed_does_not_lock_out_the_same_process(
     s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
