@@ -474,8 +474,13 @@ class Mirror:
                     "more is published; the local store (wal_dir) keeps every acknowledged row. Fix: close this "
                     "store; the rows the bucket lacks can be read from the local store with read_only=True."
                 )
-        for name in forget:  # retired, kept for the grace period, deleted by the writer: now in the bucket too
-            self.obj.delete(block_key(table, name))
+        if forget:  # retired, kept for the grace period, deleted by the writer: now in the bucket too --
+            # unless the version makes that name live again (the same rows rewritten: the same file, new bytes
+            # on the local disk, the old ones still in the bucket, which the upload above took for them)
+            live = {b.block for b in mf.load(table_dir, upto=v).blocks}
+            for name in forget:
+                if name not in live:
+                    self.obj.delete(block_key(table, name))
 
     def upload_block(self, table: str, path: Path, name: str, size: int) -> None:
         key = block_key(table, name)

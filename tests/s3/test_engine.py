@@ -523,6 +523,30 @@ def test_blocks_a_compaction_retired_leave_the_bucket_when_vacuumed(s3_bucket: s
         assert reader["t"].read().get_column("x").to_list() == list(range(41))
 
 
+def test_a_block_rewritten_after_its_file_was_forgotten_stays_in_the_bucket(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    """Rows updated to B, back, then to B again rewrite B's file under its old name (a block's name is its
+    content) after B was retired and deleted: the version that makes B live again also forgets the deleted
+    file, and publishing it deleted the live block from the bucket."""
+    so = s3_bucket.storage_options
+
+    def values(k: float) -> pl.DataFrame:
+        return frame(0, 10).with_columns(pl.col("x") * int(k))
+
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w", retired_grace=0) as store:
+        t = store.create_table("t", frame(0, 1).schema, time_column="ts", keep_versions=0, auto_compact=False)
+        t.append(frame(0, 10))
+        t.flush()
+        for k in (2, 1, 2, 1):  # the third and fourth updates write the files of the first and second again
+            t.update(values(k))
+        live = t.blocks["block"].to_list()
+        store.sync()
+        assert all(any(k.endswith("/" + b) for k in keys_of(s3_bucket)) for b in live), live
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(10))
+
+
 def test_a_renewed_lease_outlives_its_seconds(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a", lease_seconds=0.6) as store:
