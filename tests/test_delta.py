@@ -187,6 +187,26 @@ def test_a_widened_column_reads_through_every_reader(store_path: Path) -> None:
         assert_readers_match(t)
 
 
+def test_a_time_zone_inside_a_list_or_struct_is_an_instant_in_utc_in_the_log(store_path: Path) -> None:
+    """Delta's timestamp has no zone: a zoned column is UTC in the log's schema, nested ones too (a nested
+    zone made every commit fail, so the table had no log)."""
+    paris = pl.Datetime("us", "Europe/Paris")
+    when = dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC)
+    df = pl.DataFrame(
+        {"k": [1, 2], "l": [[when], None], "s": [{"t": when}, {"t": None}]},
+        schema={"k": pl.Int64, "l": pl.List(paris), "s": pl.Struct({"t": paris})},
+    )
+    with bt.open(store_path) as s:
+        t = s.create_table("t", df.schema)
+        t.append(df)
+        t.flush()
+        assert t.delta_log.ok, t.delta_log
+        got = read_polars(t).sort("k")
+        utc = pl.Datetime("us", "UTC")
+        assert got.schema == pl.Schema({"k": pl.Int64, "l": pl.List(utc), "s": pl.Struct({"t": utc})})
+        assert_frame_equal(got, df.cast({"l": pl.List(utc), "s": pl.Struct({"t": utc})}))
+
+
 def test_add_actions_carry_the_blocks_statistics(store_path: Path) -> None:
     with bt.open(store_path) as s:
         t = _orders_table(s)

@@ -162,13 +162,19 @@ def unsupported_columns(schema: Mapping[str, pl.DataType]) -> dict[str, str]:
 
 def arrow_schema(schema: Mapping[str, pl.DataType]) -> Any:
     """The Arrow schema of the Delta table: the blocks' columns, a categorical as a string, a time zone as UTC
-    (Delta's ``timestamp`` is an instant, always in UTC)."""
+    (Delta's ``timestamp`` is an instant, always in UTC), inside a list or struct too."""
 
-    def plain(t: pl.DataType) -> pl.DataType:
+    def plain(t: Any) -> pl.DataType:
+        if isinstance(t, type):  # a class inside a nested type (pl.List(pl.Categorical))
+            t = t()
         if isinstance(t, pl.Categorical):
             return pl.String()
         if isinstance(t, pl.Datetime) and t.time_zone is not None:
             return pl.Datetime(t.time_unit, "UTC")
+        if isinstance(t, pl.List):
+            return pl.List(plain(t.inner))
+        if isinstance(t, pl.Struct):
+            return pl.Struct({f.name: plain(f.dtype) for f in t.fields})
         return t
 
     return pl.DataFrame(schema={n: plain(t) for n, t in schema.items()}).to_arrow().schema
