@@ -16,6 +16,7 @@ Bucket layout (keys under ``<prefix>/``)::
     <table>/blocks/<block name>            byte for byte the local blocks (put-if-absent)
     <table>/blocks/_delta_log/...          the derived Delta log (storage/delta.py)
     <table>/_head.bt                       a reader's open in one GET (below; overwritten: a cache)
+    <table>/_manifest/_dropped.json        the tombstone of a table being dropped (below)
 
 Publishing version N (a background thread, in version order, never two at once):
 
@@ -43,11 +44,40 @@ a version naming a block that is not there. A crash between 1 and 2 leaves
 blocks no version names: orphans, deleted by the next writer's open when
 their names are block names, under ``blocks/`` of a table (a folder with
 manifest versions, in the bucket or locally), named by no version and older
-than the grace period -- nothing else in the bucket is ever deleted.
+than the grace period -- nothing else in the bucket is ever deleted but by a
+drop (below), which deletes only what the store made.
 
 "Durable" keeps its local meaning: an append is acknowledged when it is in
 the local WAL. It is *published* when its block's version is in the bucket;
 ``flush()`` and ``close()`` wait for that.
+
+Dropping a table (``drop_table`` on a writer; a job in the mirror's queue, so
+after every version of the table queued before it):
+
+1. put the tombstone ``<table>/_manifest/_dropped.json`` (``{"format":
+   "bt_frames.dropped", "owner", "time"}``) -- the commit point. From here on
+   the table is gone: ``remote_tables`` (a reader's ``store.tables``, a
+   writer's open) omits the folder, and a reader's pull of the table finds
+   the tombstone in the LIST of ``_manifest/`` it makes anyway (``_`` sorts
+   after every version's digits) and has no table. Only then is the local
+   copy removed.
+2. delete the objects the store made, and nothing else: the head object,
+   ``table.json``, the version files under ``_manifest/``, the blocks directly
+   under ``blocks/`` (block names), the Delta log's files directly under
+   ``blocks/_delta_log/`` (``delta.LOG_FILE`` names), the stats cache; then
+   the tombstone, last. Any other object under the folder stays.
+
+A writer killed (or a bucket failing) between 1 and 2 leaves the tombstone:
+the next writer's open finishes the drop (local copy first, then 2) and never
+takes that folder for a table. A table of the same name created after the drop
+is published from version 1 (the mirror forgets what it had published); one
+cannot be created while a drop of its name waits for the bucket.
+
+``drop_table`` waits for 1 before removing the local copy: if the bucket
+fails there, the drop is taken back (its jobs leave the queue; a tombstone
+whose PUT response was lost is deleted) and nothing is dropped. It then waits
+for 2; if the bucket fails there, it raises, the table stays dropped for
+everyone, and the mirror retries 2 in the background.
 
 The lease (``_lease.json``, one per store prefix: the local store the writer
 runs on holds every table of the prefix, so one writer per table anywhere is
@@ -104,6 +134,8 @@ from bt_frames.storage.objectstore import ObjectStore
 log = logging.getLogger("bt_frames")
 
 LEASE = "_lease.json"
+TOMBSTONE = "_dropped.json"  # <table>/_manifest/_dropped.json: the table is being dropped
+TOMBSTONE_FORMAT = "bt_frames.dropped"
 HEAD = "_head.bt"
 HEAD_MAGIC = b"BTHEAD01"
 HEAD_FORMAT = "bt_frames.head"
@@ -159,11 +191,21 @@ def remote_versions(obj: ObjectStore, table: str, after: int = 0) -> list[int]:
     return sorted(out)
 
 
+def tombstone_key(table: str) -> str:
+    return table_key(table, mf.MANIFEST_DIR, TOMBSTONE)
+
+
 def remote_tables(obj: ObjectStore) -> list[str]:
     """Tables in the bucket: the folders under the prefix with a table's name and a ``table.json``, as a
-    local store's (one LIST with a delimiter, then one HEAD per such folder, eight at a time). A folder
-    someone else keeps under the prefix is no table; one whose ``table.json`` is not published yet (a
-    table being created) is not one yet."""
+    local store's, and no tombstone (one LIST with a delimiter, then a HEAD or two per such folder, eight
+    at a time). A folder someone else keeps under the prefix is no table; one whose ``table.json`` is not
+    published yet (a table being created) is not one yet; one being dropped is not one any more."""
+    return remote_folders(obj)[0]
+
+
+def remote_folders(obj: ObjectStore) -> tuple[list[str], list[str]]:
+    """(tables, dropped): ``remote_tables``, and the table folders holding a tombstone (drops a writer
+    has to finish)."""
     from concurrent.futures import ThreadPoolExecutor
 
     names = []
@@ -173,10 +215,41 @@ def remote_tables(obj: ObjectStore) -> list[str]:
         except BtError:
             continue
     if not names:
-        return []
+        return [], []
+
+    def kind(name: str) -> str:
+        if obj.head(tombstone_key(name)) is not None:
+            return "dropped"
+        return "table" if obj.head(table_key(name, layout.TABLE_JSON)) is not None else ""
+
     with ThreadPoolExecutor(max_workers=min(8, len(names)), thread_name_prefix="bt_frames-list") as pool:
-        found = list(pool.map(lambda n: obj.head(table_key(n, layout.TABLE_JSON)) is not None, names))
-    return [n for n, ok in zip(names, found, strict=True) if ok]
+        found = list(pool.map(kind, names))
+    pairs = list(zip(names, found, strict=True))
+    return [n for n, k in pairs if k == "table"], [n for n, k in pairs if k == "dropped"]
+
+
+def delete_table_objects(obj: ObjectStore, table: str) -> int:
+    """Step 2 of a drop (module docstring): delete the objects the store made under ``<table>/``, the
+    tombstone last; return how many. Anything else under the folder is left where it is."""
+    n = 0
+    for key in (table_key(table, HEAD), table_key(table, layout.TABLE_JSON), table_key(table, layout.STATS_CACHE)):
+        obj.delete(key)  # (an absent key is no error)
+    versions, blocks = _versions_prefix(table), table_key(table, layout.BLOCKS_DIR) + "/"
+    log_dir = blocks + DELTA_LOG + "/"
+    for e in list(obj.list(table + "/", None)):
+        if e.key.startswith(versions):
+            ours = mf.parse_version_name(e.key[len(versions) :]) is not None
+        elif e.key.startswith(log_dir):
+            ours = delta.LOG_FILE.fullmatch(e.key[len(log_dir) :]) is not None
+        elif e.key.startswith(blocks):
+            ours = layout.parse_block_name(e.key[len(blocks) :]) is not None
+        else:
+            ours = False
+        if ours:
+            obj.delete(e.key)
+            n += 1
+    obj.delete(tombstone_key(table))
+    return n
 
 
 # -- the lease ---------------------------------------------------------------
@@ -311,7 +384,8 @@ class _Job:
     table: str
     table_dir: Path
     version: int
-    kind: str = "publish"  # "head": the stats cache linked to ``version`` was written; "delta": the Delta log
+    kind: str = "publish"  # "head": the stats cache linked to ``version`` was written; "delta": the Delta log;
+    # "tombstone", "drop": the steps of dropping the table
 
 
 @dataclass
@@ -333,6 +407,8 @@ class Mirror:
     _failures: int = 0
     _closed: bool = False
     _thread: threading.Thread | None = None
+    dropping: set[str] = field(default_factory=set)  # tables whose drop is queued or under way
+    tombstoned: set[str] = field(default_factory=set)  # ... whose tombstone is in the bucket
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="bt_frames-mirror", daemon=True)
@@ -360,6 +436,48 @@ class Mirror:
             self._queue.append(_Job(table, table_dir, 0, "delta"))
             self._cond.notify_all()
 
+    def drop(self, table: str, *, tombstone: bool) -> None:
+        """Queue a drop of ``table`` (module docstring), after every job queued before: its tombstone
+        (``tombstone=True``, step 1), or the deletion of its objects and then of the tombstone (step 2)."""
+        with self._cond:
+            self.dropping.add(table)
+            self._queue.append(_Job(table, Path(), 0, "tombstone" if tombstone else "drop"))
+            self._cond.notify_all()
+
+    def cancel_drop(self, table: str) -> bool:
+        """Take a drop of ``table`` whose tombstone is not in the bucket yet out of the queue (the bucket
+        failed): True if nothing of it was done."""
+        with self._cond:
+            if table in self.tombstoned:
+                return False
+            self._queue = [j for j in self._queue if not (j.table == table and j.kind in ("tombstone", "drop"))]
+            self.dropping.discard(table)
+            return True
+
+    def put_tombstone(self, table: str) -> None:
+        doc = {
+            "format": TOMBSTONE_FORMAT,
+            "owner": self.lease.owner if self.lease is not None else None,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        }
+        self.obj.put(tombstone_key(table), json.dumps(doc).encode())
+        with self._cond:
+            self.tombstoned.add(table)
+        _test_pause_in_drop("tombstone", table)
+
+    def finish_drop(self, table: str) -> None:
+        """Step 2 of a drop; then the table is new to this mirror (a table created under its name is
+        published from version 1)."""
+        _test_pause_in_drop("delete", table)
+        delete_table_objects(self.obj, table)
+        with self._cond:
+            self.published.pop(table, None)
+            self.delta_done.pop(table, None)
+            self.delta_reset.discard(table)
+            self.table_json.pop(table, None)
+            self.tombstoned.discard(table)
+            self.dropping.discard(table)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -375,6 +493,10 @@ class Mirror:
                         self.put_head(job.table, job.table_dir, job.version)
                 elif self.failed is None and job.kind == "delta":
                     self.put_delta_log(job.table, job.table_dir)
+                elif self.failed is None and job.kind == "tombstone":
+                    self.put_tombstone(job.table)
+                elif self.failed is None and job.kind == "drop":
+                    self.finish_drop(job.table)
                 elif self.failed is None:
                     self.publish(job.table, job.table_dir, job.version)
                 self.retrying = None
@@ -579,6 +701,16 @@ class Mirror:
         return n
 
 
+def _test_pause_in_drop(step: str, table: str) -> None:
+    """Tests: ``BT_FRAMES_TEST_PAUSE_IN_DROP=<step>:<path>`` stops a drop at ``step`` ("tombstone": just
+    after the tombstone's PUT; "delete": before the objects' deletion), writing ``path`` first (a child
+    killed there)."""
+    hook = os.environ.get("BT_FRAMES_TEST_PAUSE_IN_DROP")
+    if hook and hook.partition(":")[0] == step:
+        Path(hook.partition(":")[2]).write_text(table)
+        threading.Event().wait(3600)
+
+
 # -- the head object ---------------------------------------------------------
 
 
@@ -641,7 +773,8 @@ def decode_head(data: bytes) -> tuple[int, list[tuple[str, bytes]]] | None:
 
 def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -> int:
     """Bring ``table``'s metadata from the bucket into ``table_dir`` (created if missing); return the
-    bucket's newest version (0: no table).
+    bucket's newest version (0: no table; a reader's ``table_dir`` is then removed, so that a table
+    dropped since -- a tombstone, or no version left -- is gone here too).
 
     A reader (``blocks=False``) gets the head object and the versions after it (one GET and one LIST
     when the head is current) and fetches blocks when a scan needs them; blocks whose statistics the
@@ -672,9 +805,14 @@ def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -
                 if v is not None:
                     have.add(v)
         seen = sorted(v for e in listed if (v := mf.parse_version_name(e.key.rpartition("/")[2])) is not None)
+        dropped = any(e.key == tombstone_key(table) for e in listed)  # it sorts after every version
         if not complete:  # more than a page of versions: the rest after the last one listed
             seen += remote_versions(obj, table, max(after, seen[-1] if seen else 0))
+            dropped = obj.head(tombstone_key(table)) is not None
         newer = [v for v in seen if v > after]
+        if dropped or (not after and not newer):  # no such table (any more): nothing of it is kept here
+            fs.remove_tree(table_dir)
+            return 0
     if not after and not newer:
         return 0
     if not (table_dir / layout.TABLE_JSON).exists() or blocks:
