@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -262,7 +263,12 @@ class BacktraceStore:
         self._lease = remote.Lease(obj, lease_seconds)
         self._lease.acquire()
         self._mirror = remote.Mirror(obj, self._lease)
-        for name in remote.remote_tables(obj):
+        tables, dropped = remote.remote_folders(obj)
+        for name in dropped:  # a drop a writer began (killed, or the bucket failed): finish it, never resurrect
+            if (self._path / name).is_dir():
+                self._drop_local(name)
+            self._mirror.finish_drop(name)
+        for name in tables:
             self._sync_table(name)
         for name in _local_tables(self._path):  # local versions the bucket lacks (a crash, or an older store)
             mf_versions = manifest_versions(self._path / name)
@@ -474,6 +480,13 @@ class BacktraceStore:
             lost = catalog.lost_table_json(self._path / name)
             if lost is not None:  # a table whose table.json is gone: never built over (its data is there)
                 raise lost
+            if self._mirror is not None and name in self._mirror.dropping:
+                assert self._remote is not None
+                raise BtError(
+                    f"table {name!r}: its drop is not finished in the bucket yet ({self._remote.url(name + '/')} "
+                    "still holds objects of the dropped table); nothing was created. Fix: store.sync() (it waits "
+                    "until the bucket answers), then create the table again."
+                )
             meta = catalog.TableMeta(name, pl_schema, time_column, max_block_rows, rg)
             meta = _lifecycle.with_options(
                 meta, table=name, retention=retention, keep_versions=keep_versions, auto_compact=auto_compact
@@ -568,17 +581,16 @@ class BacktraceStore:
         return t.append(data, schema_mode=schema_mode)
 
     def drop_table(self, name: str) -> None:
-        """Delete a table and all its files (atomic: one rename, then removal). Not for a store in a bucket."""
+        """Delete a table and all its files (atomic: one rename, then removal).
+
+        On a store in a bucket the table goes from the bucket too: a tombstone there first (after the
+        table's versions queued before it), then the local copy, then the objects the store made under
+        the table's folder (storage/remote.py). It returns once the bucket no longer shows the table.
+        If the bucket fails before the tombstone is in, nothing is changed; after it, the table is gone
+        (readers no longer see it) and the rest is done in the background and by the next writer's open.
+        """
         self._check_writable()
         layout.validate_table_name(name)
-        if self._remote is not None:
-            # removing the local copy alone would leave the bucket's table to readers and to the next open, and
-            # a table re-created under the name would not be published (its versions are the old one's numbers)
-            raise BtError(
-                f"store {self._remote.uri!r}: drop_table({name!r}) is not supported for a store in a bucket yet; "
-                "nothing was changed. Fix: use another table name, or close every writer and delete "
-                f"{self._remote.url(name + '/')} and {str(self._path / name)!r} yourself."
-            )
         with self._lock:
             directory = self._path / name
             if not (directory / layout.TABLE_JSON).is_file():
@@ -586,15 +598,55 @@ class BacktraceStore:
             t = self._tables.pop(name, None)
             if t is not None:
                 t.close()
+            if self._mirror is not None:
+                self._drop_tombstone(name, t)
+            if t is not None:
                 t._dropped = True
-            trash = self._path / layout.transient_dir("dropped", name)
-            with os_errors(f"store {str(self._path)!r}: drop_table({name!r})"):
-                fs.replace(directory, trash)  # the commit point: the table is gone
-            _sync_after_commit(self._path, f"dropping table {name!r}")
-            try:
-                fs.remove_tree(trash)
-            except OSError as e:  # the next writer to open the store removes it
-                log.warning("store %s: could not remove dropped table folder %s (%s)", self._path, trash.name, e)
+            self._drop_local(name)
+            if self._mirror is not None:
+                self._mirror.drop(name, tombstone=False)
+                try:
+                    self._mirror.wait()
+                except BtError as e:
+                    assert self._remote is not None
+                    raise BtError(
+                        f"table {name!r} is dropped (its tombstone {self._remote.url(remote.tombstone_key(name))} "
+                        f"is in the bucket: no reader sees the table), but deleting its objects failed: {e}. Fix: "
+                        "none needed -- it is retried in the background (store.sync() waits for it), and the next "
+                        "writer's open of the store finishes it."
+                    ) from e
+
+    def _drop_tombstone(self, name: str, t: Table | None) -> None:
+        """Step 1 of a drop in the bucket: the tombstone; on failure, nothing changed (the table stays)."""
+        assert self._mirror is not None
+        assert self._remote is not None
+        self._mirror.drop(name, tombstone=True)
+        try:
+            self._mirror.wait()
+            return
+        except BtError as e:
+            failure = e
+        if not self._mirror.cancel_drop(name):  # the tombstone made it after all: the drop goes on
+            return
+        # a PUT whose response was lost may have stored it: take it back, as far as the bucket answers
+        with contextlib.suppress(BtError):
+            self._remote.delete(remote.tombstone_key(name))
+        raise BtError(
+            f"table {name!r}: drop_table could not put its tombstone in the bucket ({failure}); nothing was "
+            f"dropped{' (the Table object was closed: store[name] opens it again)' if t is not None else ''}. "
+            "Fix: retry drop_table once the bucket answers."
+        ) from failure
+
+    def _drop_local(self, name: str) -> None:
+        directory = self._path / name
+        trash = self._path / layout.transient_dir("dropped", name)
+        with os_errors(f"store {str(self._path)!r}: drop_table({name!r})"):
+            fs.replace(directory, trash)  # the commit point (locally): the table is gone
+        _sync_after_commit(self._path, f"dropping table {name!r}")
+        try:
+            fs.remove_tree(trash)
+        except OSError as e:  # the next writer to open the store removes it
+            log.warning("store %s: could not remove dropped table folder %s (%s)", self._path, trash.name, e)
 
     def _set_pandas_meta(self, table: Table, meta: dict[str, Any]) -> None:
         if self._read_only:
@@ -614,8 +666,9 @@ class BacktraceStore:
             for name, t in list(self._tables.items()):
                 if self._remote is not None and self._read_only:
                     remote.pull_table(self._remote, name, self._path / name, blocks=False)
-                if not (self._path / name / layout.TABLE_JSON).is_file():
+                if not (self._path / name / layout.TABLE_JSON).is_file():  # dropped since
                     self._tables.pop(name).close()
+                    t._dropped = True
                 elif self._read_only:  # (a writer's tables are always current)
                     t._reload()  # (the bucket's versions were just pulled)
 

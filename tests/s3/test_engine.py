@@ -829,22 +829,205 @@ def test_a_takeover_whose_fence_cannot_be_published_fails_the_open_and_leaves_no
         assert store["t"].read().height == 10
 
 
-def test_drop_table_on_a_bucket_store_is_refused_and_changes_nothing(
+def table_keys(bucket: s3server.Bucket, table: str = "t") -> list[str]:
+    return [k for k in keys_of(bucket) if k.startswith(f"t/{table}/")]
+
+
+# objects under the table's folder that the store did not make: a drop leaves them
+FOREIGN = [
+    "t/t/notes.txt",
+    "t/t/_manifest/notes.json",
+    "t/t/blocks/readme.txt",
+    "t/t/blocks/sub/00000000000000000001-00000000000000000001.1of1.0123456789abcdef.parquet",
+    "t/t/blocks/_delta_log/mine.txt",
+]
+
+
+def put_foreign(bucket: s3server.Bucket) -> None:
+    client = bucket.server.boto3_client()
+    for key in FOREIGN:
+        client.put_object(Bucket=bucket.name, Key=key, Body=b"x")
+
+
+def test_drop_table_in_a_bucket_deletes_what_the_store_made_and_nothing_else(
     s3_bucket: s3server.Bucket, tmp_path: Path
 ) -> None:
-    """Dropping only the local copy left the bucket's table for readers and the next open, and a table
-    re-created under the name published nothing (the mirror took its versions for the old one's): the
-    next open then refused with a MirrorConflictError."""
     so = s3_bucket.storage_options
-    with writer(s3_bucket, tmp_path / "w", 10) as t:
-        t.store.sync()
-        before = keys_of(s3_bucket)
-        with pytest.raises(bt.BtError, match=r"(?s)drop_table\('t'\).*not supported.*in a bucket"):
-            t.store.drop_table("t")
-        assert t.store.tables == ["t"]
-        t.append(frame(10, 2))  # still the writer's table
+    with writer(s3_bucket, tmp_path / "w", 120) as t:
+        t.append(frame(120, 5))
         t.flush()
         t.store.sync()
-        assert set(before) <= set(keys_of(s3_bucket))
+        made = table_keys(s3_bucket)
+        assert {"t/t/table.json", "t/t/_head.bt"} <= set(made)
+        assert [k for k in made if "/_manifest/" in k]
+        assert [k for k in made if k.endswith(".parquet")]
+        assert [k for k in made if "/_delta_log/" in k]
+        put_foreign(s3_bucket)
+        t.store.drop_table("t")  # returns once the bucket no longer shows the table
+        assert sorted(table_keys(s3_bucket)) == sorted(FOREIGN)
+        assert t.store.tables == []
+        assert not (tmp_path / "w" / "t").exists()
+        with pytest.raises(bt.TableDroppedError):
+            t.read()
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader.tables == []
+        with pytest.raises(bt.TableNotFoundError):
+            reader["t"]
+    for wal_dir in ("w", "other"):  # the next writer open (this disk or another) does not bring it back
+        with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / wal_dir) as store:
+            assert store.tables == []
+    assert sorted(table_keys(s3_bucket)) == sorted(FOREIGN)
+
+
+def test_a_table_created_again_after_a_drop_is_published_from_version_1(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    so = s3_bucket.storage_options
+    with writer(s3_bucket, tmp_path / "w", 60) as t:
+        for i in range(3):
+            t.append(frame(60 + i, 1))
+            t.flush()
+        store = t.store
+        store.drop_table("t")
+        again = store.create_table("t", frame(0, 1).schema, time_column="ts", max_block_rows=50)
+        again.append(frame(1000, 3))
+        again.flush()
+        store.sync()
+        local = [mf.version_name(v) for v in mf.list_versions(tmp_path / "w" / "t")]
+        assert local[0] == mf.version_name(1)
+        assert sorted(k.rpartition("/")[2] for k in bucket_versions(s3_bucket)) == local
+        with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+            assert reader["t"].read().get_column("x").to_list() == [1000, 1001, 1002]
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "other") as store:
+        assert store["t"].read().get_column("x").to_list() == [1000, 1001, 1002]
+
+
+def test_a_reader_that_had_the_table_open_sees_it_dropped_after_refresh(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    so = s3_bucket.storage_options
+    with writer(s3_bucket, tmp_path / "w", 60) as t:
+        t.store.sync()
+        with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+            seen = reader["t"]
+            assert seen.read().height == 60
+            t.store.drop_table("t")
+            reader.refresh()
+            assert "t" not in reader.tables
+            with pytest.raises(bt.TableDroppedError, match="'t' was dropped"):
+                seen.read()
+            with pytest.raises(bt.TableNotFoundError):
+                reader["t"]
+
+
+def test_a_reader_sees_no_table_while_its_drop_is_under_way(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    """The tombstone alone (every other object still there) is a dropped table to readers."""
+    so = s3_bucket.storage_options
+    seed(s3_bucket, tmp_path / "w", 60)
+    client = s3_bucket.server.boto3_client()
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        seen = reader["t"]
+        client.put_object(Bucket=s3_bucket.name, Key="t/t/_manifest/_dropped.json", Body=b"{}")
+        assert reader.tables == []
+        reader.refresh()
+        with pytest.raises(bt.TableDroppedError):
+            seen.read()
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert "t" not in reader
+        with pytest.raises(bt.TableNotFoundError):
+            reader["t"]
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("step", ["tombstone", "delete"])
+def test_a_writer_killed_during_a_drop_leaves_it_to_the_next_open_which_finishes_it(
+    s3_bucket: s3server.Bucket, tmp_path: Path, step: str
+) -> None:
+    """Killed just after the tombstone's PUT (the local copy still there) or before the deletion (the
+    local copy gone, every object in the bucket): no reader sees the table, and the next writer's open
+    finishes the drop instead of bringing the table back from either copy."""
+    so = s3_bucket.storage_options
+    seed(s3_bucket, tmp_path / "w", 60)
+    put_foreign(s3_bucket)
+    paused = tmp_path / "paused"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import bt_frames as bt\n"
+            f"s = bt.open({s3_bucket.uri!r}, storage_options={so!r}, wal_dir={str(tmp_path / 'w')!r})\n"
+            "s.drop_table('t')\n",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "BT_FRAMES_TEST_PAUSE_IN_DROP": f"{step}:{paused}"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not paused.exists():
+            assert child.poll() is None, "the child ended before the seam"
+            assert time.monotonic() < deadline, "the child never reached the seam"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert "t/t/_manifest/_dropped.json" in keys_of(s3_bucket)
+    assert "t/t/table.json" in keys_of(s3_bucket)  # nothing deleted yet
+    assert (tmp_path / "w" / "t" / "table.json").exists() == (step == "tombstone")
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader.tables == []
+        with pytest.raises(bt.TableNotFoundError):
+            reader["t"]
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
-        assert store["t"].read().get_column("x").to_list() == list(range(12))
+        assert store.tables == []
+        assert not (tmp_path / "w" / "t").exists()
+    assert sorted(table_keys(s3_bucket)) == sorted(FOREIGN)
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
+        assert store.tables == []
+
+
+def test_a_drop_whose_tombstone_the_bucket_refuses_changes_nothing(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with writer(via, tmp_path / "w", 60) as t:
+        t.store.sync()
+        before = sorted(table_keys(s3_bucket))
+        s3_proxy.add(faultproxy.Rule("error", method="PUT", key="t/t/_manifest/_dropped.json", times=1000))
+        with pytest.raises(bt.BtError, match=r"(?s)table 't': drop_table could not put its tombstone.*nothing was"):
+            t.store.drop_table("t")
+        s3_proxy.reset()
+        after = table_keys(s3_bucket)
+        assert set(before) <= set(after)  # (closing the table may have published a version)
+        assert "t/t/_manifest/_dropped.json" not in after
+        assert t.store.tables == ["t"]
+        t2 = t.store["t"]
+        t2.append(frame(60, 1))
+        t2.flush()
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(61))
+
+
+def test_a_drop_whose_deletions_fail_is_finished_in_the_background(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with writer(via, tmp_path / "w", 60) as t:
+        store = t.store
+        store.sync()
+        # obstore deletes with a POST ?delete (a batch of one)
+        rule = s3_proxy.add(faultproxy.Rule("error", method="POST", times=1000))
+        with pytest.raises(bt.BtError, match=r"(?s)table 't' is dropped.*retried in the background"):
+            store.drop_table("t")
+        assert store.tables == []
+        with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+            assert reader.tables == []
+        with pytest.raises(bt.BtError, match="drop is not finished"):
+            store.create_table("t", frame(0, 1).schema, time_column="ts")
+        assert store.tables == []
+        assert rule.fired
+        s3_proxy.reset()
+        store.sync()
+        assert table_keys(s3_bucket) == []
+        store.create_table("t", frame(0, 1).schema, time_column="ts").append(frame(7, 1))
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == [7]
