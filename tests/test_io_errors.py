@@ -130,7 +130,7 @@ def _check_end(w: wl.Workload, ctx: wl.Ctx, model: wl.Model) -> list[str]:
     tmps = sorted(str(p.relative_to(ctx.db)) for p in ctx.db.rglob("*.tmp")) if ctx.db.is_dir() else []
     if tmps:
         problems.append(f"temporary files left in the store: {tmps}")
-    with bt.open(ctx.db) as store:
+    with bt.open(ctx.db, delta_log=False) as store:  # as the workloads open it (tests/helpers/workloads.py)
         found = wl.read_model(store)
         if not wl.matches(w, found, model):
             problems.append(f"reopened: {wl.show(w, found)}, expected {wl.show_model(model)}")

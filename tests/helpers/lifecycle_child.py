@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         at, half = int(n), mode == "half"
     kfs = KillFS(at, half)
     with fs.use(kfs):
-        store = bt.open(args.path, retired_grace=0)
+        store = bt.open(args.path, retired_grace=0, delta_log=False)  # as tests/test_lifecycle_crash.py OPEN
         t = store.table(lo.TABLE)
         print("open", flush=True)
         for i in range(args.start, len(ops)):
