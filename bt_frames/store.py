@@ -355,6 +355,11 @@ class BacktraceStore:
     # -- properties ------------------------------------------------------------
 
     @property
+    def _where(self) -> str | Path:
+        """What messages call this store: its bucket URI, else its folder."""
+        return self._uri or self._path
+
+    @property
     def path(self) -> Path:
         return self._path
 
@@ -398,7 +403,7 @@ class BacktraceStore:
                 lost = catalog.lost_table_json(directory)
                 if lost is not None:
                     raise lost from None
-                raise TableNotFoundError(self._path, name, self.tables, read_only=self._read_only) from None
+                raise TableNotFoundError(self._where, name, self.tables, read_only=self._read_only) from None
             t = Table(self, directory, meta)
             self._tables[name] = t
             if self._mirror is not None and t._manifest is not None:  # what creating or recovering committed
@@ -594,7 +599,7 @@ class BacktraceStore:
         with self._lock:
             directory = self._path / name
             if not (directory / layout.TABLE_JSON).is_file():
-                raise TableNotFoundError(self._path, name, self.tables, read_only=self._read_only)
+                raise TableNotFoundError(self._where, name, self.tables, read_only=self._read_only)
             t = self._tables.pop(name, None)
             if t is not None:
                 t.close()

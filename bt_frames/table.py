@@ -385,10 +385,10 @@ class Table:
 
     def _check_open(self) -> None:
         if self._dropped:
-            raise TableDroppedError(self.name, self._store.path)
+            raise TableDroppedError(self.name, self._store._where)
         if self._closed:
             raise StoreClosedError(
-                f"table {self.name!r} of store {str(self._store.path)!r} is closed; "
+                f"table {self.name!r} of store {str(self._store._where)!r} is closed; "
                 "open the store again with bt.open(path)"
             )
 

@@ -914,10 +914,10 @@ def test_a_reader_that_had_the_table_open_sees_it_dropped_after_refresh(
             t.store.drop_table("t")
             reader.refresh()
             assert "t" not in reader.tables
-            with pytest.raises(bt.TableDroppedError, match="'t' was dropped"):
+            with pytest.raises(bt.TableDroppedError, match=f"'t' was dropped from store '{s3_bucket.uri}'"):
                 seen.read()
-            with pytest.raises(bt.TableNotFoundError):
-                reader["t"]
+            with pytest.raises(bt.TableNotFoundError, match=f"store '{s3_bucket.uri}' has no table 't'"):
+                reader["t"]  # the bucket named, not the reader's scratch folder
 
 
 def test_a_reader_sees_no_table_while_its_drop_is_under_way(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
