@@ -117,10 +117,13 @@ class BacktraceStore:
 
     def __new__(cls, path: str | os.PathLike[str], **kwargs: Any) -> BacktraceStore:
         if not kwargs.get("read_only", False):
+            # a store in a bucket runs on its wal_dir: that folder is the store this process may already have
+            uri = os.fspath(path) if objectstore.is_uri(os.fspath(path)) else None
+            folder = kwargs.get("wal_dir") if uri is not None else path
             with _OPEN_LOCK:
-                same = _OPEN.get(_key(path))
+                same = _OPEN.get(_key(folder)) if folder is not None else None
                 if same is not None and not same._closed:
-                    same._check_same_options(kwargs)
+                    same._check_same_options(kwargs, uri)
                     same._handles += 1  # each close() gives one back; the last one closes the store
                     return same  # DuckDB-style: one open writer per store folder and process
         return super().__new__(cls)
@@ -342,7 +345,14 @@ class BacktraceStore:
             except BtError as e:
                 log.warning("store %s: releasing the lease failed (%s); it expires by itself", self._uri, e)
 
-    def _check_same_options(self, kwargs: dict[str, Any]) -> None:
+    def _check_same_options(self, kwargs: dict[str, Any], uri: str | None) -> None:
+        mine = objectstore.split_uri(self._uri) if self._uri is not None else None
+        if mine != (objectstore.split_uri(uri) if uri is not None else None):
+            raise StoreLockedError(
+                f"{str(self._path)!r} is already open as a writer in this process (pid {os.getpid()}) for "
+                f"{str(self._where)!r}; a folder serves one store at a time. Close that store first "
+                "(store.close()), or choose another folder" + (" for wal_dir" if uri is not None else "")
+            )
         want = {"durability": self._durability, "retired_grace": self._retired_grace, "delta_log": self.delta_log}
         diff = {k: v for k, v in kwargs.items() if k in want and v != want[k]}
         if diff:

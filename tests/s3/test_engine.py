@@ -688,6 +688,29 @@ def test_close_and_a_refused_open_leave_no_thread_and_no_reader_folder(
     assert _bt_threads() == []
 
 
+def test_opening_the_same_bucket_store_twice_in_a_process_gives_the_same_store(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    """As a local store does (DuckDB-style): the second bt.open is the first store; each close gives one back."""
+    so, wal = s3_bucket.storage_options, tmp_path / "w"
+    first = bt.open(s3_bucket.uri, storage_options=so, wal_dir=wal)
+    second = bt.open(s3_bucket.uri + "/", storage_options=so, wal_dir=wal)
+    assert second is first
+    with pytest.raises(bt.StoreLockedError, match=rf"a writer in this process \(pid \d+\) for '{s3_bucket.uri}'"):
+        bt.open(wal)  # the wal_dir as a local store: it is the bucket store's folder
+    other = dataclasses.replace(s3_bucket, prefix=f"{s3_bucket.prefix}/other")
+    with pytest.raises(bt.StoreLockedError, match="another folder for wal_dir"):
+        bt.open(other.uri, storage_options=so, wal_dir=wal)
+    make_table(second).append(frame(0, 5))
+    second.close()
+    assert _bt_threads() == ["bt_frames-lease", "bt_frames-mirror"]  # the first handle still holds it
+    first["t"].append(frame(5, 5))
+    first.close()
+    assert _bt_threads() == []
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == list(range(10))
+
+
 def test_a_table_that_loses_its_delta_log_loses_it_in_the_bucket(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     # a column Delta cannot represent removes the table's log; left in the bucket, it would show other
     # engines the rows of before the change
