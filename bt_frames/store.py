@@ -179,6 +179,7 @@ class BacktraceStore:
         self._show_progress = progress
         self._retired_grace = float(retired_grace)
         self.delta_log = bool(delta_log)  # write each table's Delta log (storage/delta.py)
+        self._storage_options = dict(storage_options or {})  # (a second open in this process must agree)
         self._tables: dict[str, Table] = {}
         self._lock = threading.RLock()
         self._closed = True  # until the lock is held and the folder checked
@@ -352,6 +353,13 @@ class BacktraceStore:
                 f"{str(self._path)!r} is already open as a writer in this process (pid {os.getpid()}) for "
                 f"{str(self._where)!r}; a folder serves one store at a time. Close that store first "
                 "(store.close()), or choose another folder" + (" for wal_dir" if uri is not None else "")
+            )
+        if dict(kwargs.get("storage_options") or {}) != self._storage_options:
+            # another endpoint or other credentials: another way to the bucket, maybe another bucket
+            raise StoreLockedError(
+                f"store {str(self._where)!r} is already open as a writer in this process (pid {os.getpid()}) on "
+                f"{str(self._path)!r} with other storage_options (not shown: they may hold credentials); "
+                "close it first (store.close()), open it with the same storage_options, or with read_only=True"
             )
         want = {"durability": self._durability, "retired_grace": self._retired_grace, "delta_log": self.delta_log}
         diff = {k: v for k, v in kwargs.items() if k in want and v != want[k]}

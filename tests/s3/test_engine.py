@@ -711,6 +711,21 @@ def test_opening_the_same_bucket_store_twice_in_a_process_gives_the_same_store(
         assert reader["t"].read().get_column("x").to_list() == list(range(10))
 
 
+def test_opening_the_same_bucket_store_again_with_other_storage_options_is_refused(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    """Another endpoint (or other credentials) is another way to the bucket, maybe another bucket: handing back
+    the open store would silently write through the first one's; the refusal does not print the options."""
+    so, wal = s3_bucket.storage_options, tmp_path / "w"
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=wal) as first:
+        with pytest.raises(bt.StoreLockedError, match="other storage_options") as e:
+            bt.open(s3_bucket.uri, storage_options=via.storage_options, wal_dir=wal)
+        assert s3_proxy.endpoint not in str(e.value)
+        assert bt.open(s3_bucket.uri, storage_options=dict(so), wal_dir=wal) is first  # equal options: the same
+        first.close()  # (gives the second handle back)
+
+
 def test_a_table_that_loses_its_delta_log_loses_it_in_the_bucket(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     # a column Delta cannot represent removes the table's log; left in the bucket, it would show other
     # engines the rows of before the change
