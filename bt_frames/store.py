@@ -687,13 +687,21 @@ class BacktraceStore:
         self._check_open()
         with self._lock:
             for name, t in list(self._tables.items()):
+                recreated: list[str] = []
                 if self._remote is not None and self._read_only:
-                    remote.pull_table(self._remote, name, self._path / name, blocks=False)
-                if not (self._path / name / layout.TABLE_JSON).is_file():  # dropped since
-                    self._tables.pop(name).close()
-                    t._dropped = True
+                    remote.pull_table(self._remote, name, self._path / name, blocks=False, recreated=recreated)
+                if recreated or not (self._path / name / layout.TABLE_JSON).is_file():  # dropped since
+                    self._forget_dropped(t)
                 elif self._read_only:  # (a writer's tables are always current)
                     t._reload()  # (the bucket's versions were just pulled)
+
+    def _forget_dropped(self, t: Table) -> None:
+        """A reader's table found dropped (and maybe created again) in the bucket: closed, marked dropped."""
+        with self._lock:
+            if self._tables.get(t.name) is t:
+                self._tables.pop(t.name)
+            t.close()
+            t._dropped = True
 
     def flush(self) -> None:
         """Freeze every open table's hot buffer into blocks."""

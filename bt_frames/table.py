@@ -352,8 +352,12 @@ class Table:
             return
         obj = self._store._remote
         if obj is not None:  # a reader of a store in a bucket: the versions published since, first
+            recreated: list[str] = []
             with os_errors(f"table {self.name!r}: refreshing from the bucket"):
-                remote.pull_table(obj, self.name, self._dir, blocks=False)
+                newest = remote.pull_table(obj, self.name, self._dir, blocks=False, recreated=recreated)
+            if recreated or not newest:  # dropped: this object is gone (store[name] opens a table created since)
+                self._store._forget_dropped(self)
+                self._check_open()
         self._reload()
 
     def _reload(self) -> None:

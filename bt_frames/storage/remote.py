@@ -71,7 +71,10 @@ A writer killed (or a bucket failing) between 1 and 2 leaves the tombstone:
 the next writer's open finishes the drop (local copy first, then 2) and never
 takes that folder for a table. A table of the same name created after the drop
 is published from version 1 (the mirror forgets what it had published); one
-cannot be created while a drop of its name waits for the bucket.
+cannot be created while a drop of its name waits for the bucket. A reader that
+missed the tombstone (dropped and created again between two refreshes) finds
+versions it holds with other bytes in the bucket: it drops its copy and its
+Table object, never mixing the two tables' versions (``pull_table``).
 
 ``drop_table`` waits for 1 before removing the local copy: if the bucket
 fails there, the drop is taken back (its jobs leave the queue; a tombstone
@@ -771,10 +774,17 @@ def decode_head(data: bytes) -> tuple[int, list[tuple[str, bytes]]] | None:
 # -- pulling a table from the bucket -------------------------------------------
 
 
-def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -> int:
+def pull_table(
+    obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool, recreated: list[str] | None = None
+) -> int:
     """Bring ``table``'s metadata from the bucket into ``table_dir`` (created if missing); return the
     bucket's newest version (0: no table; a reader's ``table_dir`` is then removed, so that a table
     dropped since -- a tombstone, or no version left -- is gone here too).
+
+    A table dropped and created again numbers its versions from 1 again: a reader that missed the
+    tombstone finds versions it holds with other bytes in the bucket (the head's, or the newest it
+    holds when there is no head). It then starts ``table_dir`` afresh, never building the new table
+    on the old one's files, and appends ``table`` to ``recreated``.
 
     A reader (``blocks=False``) gets the head object and the versions after it (one GET and one LIST
     when the head is current) and fetches blocks when a scan needs them; blocks whose statistics the
@@ -797,6 +807,11 @@ def pull_table(obj: ObjectStore, table: str, table_dir: Path, *, blocks: bool) -
             raw = obj.get(table_key(table, HEAD))
             listed, complete = listing.result()
         got = decode_head(raw) if raw is not None else None
+        if known and not _same_table(obj, table, table_dir, known, got[1] if got is not None else None):
+            fs.remove_tree(table_dir)  # the table was dropped and created again: nothing of the old one is kept
+            if recreated is not None:
+                recreated.append(table)
+            return pull_table(obj, table, table_dir, blocks=False)
         if got is not None:
             after, files = got
             for name, data in files:
@@ -860,6 +875,20 @@ def pull_delta_log(obj: ObjectStore, table: str, table_dir: Path) -> None:
         data = obj.get(prefix + name)
         if data is not None:
             _write(local / name, data)
+
+
+def _same_table(
+    obj: ObjectStore, table: str, table_dir: Path, known: int, files: list[tuple[str, bytes]] | None
+) -> bool:
+    """Whether the manifest versions a reader holds in ``table_dir`` (the newest: ``known``) are the bucket's:
+    those the head carries (``files``) have the same bytes; without a head, version ``known`` (one GET)."""
+    if files is None:
+        return obj.get(version_key(table, known)) in (None, _read(mf.manifest_dir(table_dir) / mf.version_name(known)))
+    for name, data in files:
+        version = mf.parse_version_name(name.rpartition("/")[2]) if name.startswith(mf.MANIFEST_DIR) else None
+        if version is not None and (table_dir / name).is_file() and _read(table_dir / name) != data:
+            return False
+    return True
 
 
 def _cached_blocks(table_dir: Path) -> set[str]:

@@ -958,6 +958,43 @@ def test_a_reader_that_had_the_table_open_sees_it_dropped_after_refresh(
                 reader["t"]  # the bucket named, not the reader's scratch folder
 
 
+@pytest.mark.parametrize("head", [True, False])
+def test_a_reader_refreshed_across_a_drop_and_a_re_creation_reads_the_new_table(
+    s3_bucket: s3server.Bucket, tmp_path: Path, head: bool
+) -> None:
+    """Version numbers start again at 1 after a drop: a reader that knew the old table's versions (it missed
+    the tombstone between two refreshes) must not build the new table on the old one's files (found from the
+    head object, or from the newest version it holds when the head is not there)."""
+    so = s3_bucket.storage_options
+    with writer(s3_bucket, tmp_path / "w", 60) as t:
+        t.add_columns({"y": pl.Int64})
+        t.append(frame(60, 1).with_columns(y=pl.lit(1, pl.Int64)))
+        t.flush()
+        t.store.sync()
+        with (
+            bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader,
+            bt.open(s3_bucket.uri, storage_options=so, read_only=True) as other,
+        ):
+            seen, held = reader["t"], other["t"]
+            assert seen.read().height == held.read().height == 61
+            t.store.drop_table("t")
+            again = t.store.create_table("t", pl.DataFrame({"ts": [T0], "z": ["a"]}).schema, time_column="ts")
+            again.append(pl.DataFrame({"ts": [T0], "z": ["new"]}))
+            again.flush()
+            t.store.sync()
+            if not head:
+                s3_bucket.server.boto3_client().delete_object(Bucket=s3_bucket.name, Key="t/t/_head.bt")
+            reader.refresh()
+            got = reader["t"].read()
+            assert got.columns == ["ts", "z"]
+            assert got.get_column("z").to_list() == ["new"]
+            with pytest.raises(bt.TableDroppedError):  # the Table object held was the dropped table
+                seen.read()
+            with pytest.raises(bt.TableDroppedError):  # (refreshed by itself, too)
+                held.refresh()
+            assert other["t"].read().get_column("z").to_list() == ["new"]
+
+
 def test_a_reader_sees_no_table_while_its_drop_is_under_way(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     """The tombstone alone (every other object still there) is a dropped table to readers."""
     so = s3_bucket.storage_options
