@@ -510,6 +510,16 @@ class BacktraceStore:
                     "still holds objects of the dropped table); nothing was created. Fix: store.sync() (it waits "
                     "until the bucket answers), then create the table again."
                 )
+            if self._mirror is not None and name in self._mirror.tombstones:  # a dropped name: no more a drop
+                assert self._remote is not None
+                try:
+                    self._mirror.clear_tombstone(name)
+                except BtError as e:
+                    raise BtError(
+                        f"table {name!r}: the tombstone of the table dropped under this name "
+                        f"({self._remote.url(remote.tombstone_key(name))}) could not be deleted ({e}); nothing was "
+                        "created. Fix: create the table again once the bucket answers."
+                    ) from e
             meta = catalog.TableMeta(name, pl_schema, time_column, max_block_rows, rg)
             meta = _lifecycle.with_options(
                 meta, table=name, retention=retention, keep_versions=keep_versions, auto_compact=auto_compact

@@ -16,7 +16,7 @@ Bucket layout (keys under ``<prefix>/``)::
     <table>/blocks/<block name>            byte for byte the local blocks (put-if-absent)
     <table>/blocks/_delta_log/...          the derived Delta log (storage/delta.py)
     <table>/_head.bt                       a reader's open in one GET (below; overwritten: a cache)
-    <table>/_manifest/_dropped.json        the tombstone of a table being dropped (below)
+    <table>/_manifest/_dropped.json        the tombstone of a dropped table, until its name is created again
 
 Publishing version N (a background thread, in version order, never two at once):
 
@@ -64,12 +64,18 @@ after every version of the table queued before it):
 2. delete the objects the store made, and nothing else: the head object,
    ``table.json``, the version files under ``_manifest/``, the blocks directly
    under ``blocks/`` (block names), the Delta log's files directly under
-   ``blocks/_delta_log/`` (``delta.LOG_FILE`` names), the stats cache; then
-   the tombstone, last. Any other object under the folder stays.
+   ``blocks/_delta_log/`` (``delta.LOG_FILE`` names), the stats cache. Any
+   other object under the folder stays, and so does the tombstone: it is the
+   only memory of the drop, and a writer's open on another disk whose local
+   copy of the table the bucket no longer has would otherwise publish that
+   copy again (it cannot tell it from versions a crash kept from the bucket).
+   That open drops its copy instead.
 
-A writer killed (or a bucket failing) between 1 and 2 leaves the tombstone:
-the next writer's open finishes the drop (local copy first, then 2) and never
-takes that folder for a table. A table of the same name created after the drop
+A writer killed (or a bucket failing) between 1 and 2 leaves the objects: a
+writer's open that finds a tombstone finishes the drop (local copy first,
+then 2; one LIST of the folder) and never takes that folder for a table.
+``create_table`` of a dropped name deletes its tombstone first (refused,
+nothing created, if the bucket fails). A table of the same name created after the drop
 is published from version 1 (the mirror forgets what it had published); one
 cannot be created while a drop of its name waits for the bucket. A reader that
 missed the tombstone (dropped and created again between two refreshes) finds
@@ -232,8 +238,8 @@ def remote_folders(obj: ObjectStore) -> tuple[list[str], list[str]]:
 
 
 def delete_table_objects(obj: ObjectStore, table: str) -> int:
-    """Step 2 of a drop (module docstring): delete the objects the store made under ``<table>/``, the
-    tombstone last; return how many. Anything else under the folder is left where it is."""
+    """Step 2 of a drop (module docstring): delete the objects the store made under ``<table>/`` but the
+    tombstone, which stays; return how many. Anything else under the folder is left where it is."""
     n = 0
     for key in (table_key(table, HEAD), table_key(table, layout.TABLE_JSON), table_key(table, layout.STATS_CACHE)):
         obj.delete(key)  # (an absent key is no error)
@@ -248,10 +254,9 @@ def delete_table_objects(obj: ObjectStore, table: str) -> int:
             ours = layout.parse_block_name(e.key[len(blocks) :]) is not None
         else:
             ours = False
-        if ours:
+        if ours and e.key != tombstone_key(table):
             obj.delete(e.key)
             n += 1
-    obj.delete(tombstone_key(table))
     return n
 
 
@@ -412,6 +417,7 @@ class Mirror:
     _thread: threading.Thread | None = None
     dropping: set[str] = field(default_factory=set)  # tables whose drop is queued or under way
     tombstoned: set[str] = field(default_factory=set)  # ... whose tombstone is in the bucket
+    tombstones: set[str] = field(default_factory=set)  # dropped tables whose tombstone stays (not created again)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="bt_frames-mirror", daemon=True)
@@ -474,12 +480,19 @@ class Mirror:
         _test_pause_in_drop("delete", table)
         delete_table_objects(self.obj, table)
         with self._cond:
+            self.tombstones.add(table)
             self.published.pop(table, None)
             self.delta_done.pop(table, None)
             self.delta_reset.discard(table)
             self.table_json.pop(table, None)
             self.tombstoned.discard(table)
             self.dropping.discard(table)
+
+    def clear_tombstone(self, table: str) -> None:
+        """Delete the tombstone of a dropped table before a table of its name is created (module docstring)."""
+        self.obj.delete(tombstone_key(table))
+        with self._cond:
+            self.tombstones.discard(table)
 
     def _run(self) -> None:
         while True:

@@ -871,6 +871,8 @@ def table_keys(bucket: s3server.Bucket, table: str = "t") -> list[str]:
     return [k for k in keys_of(bucket) if k.startswith(f"t/{table}/")]
 
 
+TOMBSTONE = "t/t/_manifest/_dropped.json"  # a dropped table's: it stays until the name is created again
+
 # objects under the table's folder that the store did not make: a drop leaves them
 FOREIGN = [
     "t/t/notes.txt",
@@ -902,7 +904,7 @@ def test_drop_table_in_a_bucket_deletes_what_the_store_made_and_nothing_else(
         assert [k for k in made if "/_delta_log/" in k]
         put_foreign(s3_bucket)
         t.store.drop_table("t")  # returns once the bucket no longer shows the table
-        assert sorted(table_keys(s3_bucket)) == sorted(FOREIGN)
+        assert sorted(table_keys(s3_bucket)) == sorted([*FOREIGN, TOMBSTONE])
         assert t.store.tables == []
         assert not (tmp_path / "w" / "t").exists()
         with pytest.raises(bt.TableDroppedError):
@@ -914,7 +916,49 @@ def test_drop_table_in_a_bucket_deletes_what_the_store_made_and_nothing_else(
     for wal_dir in ("w", "other"):  # the next writer open (this disk or another) does not bring it back
         with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / wal_dir) as store:
             assert store.tables == []
-    assert sorted(table_keys(s3_bucket)) == sorted(FOREIGN)
+    assert sorted(table_keys(s3_bucket)) == sorted([*FOREIGN, TOMBSTONE])
+
+
+def test_a_table_dropped_by_a_writer_on_another_disk_is_not_published_again_from_a_stale_copy(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    """Disk "a" keeps a complete copy of the table; a writer on disk "b" drops it. The next open on "a" must
+    drop its copy, not publish it again (it cannot tell it from versions a crash kept from the bucket)."""
+    so = s3_bucket.storage_options
+    with writer(s3_bucket, tmp_path / "a", 60):
+        pass
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as store:
+        store.drop_table("t")
+    for _ in range(2):
+        with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:
+            assert store.tables == []
+            store.sync()
+        assert not (tmp_path / "a" / "t").exists()
+        assert table_keys(s3_bucket) == [TOMBSTONE]
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader.tables == []
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a") as store:  # the name is free again
+        make_table(store).append(frame(500, 2))
+    assert TOMBSTONE not in table_keys(s3_bucket)
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == [500, 501]
+
+
+def test_creating_a_dropped_name_while_the_bucket_fails_creates_nothing(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with writer(via, tmp_path / "w", 60) as t:
+        t.store.drop_table("t")
+        s3_proxy.add(faultproxy.Rule("error", method="POST", times=1000))  # (obstore deletes with POST ?delete)
+        with pytest.raises(bt.BtError, match=r"table 't': the tombstone .* could not be deleted.*nothing was created"):
+            make_table(t.store)
+        assert t.store.tables == []
+        assert not (tmp_path / "w" / "t").exists()
+        s3_proxy.reset()
+        make_table(t.store).append(frame(7, 1))
+    with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == [7]
 
 
 def test_a_table_created_again_after_a_drop_is_published_from_version_1(
@@ -1055,7 +1099,7 @@ def test_a_writer_killed_during_a_drop_leaves_it_to_the_next_open_which_finishes
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
         assert store.tables == []
         assert not (tmp_path / "w" / "t").exists()
-    assert sorted(table_keys(s3_bucket)) == sorted(FOREIGN)
+    assert sorted(table_keys(s3_bucket)) == sorted([*FOREIGN, TOMBSTONE])
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "w") as store:
         assert store.tables == []
 
@@ -1102,7 +1146,7 @@ def test_a_drop_whose_deletions_fail_is_finished_in_the_background(
         assert rule.fired
         s3_proxy.reset()
         store.sync()
-        assert table_keys(s3_bucket) == []
+        assert table_keys(s3_bucket) == [TOMBSTONE]
         store.create_table("t", frame(0, 1).schema, time_column="ts").append(frame(7, 1))
     with bt.open(s3_bucket.uri, storage_options=s3_bucket.storage_options, read_only=True) as reader:
         assert reader["t"].read().get_column("x").to_list() == [7]
