@@ -661,9 +661,12 @@ class BacktraceStore:
             failure = e
         if not self._mirror.cancel_drop(name):  # the tombstone made it after all: the drop goes on
             return
-        # a PUT whose response was lost may have stored it: take it back, as far as the bucket answers
+        # a PUT whose response was lost may have stored it: take it back, as far as the bucket answers -- only
+        # if it is this writer's (a fenced writer's drop fails too, and the tombstone there is the lease holder's)
         with contextlib.suppress(BtError):
-            self._remote.delete(remote.tombstone_key(name))
+            mine = self._lease.owner if self._lease is not None else None
+            if mine is not None and remote.tombstone_owner(self._remote, name) == mine:
+                self._remote.delete(remote.tombstone_key(name))
         raise BtError(
             f"table {name!r}: drop_table could not put its tombstone in the bucket ({failure}); nothing was "
             f"dropped{' (the Table object was closed: store[name] opens it again)' if t is not None else ''}. "

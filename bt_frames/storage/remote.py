@@ -84,7 +84,9 @@ Table object, never mixing the two tables' versions (``pull_table``).
 
 ``drop_table`` waits for 1 before removing the local copy: if the bucket
 fails there, the drop is taken back (its jobs leave the queue; a tombstone
-whose PUT response was lost is deleted) and nothing is dropped. It then waits
+whose PUT response was lost is deleted -- only if its ``owner`` is this
+writer's: a fenced writer's drop fails too, and never deletes the tombstone
+of the lease holder's drop) and nothing is dropped. It then waits
 for 2; if the bucket fails there, it raises, the table stays dropped for
 everyone, and the mirror retries 2 in the background.
 
@@ -202,6 +204,16 @@ def remote_versions(obj: ObjectStore, table: str, after: int = 0) -> list[int]:
 
 def tombstone_key(table: str) -> str:
     return table_key(table, mf.MANIFEST_DIR, TOMBSTONE)
+
+
+def tombstone_owner(obj: ObjectStore, table: str) -> str | None:
+    """The ``owner`` (a writer's lease id) in ``table``'s tombstone; None if there is none (or unreadable)."""
+    raw = obj.get(tombstone_key(table))
+    try:
+        owner = json.loads(raw)["owner"] if raw is not None else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return owner if isinstance(owner, str) else None
 
 
 def remote_tables(obj: ObjectStore) -> list[str]:

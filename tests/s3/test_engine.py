@@ -961,6 +961,34 @@ def test_creating_a_dropped_name_while_the_bucket_fails_creates_nothing(
         assert reader["t"].read().get_column("x").to_list() == [7]
 
 
+def test_a_fenced_writer_s_refused_drop_leaves_the_new_writer_s_tombstone_alone(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    """A writer that lost its lease writes nothing to the bucket: taking back its "own" failed tombstone must
+    not delete the one the lease holder put for its drop (readers would see the half-deleted table again)."""
+    so = s3_bucket.storage_options
+    old = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a", lease_seconds=1.0)
+    t = make_table(old)
+    t.append(frame(0, 60))
+    t.flush()
+    assert old._lease is not None
+    old._lease._stop.set()  # the old writer stalls: it stops renewing
+    time.sleep(1.2)
+    with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as new:
+        t.append(frame(60, 1))
+        with pytest.raises(bt.MirrorConflictError):
+            t.flush()  # fenced
+        new.drop_table("t")
+        assert TOMBSTONE in keys_of(s3_bucket)
+        with pytest.raises(bt.BtError, match="nothing was dropped"):
+            old.drop_table("t")
+        assert TOMBSTONE in keys_of(s3_bucket)
+    with pytest.raises(bt.MirrorConflictError):
+        old.close()
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader.tables == []
+
+
 def test_a_table_created_again_after_a_drop_is_published_from_version_1(
     s3_bucket: s3server.Bucket, tmp_path: Path
 ) -> None:
@@ -1104,14 +1132,15 @@ def test_a_writer_killed_during_a_drop_leaves_it_to_the_next_open_which_finishes
         assert store.tables == []
 
 
+@pytest.mark.parametrize("fault", ["error", "drop"])  # refused, or stored with every response lost
 def test_a_drop_whose_tombstone_the_bucket_refuses_changes_nothing(
-    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path, fault: Any
 ) -> None:
     via = s3_bucket.via(s3_proxy.endpoint)
     with writer(via, tmp_path / "w", 60) as t:
         t.store.sync()
         before = sorted(table_keys(s3_bucket))
-        s3_proxy.add(faultproxy.Rule("error", method="PUT", key="t/t/_manifest/_dropped.json", times=1000))
+        s3_proxy.add(faultproxy.Rule(fault, method="PUT", key="t/t/_manifest/_dropped.json", times=1000))
         with pytest.raises(bt.BtError, match=r"(?s)table 't': drop_table could not put its tombstone.*nothing was"):
             t.store.drop_table("t")
         s3_proxy.reset()
