@@ -804,7 +804,8 @@ def pull_table(
 ) -> int:
     """Bring ``table``'s metadata from the bucket into ``table_dir`` (created if missing); return the
     bucket's newest version (0: no table; a reader's ``table_dir`` is then removed, so that a table
-    dropped since -- a tombstone, or no version left -- is gone here too).
+    dropped since -- a tombstone, or no version left -- is gone here too). A reader whose table has no
+    head object (a store written before heads) keeps what it holds if the bucket has its newest version.
 
     A table dropped and created again numbers its versions from 1 again: a reader that missed the
     tombstone finds versions it holds with other bytes in the bucket (the head's, or the newest it
@@ -832,7 +833,8 @@ def pull_table(
             raw = obj.get(table_key(table, HEAD))
             listed, complete = listing.result()
         got = decode_head(raw) if raw is not None else None
-        if known and not _same_table(obj, table, table_dir, known, got[1] if got is not None else None):
+        held = _held_version(obj, table, table_dir, known, got[1] if got is not None else None) if known else 0
+        if held is None:
             fs.remove_tree(table_dir)  # the table was dropped and created again: nothing of the old one is kept
             if recreated is not None:
                 recreated.append(table)
@@ -844,6 +846,8 @@ def pull_table(
                 v = mf.parse_version_name(name.rpartition("/")[2]) if name.startswith(mf.MANIFEST_DIR) else None
                 if v is not None:
                     have.add(v)
+        else:  # no head: what this reader holds is current up to its newest version, if the bucket has that
+            after = held
         seen = sorted(v for e in listed if (v := mf.parse_version_name(e.key.rpartition("/")[2])) is not None)
         dropped = any(e.key == tombstone_key(table) for e in listed)  # it sorts after every version
         if not complete:  # more than a page of versions: the rest after the last one listed
@@ -902,18 +906,23 @@ def pull_delta_log(obj: ObjectStore, table: str, table_dir: Path) -> None:
             _write(local / name, data)
 
 
-def _same_table(
+def _held_version(
     obj: ObjectStore, table: str, table_dir: Path, known: int, files: list[tuple[str, bytes]] | None
-) -> bool:
-    """Whether the manifest versions a reader holds in ``table_dir`` (the newest: ``known``) are the bucket's:
-    those the head carries (``files``) have the same bytes; without a head, version ``known`` (one GET)."""
+) -> int | None:
+    """Whether the manifest versions a reader holds in ``table_dir`` (the newest: ``known``) are the bucket's.
+    With a head (``files``): None if a version it carries has other bytes here (the table was created
+    again), else 0. Without one, version ``known`` (one GET): ``known`` if the bucket has it with the same
+    bytes, None if with other bytes, 0 if not at all (the table is gone, or has fewer versions now)."""
     if files is None:
-        return obj.get(version_key(table, known)) in (None, _read(mf.manifest_dir(table_dir) / mf.version_name(known)))
+        there = obj.get(version_key(table, known))
+        if there is None:
+            return 0
+        return known if there == _read(mf.manifest_dir(table_dir) / mf.version_name(known)) else None
     for name, data in files:
         version = mf.parse_version_name(name.rpartition("/")[2]) if name.startswith(mf.MANIFEST_DIR) else None
         if version is not None and (table_dir / name).is_file() and _read(table_dir / name) != data:
-            return False
-    return True
+            return None
+    return 0
 
 
 def _cached_blocks(table_dir: Path) -> set[str]:

@@ -1030,6 +1030,24 @@ def test_a_reader_that_had_the_table_open_sees_it_dropped_after_refresh(
                 reader["t"]  # the bucket named, not the reader's scratch folder
 
 
+def test_a_reader_refresh_keeps_a_table_whose_head_object_is_missing(
+    s3_bucket: s3server.Bucket, tmp_path: Path
+) -> None:
+    """No head object and no newer version is a current table (the head is a cache: a store written before it
+    existed has none), not a dropped one: the reader keeps it, through either refresh."""
+    so = s3_bucket.storage_options
+    seed(s3_bucket, tmp_path / "w", 60)
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        seen = reader["t"]
+        assert seen.read().height == 60
+        s3_bucket.server.boto3_client().delete_object(Bucket=s3_bucket.name, Key="t/t/_head.bt")
+        reader.refresh()
+        assert reader.tables == ["t"]
+        assert seen.read().height == 60
+        seen.refresh()
+        assert seen.read().height == 60
+
+
 @pytest.mark.parametrize("head", [True, False])
 def test_a_reader_refreshed_across_a_drop_and_a_re_creation_reads_the_new_table(
     s3_bucket: s3server.Bucket, tmp_path: Path, head: bool
