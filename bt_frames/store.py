@@ -354,7 +354,8 @@ class BacktraceStore:
                 f"{str(self._where)!r}; a folder serves one store at a time. Close that store first "
                 "(store.close()), or choose another folder" + (" for wal_dir" if uri is not None else "")
             )
-        if dict(kwargs.get("storage_options") or {}) != self._storage_options:
+        options = kwargs.get("storage_options") or {}
+        if not isinstance(options, Mapping) or dict(options) != self._storage_options:
             # another endpoint or other credentials: another way to the bucket, maybe another bucket
             raise StoreLockedError(
                 f"store {str(self._where)!r} is already open as a writer in this process (pid {os.getpid()}) on "

@@ -722,6 +722,8 @@ def test_opening_the_same_bucket_store_again_with_other_storage_options_is_refus
         with pytest.raises(bt.StoreLockedError, match="other storage_options") as e:
             bt.open(s3_bucket.uri, storage_options=via.storage_options, wal_dir=wal)
         assert s3_proxy.endpoint not in str(e.value)
+        with pytest.raises(bt.StoreLockedError, match="other storage_options"):  # (not a dict: no raw error)
+            bt.open(s3_bucket.uri, storage_options="aws_region=x", wal_dir=wal)  # type: ignore[arg-type]
         assert bt.open(s3_bucket.uri, storage_options=dict(so), wal_dir=wal) is first  # equal options: the same
         first.close()  # (gives the second handle back)
 
