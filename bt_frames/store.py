@@ -271,7 +271,7 @@ class BacktraceStore:
         for name in dropped:  # a drop a writer began (killed, or the bucket failed): finish it, never resurrect
             if (self._path / name).is_dir():
                 self._drop_local(name)
-            self._mirror.finish_drop(name)
+            self._mirror.drop(name, tombstone=False)  # (in the background: the table is gone already)
         for name in tables:
             self._sync_table(name)
         for name in _local_tables(self._path):  # local versions the bucket lacks (a crash, or an older store)
@@ -504,6 +504,9 @@ class BacktraceStore:
             lost = catalog.lost_table_json(self._path / name)
             if lost is not None:  # a table whose table.json is gone: never built over (its data is there)
                 raise lost
+            if self._mirror is not None and name in self._mirror.dropping:
+                with contextlib.suppress(BtError):  # a drop the bucket is finishing now: wait for it
+                    self._mirror.wait()
             if self._mirror is not None and name in self._mirror.dropping:
                 assert self._remote is not None
                 raise BtError(

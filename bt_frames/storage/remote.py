@@ -72,12 +72,15 @@ after every version of the table queued before it):
    That open drops its copy instead.
 
 A writer killed (or a bucket failing) between 1 and 2 leaves the objects: a
-writer's open that finds a tombstone finishes the drop (local copy first,
-then 2; one LIST of the folder) and never takes that folder for a table.
+writer's open that finds a tombstone finishes the drop (its local copy at
+once; 2 queued in the mirror, one LIST of the folder, retried while the
+bucket fails: the open does not wait for it) and never takes that folder
+for a table.
 ``create_table`` of a dropped name deletes its tombstone first (refused,
 nothing created, if the bucket fails). A table of the same name created after the drop
 is published from version 1 (the mirror forgets what it had published); one
-cannot be created while a drop of its name waits for the bucket. A reader that
+cannot be created while a drop of its name waits for the bucket (``create_table``
+waits for the mirror, then refuses). A reader that
 missed the tombstone (dropped and created again between two refreshes) finds
 versions it holds with other bytes in the bucket: it drops its copy and its
 Table object, never mixing the two tables' versions (``pull_table``).

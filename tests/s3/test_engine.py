@@ -991,6 +991,32 @@ def test_a_fenced_writer_s_refused_drop_leaves_the_new_writer_s_tombstone_alone(
         assert reader.tables == []
 
 
+def test_an_open_that_finds_a_drop_to_finish_opens_while_the_bucket_refuses_deletes(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    """The table is gone for everyone once its tombstone is in: deleting its objects is cleanup, retried in the
+    background, not a reason to refuse the store (a bucket whose policy denies deletes would lock it out)."""
+    so = s3_bucket.storage_options
+    seed(s3_bucket, tmp_path / "w", 60)
+    old_blocks = [k for k in table_keys(s3_bucket) if k.endswith(".parquet")]
+    assert old_blocks
+    s3_bucket.server.boto3_client().put_object(Bucket=s3_bucket.name, Key=TOMBSTONE, Body=b"{}")  # a killed drop
+    via = s3_bucket.via(s3_proxy.endpoint)
+    s3_proxy.add(faultproxy.Rule("error", method="POST", times=1000))  # (obstore deletes with POST ?delete)
+    with bt.open(via.uri, storage_options=via.storage_options, wal_dir=tmp_path / "w") as store:
+        assert store.tables == []
+        assert not (tmp_path / "w" / "t").exists()
+        store.create_table("u", frame(0, 1).schema, time_column="ts").append(frame(3, 1))
+        with pytest.raises(bt.BtError, match="drop is not finished"):
+            make_table(store)
+        s3_proxy.reset()
+        make_table(store).append(frame(9, 1))  # (waits for the drop, now that the bucket answers)
+    assert not set(old_blocks) & set(keys_of(s3_bucket))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().get_column("x").to_list() == [9]
+        assert reader["u"].read().get_column("x").to_list() == [3]
+
+
 def test_a_table_created_again_after_a_drop_is_published_from_version_1(
     s3_bucket: s3server.Bucket, tmp_path: Path
 ) -> None:
