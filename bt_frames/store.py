@@ -816,6 +816,13 @@ class BacktraceStore:
 
     def _check_writable(self) -> None:
         self._check_open()
+        if self._forked:  # (the tables refuse too): its drop would remove the parent's live table; in a bucket
+            # store it would wait forever for a mirror thread the child does not have
+            raise BtError(
+                f"store {str(self._where)!r} was opened by process {self._pid}; this forked child (process "
+                f"{os.getpid()}) shares its lock and WAL and cannot write to it. Write from the parent, or open the "
+                "store with read_only=True in the child."
+            )
         if self._read_only:
             raise ReadOnlyError(f"store {str(self._path)!r} was opened with read_only=True; it cannot be written")
 

@@ -94,3 +94,21 @@ def test_a_forked_child_cannot_write(tmp_path: Path) -> None:
         assert t.scan().collect()["x"].to_list() == [0]
         t.append(pl.DataFrame({"x": [1]}))
     assert _rows(path) == [0, 1]
+
+
+def test_a_forked_child_cannot_create_or_drop_a_table(tmp_path: Path) -> None:
+    """The store's own writes too: a child's drop_table would remove the parent's live table."""
+    path = tmp_path / "db"
+    with bt.BacktraceStore(path) as store:
+        store.create_table("t", SCHEMA).append(pl.DataFrame({"x": [0]}))
+
+        def child() -> None:
+            with pytest.raises(bt.BtError, match=r"forked child.*read_only=True"):
+                store.drop_table("t")
+            with pytest.raises(bt.BtError, match=r"forked child.*read_only=True"):
+                store.create_table("u", SCHEMA)
+
+        assert _fork(child) == 0
+        assert store.tables == ["t"]
+        assert not (path / "u").exists()
+    assert _rows(path) == [0]

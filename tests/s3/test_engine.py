@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -1015,6 +1016,33 @@ def test_an_open_that_finds_a_drop_to_finish_opens_while_the_bucket_refuses_dele
     with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
         assert reader["t"].read().get_column("x").to_list() == [9]
         assert reader["u"].read().get_column("x").to_list() == [3]
+
+
+def test_a_forked_child_s_drop_table_is_refused_at_once(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
+    """The child has no mirror thread: a drop it queued would wait for it forever (and drop the parent's table)."""
+    so = s3_bucket.storage_options
+    with writer(s3_bucket, tmp_path / "w", 5) as t:
+        store = t.store
+        with warnings.catch_warnings():  # (fork() of a process with threads: the child only raises and exits)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                signal.alarm(20)  # never a hung child
+                with contextlib.suppress(bt.BtError):
+                    store.drop_table("t")
+                    code = 2  # dropped: wrong
+                code = 0 if code == 1 else code
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.tables == ["t"]
+        assert TOMBSTONE not in keys_of(s3_bucket)
+        t.append(frame(5, 1))
+    with bt.open(s3_bucket.uri, storage_options=so, read_only=True) as reader:
+        assert reader["t"].read().height == 6
 
 
 def test_a_table_created_again_after_a_drop_is_published_from_version_1(
