@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,7 +132,9 @@ class ObjectStore:
         text = str(e)
         if "NoSuchBucket" in text:
             hint = f"bucket {self.bucket!r} does not exist. Fix: create it, or correct the URI."
-        elif any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")):
+        elif any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")) or re.search(
+            r"403 Forbidden|status(?: code)?:? 403\b", text
+        ):  # (a bare "403" also appears in durations such as "elapsed 2.403s")
             hint = "the store refused the credentials. Fix: check aws_access_key_id/aws_secret_access_key."
         elif "BadDigest" in text or "XAmzContentSHA256Mismatch" in text or "checksum" in text.lower():
             hint = "the store refused the upload: its checksum did not match (damaged in transit); it is retried."

@@ -443,6 +443,27 @@ def test_bad_credentials_are_a_bt_error_with_the_fix(s3_bucket: s3server.Bucket,
         bt.open(s3_bucket.uri, storage_options={"no_such_option": "1"}, wal_dir=tmp_path / "w2")
 
 
+@pytest.mark.parametrize(
+    ("text", "credentials"),
+    [
+        ("Generic S3 error: Error after 3 retries in 2.403s, max_retries:3: error sending request", False),
+        ("Server returned non-2xx status code: 503 Service Unavailable after 1.403s", False),
+        ("Client error with status 403 Forbidden: <Code>AccessDenied</Code>", True),
+        ("Received status code: 403 from the store", True),
+    ],
+)
+def test_the_fix_an_error_suggests_follows_its_status_not_digits_in_its_timings(
+    s3_bucket: s3server.Bucket, text: str, credentials: bool
+) -> None:
+    """Found flaky: an unreachable endpoint's error was read as refused credentials when it took 2.403 s."""
+    from bt_frames.storage.objectstore import ObjectStore
+
+    err = ObjectStore(s3_bucket.uri, s3_bucket.storage_options)._error("reading", "k", OSError(text))
+    assert isinstance(err, bt.BtError)
+    assert ("the store refused the credentials" in str(err)) == credentials, str(err)
+    assert ("aws_endpoint_url" in str(err)) != credentials, str(err)
+
+
 @pytest.mark.parametrize("so", ["aws_region=us-east-1", ["aws_region"]])
 def test_storage_options_that_are_not_a_dict_are_a_bt_error(tmp_path: Path, so: Any) -> None:
     for kw in ({"read_only": True}, {"wal_dir": tmp_path / "w"}):
