@@ -74,6 +74,32 @@ def flushed_blocks(store: bt.BacktraceStore, blocks: int, rows: int) -> bt.Table
     return t
 
 
+def kill_at_the_seam(child: subprocess.Popen[Any], paused: Path) -> None:
+    """SIGKILL ``child`` once it has reached a test seam (it writes ``paused`` and waits there)."""
+    try:
+        deadline = time.monotonic() + 60
+        while not paused.exists():
+            assert child.poll() is None, "the child ended before the seam"
+            assert time.monotonic() < deadline, "the child never reached the seam"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+
+
+def stalled_writer(bucket: s3server.Bucket, wal_dir: Path) -> tuple[bt.BacktraceStore, bt.Table]:
+    """A writer whose table "t" has 60 published rows and which has stopped renewing its 1-second lease,
+    now expired: another writer may take it over."""
+    store = bt.open(bucket.uri, storage_options=bucket.storage_options, wal_dir=wal_dir, lease_seconds=1.0)
+    t = make_table(store)
+    t.append(frame(0, 60))
+    t.flush()
+    assert store._lease is not None
+    store._lease._stop.set()  # the writer stalls: it stops renewing
+    time.sleep(1.2)
+    return store, t
+
+
 def keys_of(bucket: s3server.Bucket) -> list[str]:
     return bucket.keys()
 
@@ -260,13 +286,7 @@ def test_second_writer_is_refused_at_open_naming_the_owner(s3_bucket: s3server.B
 
 def test_expired_lease_is_taken_over_and_the_old_writer_is_fenced(s3_bucket: s3server.Bucket, tmp_path: Path) -> None:
     so = s3_bucket.storage_options
-    old = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a", lease_seconds=1.0)
-    t = make_table(old)
-    t.append(frame(0, 60))
-    t.flush()
-    assert old._lease is not None
-    old._lease._stop.set()  # the old writer stalls: it stops renewing
-    time.sleep(1.2)
+    old, t = stalled_writer(s3_bucket, tmp_path / "a")
     new = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b")
     try:
         fenced = len(bucket_versions(s3_bucket))
@@ -365,15 +385,7 @@ def test_writer_killed_between_block_upload_and_version_put(s3_bucket: s3server.
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "BT_FRAMES_TEST_PAUSE_BEFORE_VERSION_PUT": str(paused)},
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not paused.exists():
-            assert child.poll() is None, "the child ended before the seam"
-            assert time.monotonic() < deadline, "the child never reached the seam"
-            time.sleep(0.02)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait(timeout=30)
+    kill_at_the_seam(child, paused)
     version = int(paused.read_text())
     assert (tmp_path / "w" / "t" / "_manifest" / mf.version_name(version)).exists()  # committed locally
     orphans = [k for k in keys_of(s3_bucket) if "/blocks/" in k and k.endswith(".parquet")]
@@ -991,13 +1003,7 @@ def test_a_fenced_writer_s_refused_drop_leaves_the_new_writer_s_tombstone_alone(
     """A writer that lost its lease writes nothing to the bucket: taking back its "own" failed tombstone must
     not delete the one the lease holder put for its drop (readers would see the half-deleted table again)."""
     so = s3_bucket.storage_options
-    old = bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "a", lease_seconds=1.0)
-    t = make_table(old)
-    t.append(frame(0, 60))
-    t.flush()
-    assert old._lease is not None
-    old._lease._stop.set()  # the old writer stalls: it stops renewing
-    time.sleep(1.2)
+    old, t = stalled_writer(s3_bucket, tmp_path / "a")
     with bt.open(s3_bucket.uri, storage_options=so, wal_dir=tmp_path / "b") as new:
         t.append(frame(60, 1))
         with pytest.raises(bt.MirrorConflictError):
@@ -1203,15 +1209,7 @@ def test_a_writer_killed_during_a_drop_leaves_it_to_the_next_open_which_finishes
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "BT_FRAMES_TEST_PAUSE_IN_DROP": f"{step}:{paused}"},
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not paused.exists():
-            assert child.poll() is None, "the child ended before the seam"
-            assert time.monotonic() < deadline, "the child never reached the seam"
-            time.sleep(0.02)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait(timeout=30)
+    kill_at_the_seam(child, paused)
     assert "t/t/_manifest/_dropped.json" in keys_of(s3_bucket)
     assert "t/t/table.json" in keys_of(s3_bucket)  # nothing deleted yet
     assert (tmp_path / "w" / "t" / "table.json").exists() == (step == "tombstone")
