@@ -269,6 +269,21 @@ class ObjectStore:
                 return
             raise self._error("deleting", key, e) from e
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (absent ones are no error): S3's DeleteObjects, one request per 1,000 keys."""
+        import obstore
+
+        if not keys:
+            return
+        for _ in range(0, len(keys), 1000):
+            self._count("delete")
+        try:
+            obstore.delete(self._store, list(keys))
+        except Exception as e:
+            if _missing(e):
+                return
+            raise self._error(f"deleting {len(keys)} objects, e.g.", keys[0], e) from e
+
     def check(self) -> None:
         """One LIST: raise ObjectStoreError naming the fix when the bucket cannot be reached or read."""
         next(iter(self.list("", None)), None)

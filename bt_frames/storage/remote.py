@@ -64,8 +64,10 @@ after every version of the table queued before it):
 2. delete the objects the store made, and nothing else: the head object,
    ``table.json``, the version files under ``_manifest/``, the blocks directly
    under ``blocks/`` (block names), the Delta log's files directly under
-   ``blocks/_delta_log/`` (``delta.LOG_FILE`` names), the stats cache. Any
-   other object under the folder stays, and so does the tombstone: it is the
+   ``blocks/_delta_log/`` (``delta.LOG_FILE`` names), the stats cache -- in
+   DeleteObjects batches of up to 1,000 keys, the head, ``table.json``, the
+   stats cache and the Delta log first, so no reader (nor another engine)
+   finds a table whose files are going. Any other object under the folder stays, and so does the tombstone: it is the
    only memory of the drop, and a writer's open on another disk whose local
    copy of the table the bucket no longer has would otherwise publish that
    copy again (it cannot tell it from versions a crash kept from the bucket).
@@ -254,25 +256,27 @@ def remote_folders(obj: ObjectStore) -> tuple[list[str], list[str]]:
 
 def delete_table_objects(obj: ObjectStore, table: str) -> int:
     """Step 2 of a drop (module docstring): delete the objects the store made under ``<table>/`` but the
-    tombstone, which stays; return how many. Anything else under the folder is left where it is."""
-    n = 0
-    for key in (table_key(table, HEAD), table_key(table, layout.TABLE_JSON), table_key(table, layout.STATS_CACHE)):
-        obj.delete(key)  # (an absent key is no error)
+    tombstone, which stays; return how many. Anything else under the folder is left where it is.
+
+    In DeleteObjects batches (one request per 1,000 keys), in this order: the head object, ``table.json``,
+    the stats cache and the Delta log (so neither a bt_frames reader nor another engine finds a table
+    whose files are going), then the versions and the blocks."""
     versions, blocks = _versions_prefix(table), table_key(table, layout.BLOCKS_DIR) + "/"
     log_dir = blocks + DELTA_LOG + "/"
+    first = [table_key(table, HEAD), table_key(table, layout.TABLE_JSON), table_key(table, layout.STATS_CACHE)]
+    then: list[str] = []
     for e in list(obj.list(table + "/", None)):
-        if e.key.startswith(versions):
-            ours = mf.parse_version_name(e.key[len(versions) :]) is not None
-        elif e.key.startswith(log_dir):
-            ours = delta.LOG_FILE.fullmatch(e.key[len(log_dir) :]) is not None
-        elif e.key.startswith(blocks):
-            ours = layout.parse_block_name(e.key[len(blocks) :]) is not None
-        else:
-            ours = False
-        if ours and e.key != tombstone_key(table):
-            obj.delete(e.key)
-            n += 1
-    return n
+        if e.key.startswith(log_dir):
+            if delta.LOG_FILE.fullmatch(e.key[len(log_dir) :]) is not None:
+                first.append(e.key)
+        elif e.key.startswith(versions):
+            if mf.parse_version_name(e.key[len(versions) :]) is not None:
+                then.append(e.key)  # (the tombstone, in the same folder, is no version name: it stays)
+        elif e.key.startswith(blocks) and layout.parse_block_name(e.key[len(blocks) :]) is not None:
+            then.append(e.key)
+    obj.delete_many(first)
+    obj.delete_many(then)
+    return len(first) - 3 + len(then)
 
 
 # -- the lease ---------------------------------------------------------------

@@ -955,6 +955,27 @@ def test_drop_table_in_a_bucket_deletes_what_the_store_made_and_nothing_else(
     assert sorted(table_keys(s3_bucket)) == sorted([*FOREIGN, TOMBSTONE])
 
 
+def test_a_drop_deletes_in_batches_the_delta_log_before_the_blocks(
+    s3_bucket: s3server.Bucket, s3_proxy: faultproxy.FaultProxy, tmp_path: Path
+) -> None:
+    """A table of many blocks is not one DELETE per object: DeleteObjects batches; the Delta log goes in the
+    first, so another engine never reads a log whose files are gone."""
+    via = s3_bucket.via(s3_proxy.endpoint)
+    with writer(via, tmp_path / "w") as t:
+        for i in range(30):
+            t.append(frame(i * 10, 10))
+            t.flush()  # 30 blocks, 31 versions, 31 Delta commits
+        t.store.sync()
+        made = table_keys(s3_bucket)
+        assert len(made) > 90, made
+        s3_proxy.reset()
+        t.store.drop_table("t")
+        deletes = [r for r in s3_proxy.requests() if r.kind in ("POST", "DELETE")]  # (before close frees the lease)
+        assert len(deletes) == 2, deletes  # the first batch, then the versions and blocks (the tombstone is a PUT)
+        assert all(r.kind == "POST" and "delete" in r.query for r in deletes), deletes
+    assert sorted(table_keys(s3_bucket)) == [TOMBSTONE]
+
+
 def test_a_table_dropped_by_a_writer_on_another_disk_is_not_published_again_from_a_stale_copy(
     s3_bucket: s3server.Bucket, tmp_path: Path
 ) -> None:
