@@ -818,13 +818,17 @@ class BacktraceStore:
         self._check_open()
         if self._forked:  # (the tables refuse too): its drop would remove the parent's live table; in a bucket
             # store it would wait forever for a mirror thread the child does not have
-            raise BtError(
-                f"store {str(self._where)!r} was opened by process {self._pid}; this forked child (process "
-                f"{os.getpid()}) shares its lock and WAL and cannot write to it. Write from the parent, or open the "
-                "store with read_only=True in the child."
-            )
+            raise BtError(self._forked_refusal())
         if self._read_only:
             raise ReadOnlyError(f"store {str(self._path)!r} was opened with read_only=True; it cannot be written")
+
+    def _forked_refusal(self) -> str:
+        """Why a forked child may not write: the message of the store's and its tables' refusals."""
+        return (
+            f"store {str(self._where)!r} was opened by process {self._pid}; this forked child (process "
+            f"{os.getpid()}) shares its lock and WAL and cannot write to it. Write from the parent, or open the "
+            "store with read_only=True in the child."
+        )
 
     def _progress(self, desc: str, *, min_total: int = 2) -> Any:
         """A progress-bar factory (iterable, total) -> iterable, or None when bars are off.

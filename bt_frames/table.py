@@ -399,11 +399,7 @@ class Table:
     def _check_writable(self) -> None:
         self._check_open()
         if self._store._forked:
-            raise BtError(
-                f"table {self.name!r}: the store {str(self._store.path)!r} was opened by process "
-                f"{self._store._pid}; this forked child (process {os.getpid()}) shares its lock and WAL and "
-                "cannot write to it. Write from the parent, or open the store with read_only=True in the child."
-            )
+            raise BtError(f"table {self.name!r}: the {self._store._forked_refusal()}")
         if self._read_only:
             raise ReadOnlyError(
                 f"table {self.name!r}: the store {str(self._store.path)!r} was opened with read_only=True; "
